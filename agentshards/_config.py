@@ -1,0 +1,61 @@
+"""Frozen configuration objects and their defaults.
+
+Nothing here reads the environment or a file: that happens once, at the edge (``run_agent``, the CLI),
+through :func:`llm_config_from_env`. Library objects receive these values explicitly, so a test or a
+supervisor can build them without touching ``os.environ``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+Synchronous = Literal["FULL", "NORMAL"]
+
+DEFAULT_BUSY_TIMEOUT_MS = 10_000
+"""Litestream holds read transactions and checkpoints on its own; 5 s was measured to be enough, 10 s
+leaves headroom on a loaded 2-core machine."""
+
+DEFAULT_SYNCHRONOUS: Synchronous = "FULL"
+"""FULL syncs the WAL on every commit, so a completed step survives power loss, not just a crash."""
+
+DEFAULT_LLM_TIMEOUT_S = 120.0
+DEFAULT_LLM_ATTEMPTS = 4
+
+
+@dataclass(frozen=True)
+class ShardConfig:
+    """How an agent's SQLite file is opened."""
+
+    synchronous: Synchronous = DEFAULT_SYNCHRONOUS
+    busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS
+
+    def __post_init__(self) -> None:
+        if self.synchronous not in ("FULL", "NORMAL"):
+            raise ValueError(f"synchronous must be 'FULL' or 'NORMAL', not {self.synchronous!r}")
+        if self.busy_timeout_ms < 5000:
+            raise ValueError("busy_timeout_ms must be at least 5000: Litestream shares the file")
+
+
+@dataclass(frozen=True)
+class LLMConfig:
+    """Where durable LLM calls go. ``api_key`` is kept out of ``repr`` so it never lands in a log."""
+
+    api_key: str | None = field(default=None, repr=False)
+    base_url: str | None = None
+    timeout_s: float = DEFAULT_LLM_TIMEOUT_S
+    max_attempts: int = DEFAULT_LLM_ATTEMPTS
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything ``run_agent`` needs besides the agent itself."""
+
+    shard: ShardConfig = field(default_factory=ShardConfig)
+    llm: LLMConfig = field(default_factory=LLMConfig)
+
+
+def llm_config_from_env(env: Mapping[str, str]) -> LLMConfig:
+    """Read the standard OpenAI variables; called only by public entry points."""
+    return LLMConfig(api_key=env.get("OPENAI_API_KEY") or None, base_url=env.get("OPENAI_BASE_URL") or None)

@@ -1,0 +1,103 @@
+"""Every error agentshards raises, under one root.
+
+The tree is deliberately shallow so callers can catch at the level they care about::
+
+    AgentShardsError                 anything agentshards raised on purpose
+    ├── InvalidAgentId               an id that cannot be a file name / S3 key
+    ├── InvalidStepName              a step name we refuse to journal
+    ├── InvalidTarget                agent function not importable as module:function
+    ├── InvalidInputs                inputs not JSON-able or not accepted by the function
+    ├── ShardError                   the agent's SQLite file cannot be used as a shard
+    ├── RunMismatch                  re-run with another target/inputs than the open run
+    ├── AgentFailed                  the run finished with an error (recorded in the journal)
+    ├── ConcurrentStepError          unnamed steps started concurrently from several threads
+    ├── ResultNotStorable            a step or agent result that is not JSON-able
+    └── LLMError                     a durable LLM call could not be made (config, not durable)
+
+Every message names the agent (and step when there is one) and ends with a hint, because the
+person reading it is usually looking at a log line from one agent among thousands.
+"""
+
+from __future__ import annotations
+
+
+class AgentShardsError(Exception):
+    """Root of all agentshards errors; ``hint`` says what to do about it."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        hint: str | None = None,
+        agent_id: str | None = None,
+        step: str | None = None,
+    ) -> None:
+        self.message = message
+        self.hint = hint
+        self.agent_id = agent_id
+        self.step = step
+        super().__init__(self._render())
+
+    def _render(self) -> str:
+        where = []
+        if self.agent_id is not None:
+            where.append(f"agent {self.agent_id!r}")
+        if self.step is not None:
+            where.append(f"step {self.step!r}")
+        text = f"{', '.join(where)}: {self.message}" if where else self.message
+        if self.hint:
+            text += f" (hint: {self.hint})"
+        return text
+
+
+class InvalidAgentId(AgentShardsError, ValueError):
+    """The id would be unsafe or surprising as a file name or an S3 key."""
+
+
+class InvalidStepName(AgentShardsError, ValueError):
+    """The step name is empty, too long, reserved or uses the '#' occurrence marker."""
+
+
+class InvalidTarget(AgentShardsError, ValueError):
+    """The agent function cannot be recorded as an importable ``module:function``."""
+
+
+class InvalidInputs(AgentShardsError, ValueError):
+    """Agent inputs that cannot be journaled or that the agent function does not accept."""
+
+
+class ShardError(AgentShardsError):
+    """The file at an agent's path cannot be used as that agent's shard."""
+
+
+class RunMismatch(AgentShardsError):
+    """The agent already has a run with a different target or different inputs."""
+
+
+class AgentFailed(AgentShardsError):
+    """The agent's run ended with an exception; its type and message are in the journal."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        error_type: str,
+        error_message: str,
+        hint: str | None = None,
+        agent_id: str | None = None,
+    ) -> None:
+        self.error_type = error_type
+        self.error_message = error_message
+        super().__init__(message, hint=hint, agent_id=agent_id)
+
+
+class ConcurrentStepError(AgentShardsError):
+    """A step without an explicit unique name started while another thread's step was running."""
+
+
+class ResultNotStorable(AgentShardsError, TypeError):
+    """A result that cannot be stored as strict JSON (and so could not be replayed identically)."""
+
+
+class LLMError(AgentShardsError):
+    """A durable LLM call that cannot be made: missing configuration or a call that is not durable."""

@@ -1,0 +1,168 @@
+"""A fake OpenAI-compatible server on 127.0.0.1 for tests, benchmarks and the offline demo.
+
+Answers are derived from the request (same request, same text), and every response carries the server's
+next serial number in its id (``chatcmpl-fake-<serial>``) and an ``x-fake-serial`` header, so a test can
+tell a replayed answer (old serial) from a fresh one and count what a resumed agent paid for.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import threading
+import time
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+ID_PREFIX = "chatcmpl-fake-"
+
+
+@dataclass(frozen=True)
+class FakeRequest:
+    """One request the server answered (or refused), in arrival order."""
+
+    serial: int
+    path: str
+    body: dict[str, Any]
+    received_at: float
+
+
+def serial_of(completion_id: str) -> int:
+    """The serial number inside an id this server issued."""
+    if not completion_id.startswith(ID_PREFIX):
+        raise ValueError(f"{completion_id!r} was not issued by FakeLLMServer")
+    return int(completion_id[len(ID_PREFIX):])
+
+
+def _answer(body: dict[str, Any]) -> str:
+    messages = body.get("messages") or []
+    last = str(messages[-1].get("content", "")) if messages and isinstance(messages[-1], dict) else ""
+    tag = hashlib.sha256(json.dumps(messages, sort_keys=True).encode()).hexdigest()[:8]
+    return f"[{tag}] answer to: {last[:160]}"
+
+
+class FakeLLMServer:
+    """Start with ``with FakeLLMServer() as llm:``; point the OpenAI client at ``llm.base_url``."""
+
+    def __init__(self, *, delay_s: float = 0.0, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.delay_s = delay_s
+        self._lock = threading.Lock()
+        self._serial = 0
+        self._requests: list[FakeRequest] = []
+        self._httpd = ThreadingHTTPServer((host, port), self._handler_class())
+        self._httpd.daemon_threads = True
+        self._thread: threading.Thread | None = None
+
+    @property
+    def base_url(self) -> str:
+        host, port = self._httpd.server_address[:2]
+        return f"http://{host!s}:{port}/v1"
+
+    @property
+    def requests(self) -> list[FakeRequest]:
+        with self._lock:
+            return list(self._requests)
+
+    @property
+    def request_count(self) -> int:
+        with self._lock:
+            return len(self._requests)
+
+    def start(self) -> FakeLLMServer:
+        self._thread = threading.Thread(target=self._httpd.serve_forever, name="fake-llm", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def __enter__(self) -> FakeLLMServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _log(self, path: str, body: dict[str, Any]) -> int:
+        with self._lock:
+            self._serial += 1
+            self._requests.append(FakeRequest(self._serial, path, body, time.time()))
+            return self._serial
+
+    def _chat_completion(self, serial: int, body: dict[str, Any]) -> dict[str, Any]:
+        content = _answer(body)
+        prompt_tokens = sum(len(str(m.get("content", "")).split()) + 4 for m in body.get("messages") or []
+                            if isinstance(m, dict))
+        completion_tokens = len(content.split())
+        return {
+            "id": f"{ID_PREFIX}{serial}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": str(body.get("model", "fake-model")),
+            "choices": [{"index": 0, "finish_reason": "stop", "logprobs": None,
+                         "message": {"role": "assistant", "content": content}}],
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                      "total_tokens": prompt_tokens + completion_tokens},
+            "system_fingerprint": "fp_agentshards_fake",
+        }
+
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:  # quiet: tests read the request log
+                pass
+
+            def _send(self, status: int, payload: dict[str, Any], serial: int | None = None) -> None:
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                if serial is not None:
+                    self.send_header("x-fake-serial", str(serial))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_POST(self) -> None:
+                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                try:
+                    body = json.loads(raw or b"{}")
+                    if not isinstance(body, dict):
+                        raise ValueError("body is not an object")
+                except ValueError as exc:
+                    self._send(400, {"error": {"message": f"invalid JSON: {exc}", "type": "invalid_request_error",
+                                               "code": "invalid_json"}})
+                    return
+                if self.path.rstrip("/") != "/v1/chat/completions":
+                    self._send(404, {"error": {"message": f"no route {self.path}", "type": "invalid_request_error",
+                                               "code": "not_found"}})
+                    return
+                serial = server._log(self.path, body)
+                if server.delay_s:
+                    time.sleep(server.delay_s)
+                self._send(200, server._chat_completion(serial, body), serial)
+
+        return Handler
+
+
+def main() -> None:
+    """``python -m agentshards._fakellm --port 8700``: serve until interrupted (for manual demos)."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--delay", type=float, default=0.0)
+    args = parser.parse_args()
+    with FakeLLMServer(port=args.port, delay_s=args.delay) as server:
+        print(server.base_url, flush=True)
+        with contextlib.suppress(KeyboardInterrupt):
+            threading.Event().wait()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,161 @@
+"""The journal: runs and completed steps of one agent, in that agent's shard.
+
+A step is recorded with ``INSERT OR IGNORE`` on ``UNIQUE(workflow_id, step_name)`` in a transaction that
+writes nothing else, so a checkpoint retried after a crash, or raced by a second recorder, is a no-op;
+the recorder then returns the *stored* value, never its own, so every caller agrees on one outcome.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+
+import apsw
+
+from ._errors import RunMismatch
+from ._sqlite import query, write_transaction
+
+RUNNING, SUCCEEDED, FAILED, SUPERSEDED = "running", "succeeded", "failed", "superseded"
+
+_RUN_COLUMNS = "id, seq, target, input_json, input_digest, status, output_json, error_json, created_at, finished_at"
+
+
+@dataclass(frozen=True)
+class Run:
+    """One row of ``workflows``."""
+
+    id: str
+    seq: int
+    target: str
+    input_json: str
+    input_digest: str
+    status: str
+    output_json: str | None
+    error_json: str | None
+    created_at: float
+    finished_at: float | None
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """One row of ``steps``: a completed step and its stored JSON output."""
+
+    name: str
+    kind: str
+    output_json: str
+    completed_at: float
+
+
+def _short(text: str, limit: int = 120) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class Journal:
+    """Reads and writes one agent's runs and steps over one connection.
+
+    A lock serialises this object's transactions: threads of one agent share the connection, and two
+    ``BEGIN IMMEDIATE`` from different threads on one connection would nest.
+    """
+
+    def __init__(self, conn: apsw.Connection, agent_id: str) -> None:
+        self._conn = conn
+        self.agent_id = agent_id
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def begin_run(self, target: str, input_json: str, input_digest: str, *, new_run: bool = False) -> Run:
+        """Return the run to execute or to report: the open one, the finished one, or a new one.
+
+        Same target and inputs resume the open run (or return the finished one); anything else is a
+        RunMismatch unless ``new_run`` asks for a fresh run, which supersedes any open run.
+        """
+        with self._lock, write_transaction(self._conn):
+            latest = self._one(f"SELECT {_RUN_COLUMNS} FROM workflows ORDER BY seq DESC LIMIT 1", ())
+            if latest is not None and not new_run:
+                if latest.target == target and latest.input_digest == input_digest:
+                    return latest
+                raise RunMismatch(self._mismatch(latest, target, input_json), agent_id=self.agent_id,
+                                  hint="pass new_run=True to start a new run; the old one stays in the journal")
+            now = time.time()
+            if latest is not None and latest.status == RUNNING:
+                self._conn.execute(
+                    "UPDATE workflows SET status = ?, updated_at = ?, finished_at = ? WHERE id = ?",
+                    (SUPERSEDED, now, now, latest.id),
+                )
+            run_id = uuid.uuid4().hex
+            seq = 1 if latest is None else latest.seq + 1
+            self._conn.execute(
+                "INSERT INTO workflows(id, seq, target, input_json, input_digest, status, created_at, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (run_id, seq, target, input_json, input_digest, RUNNING, now, now),
+            )
+            run = self._one(f"SELECT {_RUN_COLUMNS} FROM workflows WHERE id = ?", (run_id,))
+            assert run is not None
+            return run
+
+    @staticmethod
+    def _mismatch(run: Run, target: str, input_json: str) -> str:
+        what = "target" if run.target != target else "inputs"
+        return (
+            f"its {run.status} run {run.id[:12]} has {what} "
+            f"{_short(run.target if what == 'target' else run.input_json)}, "
+            f"not {_short(target if what == 'target' else input_json)}"
+        )
+
+    def completed_steps(self, run_id: str) -> dict[str, str]:
+        """Step name -> stored output JSON, for replaying a resumed run."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT step_name, output_json FROM steps WHERE workflow_id = ?", (run_id,)
+            )
+        return {str(name): str(out) for name, out in rows}
+
+    def record_step(self, run_id: str, name: str, kind: str, output_json: str) -> str:
+        """Record a completed step; return the stored output (the first recorder's, if we raced one)."""
+        with self._lock, write_transaction(self._conn):
+            self._conn.execute(
+                "INSERT OR IGNORE INTO steps(workflow_id, step_name, kind, output_json, completed_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (run_id, name, kind, output_json, time.time()),
+            )
+            if self._conn.changes() == 1:
+                return output_json
+            row = query(self._conn, "SELECT output_json FROM steps WHERE workflow_id = ? AND step_name = ?",
+                        (run_id, name))
+        return str(row[0][0])
+
+    def finish_run(self, run_id: str, status: str, *, output_json: str | None = None,
+                   error_json: str | None = None) -> Run:
+        """Close the run once; a run already closed by another attempt keeps its first outcome."""
+        with self._lock, write_transaction(self._conn):
+            now = time.time()
+            self._conn.execute(
+                "UPDATE workflows SET status = ?, output_json = ?, error_json = ?, updated_at = ?,"
+                " finished_at = ? WHERE id = ? AND status = ?",
+                (status, output_json, error_json, now, now, run_id, RUNNING),
+            )
+            run = self._one(f"SELECT {_RUN_COLUMNS} FROM workflows WHERE id = ?", (run_id,))
+        assert run is not None
+        return run
+
+    def runs(self) -> list[Run]:
+        with self._lock:
+            rows = query(self._conn, f"SELECT {_RUN_COLUMNS} FROM workflows ORDER BY seq")
+        return [Run(*r) for r in rows]
+
+    def steps(self, run_id: str) -> list[StepRecord]:
+        with self._lock:
+            rows = query(
+                self._conn,
+                "SELECT step_name, kind, output_json, completed_at FROM steps WHERE workflow_id = ? ORDER BY rowid",
+                (run_id,),
+            )
+        return [StepRecord(*r) for r in rows]
+
+    def _one(self, sql: str, params: tuple[object, ...]) -> Run | None:
+        rows = query(self._conn, sql, params)
+        return Run(*rows[0]) if rows else None

@@ -1,0 +1,78 @@
+"""The one place that opens SQLite connections, and the write-transaction helper.
+
+Every agent shard is shared with a Litestream process that reads the WAL and runs its own checkpoints,
+so the settings below are chosen to cooperate with it (see ``litestream/README.md``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import apsw
+
+from ._config import ShardConfig
+
+MIN_SQLITE = (3, 51, 3)
+"""SQLite 3.7.0-3.51.2 can corrupt a WAL database when an external process checkpoints it while the
+application writes (the WAL-reset bug), which is exactly the Litestream setup."""
+
+
+def sqlite_version() -> tuple[int, ...]:
+    return tuple(int(p) for p in apsw.sqlite_lib_version().split("."))
+
+
+def open_connection(path: Path, config: ShardConfig, *, create: bool = True) -> apsw.Connection:
+    """Open ``path`` with every pragma agentshards relies on, each set for a stated reason."""
+    flags = apsw.SQLITE_OPEN_READWRITE
+    if create:
+        flags |= apsw.SQLITE_OPEN_CREATE
+    # URI filenames off and no extension loading: shard files may arrive from a replica or an archive.
+    conn = apsw.Connection(str(path), flags=flags)
+    try:
+        # First, before any other statement: Litestream holds locks briefly; without a busy timeout a
+        # PRAGMA below (even journal_mode) can fail with SQLITE_BUSY at once.
+        conn.set_busy_timeout(config.busy_timeout_ms)
+        # Files may come from S3: do not let schema objects (triggers, views) call app-defined functions.
+        conn.execute("PRAGMA trusted_schema=OFF")
+        # WAL: readers (Litestream, inspect) never block the agent's writes, and Litestream replicates the WAL.
+        mode = conn.execute("PRAGMA journal_mode=WAL").fetchall()[0][0]
+        if str(mode).lower() != "wal":
+            raise apsw.CantOpenError(f"could not switch {path} to WAL (got {mode!r})")
+        # FULL (default) syncs the WAL at every commit: a recorded step survives power loss. NORMAL only
+        # survives a process crash; configurable for users who accept that. Never OFF.
+        conn.execute(f"PRAGMA synchronous={config.synchronous}")
+        # Enforce the steps -> workflows reference.
+        conn.execute("PRAGMA foreign_keys=ON")
+        # Deliberately NOT set: wal_autocheckpoint stays at SQLite's default PASSIVE 1000 pages, and we
+        # never run TRUNCATE/RESTART checkpoints; Litestream owns checkpointing of replicated files.
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def query(conn: apsw.Connection, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Rows of ``sql`` as plain tuples (typed loosely: SQLite columns are dynamically typed)."""
+    rows: list[tuple[Any, ...]] = conn.execute(sql, params).fetchall()
+    return rows
+
+
+@contextlib.contextmanager
+def write_transaction(conn: apsw.Connection) -> Iterator[apsw.Connection]:
+    """``BEGIN IMMEDIATE`` so the write lock is taken up front and ``busy_timeout`` applies.
+
+    A DEFERRED transaction that later upgrades to a write gets SQLITE_BUSY immediately, ignoring the
+    busy timeout, which is the classic "database is locked" with Litestream attached.
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        if not conn.in_transaction:
+            raise
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
