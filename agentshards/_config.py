@@ -46,6 +46,9 @@ class LLMConfig:
     base_url: str | None = None
     timeout_s: float = DEFAULT_LLM_TIMEOUT_S
     max_attempts: int = DEFAULT_LLM_ATTEMPTS
+    backoff_s: float = 0.5
+    """Exponential backoff with full jitter between attempts: random in [0, backoff_s * 2**n], capped."""
+    backoff_max_s: float = 30.0
 
 
 @dataclass(frozen=True)

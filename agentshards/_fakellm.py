@@ -55,6 +55,12 @@ class FakeLLMServer:
         self._httpd = ThreadingHTTPServer((host, port), self._handler_class())
         self._httpd.daemon_threads = True
         self._thread: threading.Thread | None = None
+        self._faults: list[tuple[int, str | None]] = []
+
+    def fail_next(self, times: int = 1, *, status: int = 500, code: str | None = None) -> None:
+        """Answer the next ``times`` chat requests with ``status`` (they still get a serial and a log entry)."""
+        with self._lock:
+            self._faults.extend([(status, code)] * times)
 
     @property
     def base_url(self) -> str:
@@ -72,7 +78,8 @@ class FakeLLMServer:
             return len(self._requests)
 
     def start(self) -> FakeLLMServer:
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="fake-llm", daemon=True)
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-llm", daemon=True)
         self._thread.start()
         return self
 
@@ -88,11 +95,11 @@ class FakeLLMServer:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def _log(self, path: str, body: dict[str, Any]) -> int:
+    def _log(self, path: str, body: dict[str, Any]) -> tuple[int, tuple[int, str | None] | None]:
         with self._lock:
             self._serial += 1
             self._requests.append(FakeRequest(self._serial, path, body, time.time()))
-            return self._serial
+            return self._serial, (self._faults.pop(0) if self._faults else None)
 
     def _chat_completion(self, serial: int, body: dict[str, Any]) -> dict[str, Any]:
         content = _answer(body)
@@ -144,7 +151,12 @@ class FakeLLMServer:
                     self._send(404, {"error": {"message": f"no route {self.path}", "type": "invalid_request_error",
                                                "code": "not_found"}})
                     return
-                serial = server._log(self.path, body)
+                serial, fault = server._log(self.path, body)
+                if fault is not None:
+                    status, code = fault
+                    self._send(status, {"error": {"message": f"injected fault {status}", "type": "fake_fault",
+                                                  "code": code}}, serial)
+                    return
                 if server.delay_s:
                     time.sleep(server.delay_s)
                 self._send(200, server._chat_completion(serial, body), serial)

@@ -59,7 +59,7 @@ def _create_chat_completion(config: LLMConfig, agent_id: str, kwargs: dict[str, 
     client = _client(config, agent_id)
     retrying = tenacity.Retrying(
         stop=tenacity.stop_after_attempt(config.max_attempts),
-        wait=tenacity.wait_exponential_jitter(initial=0.5, max=30.0),
+        wait=tenacity.wait_random_exponential(multiplier=config.backoff_s, max=config.backoff_max_s),
         retry=tenacity.retry_if_exception(_is_transient),
         reraise=True,
     )

@@ -1,0 +1,70 @@
+"""Recording semantics: INSERT OR IGNORE, the stored value wins, one open run per shard."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import apsw
+import pytest
+
+from agentshards import RunMismatch, ShardConfig
+from agentshards._journal import RUNNING, SUPERSEDED, Journal
+from agentshards._shard import open_shard
+
+
+def _journal(path: Path) -> Journal:
+    return Journal(open_shard(path, "a1", ShardConfig()), "a1")
+
+
+def test_repeated_checkpoint_is_a_noop_and_returns_the_stored_value(tmp_path: Path) -> None:
+    j = _journal(tmp_path)
+    run = j.begin_run("m:f", "{}", "d")
+    assert j.record_step(run.id, "s", "step", '"first"') == '"first"'
+    assert j.record_step(run.id, "s", "step", '"second"') == '"first"'
+    assert [s.output_json for s in j.steps(run.id)] == ['"first"']
+
+
+def test_concurrent_recorders_on_two_connections_agree(tmp_path: Path) -> None:
+    """Two connections race to record one step, many times: both always get the single stored value."""
+    a, b = _journal(tmp_path), _journal(tmp_path)
+    run = a.begin_run("m:f", "{}", "d")
+    for i in range(30):
+        barrier = threading.Barrier(2)
+        got: dict[str, str] = {}
+
+        def record(journal: Journal, who: str, i: int = i, barrier: threading.Barrier = barrier) -> None:
+            barrier.wait()
+            got[who] = journal.record_step(run.id, f"step-{i}", "step", json.dumps(who))
+
+        threads = [threading.Thread(target=record, args=(j, w)) for j, w in ((a, "a"), (b, "b"))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert got["a"] == got["b"] in ('"a"', '"b"')
+    assert len(a.steps(run.id)) == 30
+
+
+def test_one_open_run_is_enforced_by_the_file(tmp_path: Path) -> None:
+    j = _journal(tmp_path)
+    j.begin_run("m:f", "{}", "d")
+    with pytest.raises(apsw.ConstraintError):
+        j._conn.execute(
+            "INSERT INTO workflows(id, seq, target, input_json, input_digest, status, created_at, updated_at)"
+            " VALUES ('x', 99, 'm:f', '{}', 'd', 'running', 0, 0)")
+
+
+def test_begin_run_resumes_refuses_and_supersedes(tmp_path: Path) -> None:
+    j = _journal(tmp_path)
+    first = j.begin_run("m:f", '{"a":1}', "d1")
+    assert j.begin_run("m:f", '{"a":1}', "d1").id == first.id
+    with pytest.raises(RunMismatch, match="inputs") as info:
+        j.begin_run("m:f", '{"a":2}', "d2")
+    assert "new_run=True" in str(info.value) and "a1" in str(info.value)
+    with pytest.raises(RunMismatch, match="target"):
+        j.begin_run("m:g", '{"a":1}', "d1")
+    second = j.begin_run("m:f", '{"a":2}', "d2", new_run=True)
+    assert second.id != first.id and second.status == RUNNING
+    assert [r.status for r in j.runs()] == [SUPERSEDED, RUNNING]

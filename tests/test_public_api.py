@@ -1,0 +1,39 @@
+"""The public surface is pinned: adding or removing a name is a deliberate, reviewed change."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import agentshards
+
+PUBLIC = {
+    "Agent", "AgentFailed", "AgentReport", "AgentShardsError", "ConcurrentStepError", "FakeLLMServer",
+    "InvalidAgentId", "InvalidInputs", "InvalidStepName", "InvalidTarget", "LLMConfig", "LLMError",
+    "ResultNotStorable", "RunConfig", "RunMismatch", "RunReport", "ShardConfig", "ShardError", "StepOptions",
+    "__version__", "inspect_agent", "run_agent", "validate_agent_id",
+}
+
+
+def test_all_is_pinned_and_resolvable() -> None:
+    assert set(agentshards.__all__) == PUBLIC
+    for name in agentshards.__all__:
+        assert getattr(agentshards, name) is not None
+
+
+def test_every_error_derives_from_the_root() -> None:
+    errors = [getattr(agentshards, n) for n in PUBLIC if n.endswith(("Error", "Failed", "Mismatch", "Id",
+                                                                       "Name", "Target", "Inputs", "Storable"))]
+    assert len(errors) == 11
+    for cls in errors:
+        assert issubclass(cls, agentshards.AgentShardsError), cls
+
+
+def test_import_is_lazy() -> None:
+    """Importing agentshards must not pull in openai, tenacity, boto3, click, rich or http.server."""
+    code = ("import sys, json, agentshards; "
+            "print(json.dumps(sorted(m for m in ('openai','tenacity','boto3','click','rich','http.server') "
+            "if m in sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert json.loads(out) == []

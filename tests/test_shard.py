@@ -1,0 +1,120 @@
+"""Agent ids, the one connection function and its pragmas, the schema and unusable files."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import apsw
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import sample_agents
+from agentshards import InvalidAgentId, ShardConfig, ShardError, run_agent, validate_agent_id
+from agentshards._schema import SCHEMA_VERSION
+from agentshards._shard import open_shard, shard_path
+from agentshards._sqlite import open_connection
+
+BAD_IDS = ["", "../x", "..", "a/../b", "a/b", "/etc/passwd", "a\\b", "a\x00b", "a..b", ".hidden", "-flag",
+           "_x", "a b", "ａgent", "agént", "a\n", "x" * 129, "C:", None, 7, b"abc"]
+
+
+@pytest.mark.parametrize("bad", BAD_IDS)
+def test_invalid_ids_are_refused_before_touching_disk(bad: object, tmp_path: Path) -> None:
+    data = tmp_path / "never-created"
+    with pytest.raises(InvalidAgentId) as info:
+        run_agent(sample_agents.two_steps, agent_id=bad, data_dir=data, x=1)  # type: ignore[arg-type]
+    assert not data.exists()
+    assert "hint:" in str(info.value)
+    if isinstance(bad, str) and bad:
+        assert ascii(bad)[:40] in str(info.value)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.from_regex(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z"))
+def test_valid_ids_map_to_a_file_directly_inside_data_dir(agent_id: str) -> None:
+    if ".." in agent_id:
+        with pytest.raises(InvalidAgentId):
+            validate_agent_id(agent_id)
+        return
+    path = shard_path(Path("/data"), agent_id)
+    assert path.parent == Path("/data")
+    assert path.name == agent_id + ".db"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=140))
+def test_any_accepted_id_is_plain_ascii(agent_id: str) -> None:
+    try:
+        validate_agent_id(agent_id)
+    except InvalidAgentId:
+        return
+    assert agent_id.isascii() and "/" not in agent_id and ".." not in agent_id and "\x00" not in agent_id
+
+
+@pytest.mark.parametrize(("sync", "level"), [("FULL", 2), ("NORMAL", 1)])
+def test_connection_pragmas(tmp_path: Path, sync: str, level: int) -> None:
+    conn = open_connection(tmp_path / "p.db", ShardConfig(synchronous=sync))  # type: ignore[arg-type]
+    assert conn.execute("PRAGMA journal_mode").fetchall()[0][0] == "wal"
+    assert conn.execute("PRAGMA synchronous").fetchall()[0][0] == level
+    assert conn.execute("PRAGMA busy_timeout").fetchall()[0][0] >= 5000
+    assert conn.execute("PRAGMA wal_autocheckpoint").fetchall()[0][0] == 1000  # SQLite's default, untouched
+    assert conn.execute("PRAGMA trusted_schema").fetchall()[0][0] == 0
+
+
+def test_config_refuses_unsafe_settings() -> None:
+    with pytest.raises(ValueError):
+        ShardConfig(synchronous="OFF")  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        ShardConfig(busy_timeout_ms=100)
+
+
+def test_schema_version_is_stamped(tmp_path: Path) -> None:
+    conn = open_shard(tmp_path, "a1", ShardConfig())
+    assert conn.execute("PRAGMA user_version").fetchall()[0][0] == SCHEMA_VERSION == 1
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_schema WHERE type='table'")}
+    assert {"workflows", "steps", "shard_meta"} <= tables
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_not_a_database_is_refused_untouched(tmp_path: Path) -> None:
+    path = tmp_path / "a1.db"
+    path.write_bytes(b"this is not sqlite at all, just text " * 200)
+    before = _digest(path)
+    with pytest.raises(ShardError, match="a1"):
+        open_shard(tmp_path, "a1", ShardConfig())
+    assert _digest(path) == before
+
+
+def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    conn = open_shard(tmp_path, "a1", ShardConfig())
+    conn.execute("PRAGMA user_version = 99")
+    conn.close()
+    with pytest.raises(ShardError, match="newer"):
+        open_shard(tmp_path, "a1", ShardConfig())
+
+
+def test_foreign_sqlite_file_is_refused(tmp_path: Path) -> None:
+    conn = apsw.Connection(str(tmp_path / "a1.db"))
+    conn.execute("CREATE TABLE customers(id INTEGER PRIMARY KEY)")
+    conn.close()
+    with pytest.raises(ShardError, match="customers"):
+        open_shard(tmp_path, "a1", ShardConfig())
+
+
+def test_litestream_tables_are_tolerated(tmp_path: Path) -> None:
+    conn = apsw.Connection(str(tmp_path / "a1.db"))
+    conn.execute("CREATE TABLE _litestream_seq(id INTEGER PRIMARY KEY, seq INTEGER)")
+    conn.close()
+    open_shard(tmp_path, "a1", ShardConfig()).close()
+
+
+def test_renamed_shard_is_refused(tmp_path: Path) -> None:
+    open_shard(tmp_path, "a1", ShardConfig()).close()
+    (tmp_path / "a1.db").rename(tmp_path / "a2.db")
+    with pytest.raises(ShardError, match="belongs to agent 'a1'"):
+        open_shard(tmp_path, "a2", ShardConfig())
