@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 
-import sample_agents
 from agentshards import (
     AgentFailed,
     ConcurrentStepError,
@@ -18,6 +17,8 @@ from agentshards import (
     inspect_agent,
     run_agent,
 )
+
+import sample_agents
 
 
 @pytest.fixture(autouse=True)

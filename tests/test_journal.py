@@ -34,7 +34,8 @@ def test_concurrent_recorders_on_two_connections_agree(tmp_path: Path) -> None:
         barrier = threading.Barrier(2)
         got: dict[str, str] = {}
 
-        def record(journal: Journal, who: str, i: int = i, barrier: threading.Barrier = barrier) -> None:
+        def record(journal: Journal, who: str, i: int = i, barrier: threading.Barrier = barrier,
+                   got: dict[str, str] = got) -> None:
             barrier.wait()
             got[who] = journal.record_step(run.id, f"step-{i}", "step", json.dumps(who))
 

@@ -9,7 +9,6 @@ from typing import Any
 import pytest
 from openai.types.chat import ChatCompletion
 
-import sample_agents
 from agentshards import (
     ConcurrentStepError,
     FakeLLMServer,
@@ -20,6 +19,8 @@ from agentshards import (
     run_agent,
 )
 from agentshards._fakellm import serial_of
+
+import sample_agents
 
 
 def test_calls_are_made_once_and_replayed_as_real_objects(

@@ -10,11 +10,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import sample_agents
 from agentshards import InvalidAgentId, ShardConfig, ShardError, run_agent, validate_agent_id
 from agentshards._schema import SCHEMA_VERSION
 from agentshards._shard import open_shard, shard_path
 from agentshards._sqlite import open_connection
+
+import sample_agents
 
 BAD_IDS = ["", "../x", "..", "a/../b", "a/b", "/etc/passwd", "a\\b", "a\x00b", "a..b", ".hidden", "-flag",
            "_x", "a b", "ａgent", "agént", "a\n", "x" * 129, "C:", None, 7, b"abc"]
