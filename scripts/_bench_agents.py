@@ -1,0 +1,31 @@
+"""Agent functions for the scripts in this folder (importable, so their targets are module:function)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import agentshards
+
+INTERRUPT_AT_END = False  # set by a benchmark to leave the run open with every call recorded
+
+
+def chat_agent(agent: agentshards.Agent, n: int) -> list[str]:
+    ids: list[str] = []
+    for i in range(n):
+        completion = agent.llm.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": f"step {i}: " + "x" * 200}])
+        ids.append(completion.id)
+    if INTERRUPT_AT_END:
+        raise KeyboardInterrupt
+    return ids
+
+
+def step_agent(agent: agentshards.Agent, n: int) -> int:
+    total = 0
+    for i in range(n):
+        total += agent.step("work", _payload, i)["i"]
+    return total
+
+
+def _payload(i: int) -> dict[str, Any]:
+    return {"i": i, "blob": "y" * 1000}

@@ -1,0 +1,47 @@
+"""The console script, run as a user would: a real subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from agentshards._fakellm import serial_of
+
+CLI = [sys.executable, "-m", "agentshards"]
+
+
+def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=120)
+
+
+def test_demo_runs_offline_and_replays_for_free(tmp_path: Path) -> None:
+    first = _run("demo", "--data-dir", "d", "--agents", "2", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert "LLM requests: 4 on the first pass, 0 when running the finished agents again" in first.stdout
+    assert sorted(p.name for p in (tmp_path / "d").glob("*.db")) == ["researcher-001.db", "researcher-002.db"]
+    again = _run("demo", "--data-dir", "d", "--agents", "2", cwd=tmp_path)
+    assert "LLM requests: 0 on the first pass" in again.stdout
+
+    shown = _run("inspect", "researcher-001", "--data-dir", "d", "--json", cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    report = json.loads(shown.stdout)
+    (run,) = report["runs"]
+    assert run["run"]["status"] == "succeeded"
+    assert [s["name"] for s in run["steps"]] == ["llm#1", "search", "llm#2"]
+    assert serial_of(json.loads(run["steps"][0]["output_json"])["id"]) >= 1
+
+    text = _run("inspect", "researcher-001", "--data-dir", "d", cwd=tmp_path)
+    assert "succeeded" in text.stdout and "search" in text.stdout
+
+
+def test_bad_input_exits_2_with_one_line(tmp_path: Path) -> None:
+    bad = _run("inspect", "../etc", "--data-dir", "d", cwd=tmp_path)
+    assert bad.returncode == 2
+    assert bad.stderr.startswith("error: invalid agent id") and "hint:" in bad.stderr
+    assert "Traceback" not in bad.stderr
+    missing = _run("inspect", "nobody", "--data-dir", "d", cwd=tmp_path)
+    assert missing.returncode == 1 and "no shard" in missing.stderr
