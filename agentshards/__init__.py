@@ -14,17 +14,21 @@ from ._errors import (
     AgentFailed,
     AgentShardsError,
     ConcurrentStepError,
+    InFlightStepError,
     InvalidAgentId,
     InvalidInputs,
     InvalidStepName,
     InvalidTarget,
     LLMError,
+    LLMRequestRejected,
+    NonDeterminismError,
     ResultNotStorable,
     RunMismatch,
     ShardError,
+    StepTimeout,
 )
 from ._report import AgentReport, RunReport, inspect_agent
-from ._run import run_agent
+from ._run import fork_run, run_agent
 from ._shard import validate_agent_id
 
 if TYPE_CHECKING:
@@ -39,12 +43,15 @@ __all__ = [
     "AgentShardsError",
     "ConcurrentStepError",
     "FakeLLMServer",
+    "InFlightStepError",
     "InvalidAgentId",
     "InvalidInputs",
     "InvalidStepName",
     "InvalidTarget",
     "LLMConfig",
     "LLMError",
+    "LLMRequestRejected",
+    "NonDeterminismError",
     "ResultNotStorable",
     "RunConfig",
     "RunMismatch",
@@ -52,7 +59,9 @@ __all__ = [
     "ShardConfig",
     "ShardError",
     "StepOptions",
+    "StepTimeout",
     "__version__",
+    "fork_run",
     "inspect_agent",
     "run_agent",
     "validate_agent_id",

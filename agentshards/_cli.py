@@ -58,4 +58,7 @@ def inspect_cmd(agent_id: str, data_dir: str, as_json: bool) -> None:
         run = entry.run
         click.echo(f"  run {run.id[:12]} #{run.seq} {run.status:<10} {run.target} inputs={run.input_json[:80]}")
         for step in entry.steps:
-            click.echo(f"    {step.kind:<4} {step.name:<24} {step.output_json[:70]}")
+            flag = " (rejected)" if step.outcome == "error" else ""
+            click.echo(f"    {step.kind:<4} {step.name:<24} {step.output_json[:70]}{flag}")
+        for attempt in entry.in_flight:
+            click.echo(f"    IN FLIGHT {attempt.step_name}: attempt {attempt.attempt} sent, never recorded")

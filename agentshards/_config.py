@@ -51,12 +51,27 @@ class LLMConfig:
     backoff_max_s: float = 30.0
 
 
+InFlightPolicy = Literal["retry", "fail"]
+
+
 @dataclass(frozen=True)
 class RunConfig:
-    """Everything ``run_agent`` needs besides the agent itself."""
+    """Everything ``run_agent`` needs besides the agent itself.
+
+    ``in_flight`` decides what a resumed run does with an LLM step whose request was sent (an attempt
+    row exists) but never recorded: ``retry`` sends it again (the provider may have charged for the lost
+    one), ``fail`` raises InFlightStepError so an operator can decide first.
+    """
 
     shard: ShardConfig = field(default_factory=ShardConfig)
     llm: LLMConfig = field(default_factory=LLMConfig)
+    in_flight: InFlightPolicy = "retry"
+    crash_plan: str | None = field(default=None, repr=False)
+    """Test-only: ``point@k`` kills the process at a crash point (see ``_crashpoints``)."""
+
+    def __post_init__(self) -> None:
+        if self.in_flight not in ("retry", "fail"):
+            raise ValueError(f"in_flight must be 'retry' or 'fail', not {self.in_flight!r}")
 
 
 def llm_config_from_env(env: Mapping[str, str]) -> LLMConfig:

@@ -12,7 +12,11 @@ The tree is deliberately shallow so callers can catch at the level they care abo
     ├── AgentFailed                  the run finished with an error (recorded in the journal)
     ├── ConcurrentStepError          unnamed steps started concurrently from several threads
     ├── ResultNotStorable            a step or agent result that is not JSON-able
+    ├── NonDeterminismError          a replayed step is called with other inputs than recorded
+    ├── InFlightStepError            an LLM call was in flight at a crash and the policy is "fail"
+    ├── StepTimeout                  a step ran past its wall-clock timeout (retries included)
     └── LLMError                     a durable LLM call could not be made (config, not durable)
+        └── LLMRequestRejected       the provider rejected the request itself (400/422): a recorded outcome
 
 Every message names the agent (and step when there is one) and ends with a hint, because the
 person reading it is usually looking at a log line from one agent among thousands.
@@ -101,3 +105,27 @@ class ResultNotStorable(AgentShardsError, TypeError):
 
 class LLMError(AgentShardsError):
     """A durable LLM call that cannot be made: missing configuration or a call that is not durable."""
+
+
+class NonDeterminismError(AgentShardsError):
+    """On replay, a step was called with inputs whose hash differs from the recorded one."""
+
+
+class InFlightStepError(AgentShardsError):
+    """An LLM request was sent but not recorded before the agent stopped, and the policy says stop."""
+
+
+class StepTimeout(AgentShardsError, TimeoutError):
+    """The step's wall-clock budget ran out; nothing was recorded, a re-run tries it again."""
+
+
+class LLMRequestRejected(LLMError):
+    """The provider answered 400/422: the request is invalid. Recorded as the step's outcome, so a replay
+    raises the same error instead of paying for the same rejection again."""
+
+    def __init__(self, message: str, *, status: int, code: str | None, agent_id: str | None = None,
+                 step: str | None = None) -> None:
+        self.status = status
+        self.code = code
+        super().__init__(message, agent_id=agent_id, step=step,
+                         hint="fix the request (model parameters, messages); start a new run or fork before it")

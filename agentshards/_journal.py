@@ -19,7 +19,9 @@ from ._sqlite import query, write_transaction
 
 RUNNING, SUCCEEDED, FAILED, SUPERSEDED = "running", "succeeded", "failed", "superseded"
 
-_RUN_COLUMNS = "id, seq, target, input_json, input_digest, status, output_json, error_json, created_at, finished_at"
+_RUN_COLUMNS = (
+    "id, seq, target, input_json, input_digest, status, output_json, error_json, created_at, finished_at, forked_from"
+)
 
 
 @dataclass(frozen=True)
@@ -36,16 +38,33 @@ class Run:
     error_json: str | None
     created_at: float
     finished_at: float | None
+    forked_from: str | None = None
 
 
 @dataclass(frozen=True)
 class StepRecord:
-    """One row of ``steps``: a completed step and its stored JSON output."""
+    """One row of ``steps``: a completed step, its stored JSON output and what it was called with."""
 
     name: str
     kind: str
     output_json: str
     completed_at: float
+    input_hash: str | None = None
+    input_preview: str | None = None
+    outcome: str = "ok"
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One row of ``attempts``: an LLM request that was about to go out."""
+
+    step_name: str
+    attempt: int
+    request_hash: str
+    started_at: float
+
+
+_STEP_COLUMNS = "step_name, kind, output_json, completed_at, input_hash, input_preview, outcome"
 
 
 def _short(text: str, limit: int = 120) -> str:
@@ -106,27 +125,84 @@ class Journal:
             f"not {_short(target if what == 'target' else input_json)}"
         )
 
-    def completed_steps(self, run_id: str) -> dict[str, str]:
-        """Step name -> stored output JSON, for replaying a resumed run."""
-        with self._lock:
-            rows = self._conn.execute(
-                "SELECT step_name, output_json FROM steps WHERE workflow_id = ?", (run_id,)
-            )
-        return {str(name): str(out) for name, out in rows}
+    def completed_steps(self, run_id: str) -> dict[str, StepRecord]:
+        """Step name -> stored record, for replaying a resumed run."""
+        return {step.name: step for step in self.steps(run_id)}
 
-    def record_step(self, run_id: str, name: str, kind: str, output_json: str) -> str:
-        """Record a completed step; return the stored output (the first recorder's, if we raced one)."""
+    def record_step(self, run_id: str, name: str, kind: str, output_json: str, *, input_hash: str | None = None,
+                    input_preview: str | None = None, outcome: str = "ok") -> StepRecord:
+        """Record a completed step; return the stored record (the first recorder's, if we raced one).
+
+        The transaction holds this one INSERT OR IGNORE (and, only when it was ignored, the read of the
+        winner), so a retried checkpoint is a no-op and never rewrites what another attempt recorded.
+        """
         with self._lock, write_transaction(self._conn):
+            now = time.time()
             self._conn.execute(
-                "INSERT OR IGNORE INTO steps(workflow_id, step_name, kind, output_json, completed_at)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (run_id, name, kind, output_json, time.time()),
+                f"INSERT OR IGNORE INTO steps(workflow_id, {_STEP_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (run_id, name, kind, output_json, now, input_hash, input_preview, outcome),
             )
             if self._conn.changes() == 1:
-                return output_json
-            row = query(self._conn, "SELECT output_json FROM steps WHERE workflow_id = ? AND step_name = ?",
-                        (run_id, name))
-        return str(row[0][0])
+                return StepRecord(name, kind, output_json, now, input_hash, input_preview, outcome)
+            rows = query(self._conn, f"SELECT {_STEP_COLUMNS} FROM steps WHERE workflow_id = ? AND step_name = ?",
+                         (run_id, name))
+        return StepRecord(*rows[0])
+
+    def begin_attempt(self, run_id: str, name: str, request_hash: str) -> int:
+        """Commit the intent to send one LLM request for step ``name``; return its attempt number."""
+        with self._lock, write_transaction(self._conn):
+            rows = query(self._conn, "SELECT COALESCE(MAX(attempt), 0) + 1 FROM attempts"
+                                     " WHERE workflow_id = ? AND step_name = ?", (run_id, name))
+            number = int(rows[0][0])
+            self._conn.execute(
+                "INSERT INTO attempts(workflow_id, step_name, attempt, request_hash, started_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (run_id, name, number, request_hash, time.time()))
+        return number
+
+    def attempts(self, run_id: str) -> list[Attempt]:
+        with self._lock:
+            rows = query(self._conn, "SELECT step_name, attempt, request_hash, started_at FROM attempts"
+                                     " WHERE workflow_id = ? ORDER BY started_at, attempt", (run_id,))
+        return [Attempt(*r) for r in rows]
+
+    def in_flight(self, run_id: str) -> list[Attempt]:
+        """The latest attempt of every LLM step that was started but never recorded as completed."""
+        with self._lock:
+            rows = query(self._conn, """
+                SELECT a.step_name, a.attempt, a.request_hash, a.started_at FROM attempts a
+                WHERE a.workflow_id = ?1
+                  AND a.attempt = (SELECT MAX(attempt) FROM attempts b
+                                   WHERE b.workflow_id = ?1 AND b.step_name = a.step_name)
+                  AND NOT EXISTS (SELECT 1 FROM steps s WHERE s.workflow_id = ?1 AND s.step_name = a.step_name)
+                ORDER BY a.started_at""", (run_id,))
+        return [Attempt(*r) for r in rows]
+
+    def fork_run(self, source_id: str, keep: int, *, input_json: str | None = None,
+                 input_digest: str | None = None) -> Run:
+        """Start a new open run that copies the first ``keep`` completed steps of ``source_id``.
+
+        The copied steps replay; every later step runs afresh. An open source run is superseded.
+        """
+        with self._lock, write_transaction(self._conn):
+            source = self._one(f"SELECT {_RUN_COLUMNS} FROM workflows WHERE id = ?", (source_id,))
+            latest = self._one(f"SELECT {_RUN_COLUMNS} FROM workflows ORDER BY seq DESC LIMIT 1", ())
+            assert source is not None and latest is not None
+            now = time.time()
+            self._conn.execute("UPDATE workflows SET status = ?, updated_at = ?, finished_at = ?"
+                               " WHERE status = ?", (SUPERSEDED, now, now, RUNNING))
+            run_id = uuid.uuid4().hex
+            self._conn.execute(
+                "INSERT INTO workflows(id, seq, target, input_json, input_digest, status, created_at, updated_at,"
+                " forked_from) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (run_id, latest.seq + 1, source.target, input_json or source.input_json,
+                 input_digest or source.input_digest, RUNNING, now, now, source.id))
+            self._conn.execute(
+                f"INSERT INTO steps(workflow_id, {_STEP_COLUMNS}) SELECT ?, {_STEP_COLUMNS} FROM steps"
+                " WHERE workflow_id = ? ORDER BY rowid LIMIT ?", (run_id, source.id, keep))
+            run = self._one(f"SELECT {_RUN_COLUMNS} FROM workflows WHERE id = ?", (run_id,))
+        assert run is not None
+        return run
 
     def finish_run(self, run_id: str, status: str, *, output_json: str | None = None,
                    error_json: str | None = None) -> Run:
@@ -149,11 +225,8 @@ class Journal:
 
     def steps(self, run_id: str) -> list[StepRecord]:
         with self._lock:
-            rows = query(
-                self._conn,
-                "SELECT step_name, kind, output_json, completed_at FROM steps WHERE workflow_id = ? ORDER BY rowid",
-                (run_id,),
-            )
+            rows = query(self._conn, f"SELECT {_STEP_COLUMNS} FROM steps WHERE workflow_id = ? ORDER BY rowid",
+                         (run_id,))
         return [StepRecord(*r) for r in rows]
 
     def _one(self, sql: str, params: tuple[object, ...]) -> Run | None:

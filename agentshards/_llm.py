@@ -10,17 +10,24 @@ attempt cannot silently turn into several paid requests behind the journal's bac
 
 from __future__ import annotations
 
+import email.utils
+import logging
+import random
 import threading
+import time
 from typing import TYPE_CHECKING, Any
 
+from . import _codec
+from ._agent import LLM, Agent, StepCall, StepOptions
 from ._config import LLMConfig
-from ._errors import LLMError
+from ._errors import LLMError, LLMRequestRejected, StepTimeout
 
 if TYPE_CHECKING:
     import openai
+    import tenacity
     from openai.types.chat import ChatCompletion
 
-    from ._agent import Agent, StepOptions
+log = logging.getLogger("agentshards")
 
 _clients: dict[LLMConfig, openai.OpenAI] = {}
 _clients_lock = threading.Lock()
@@ -43,7 +50,11 @@ def _client(config: LLMConfig, agent_id: str) -> openai.OpenAI:
 
 
 def _is_transient(exc: BaseException) -> bool:
-    """Worth another attempt: connection problems, timeouts, 5xx, and rate limits that are not quota."""
+    """Worth another attempt: connection problems, timeouts, 5xx, and 429s that are not out-of-quota.
+
+    Not transient: 429 ``insufficient_quota`` (waiting does not add credit), 400/422 (the request is
+    wrong), 401/403 (the key is wrong), 404 (the model does not exist).
+    """
     import openai
 
     if isinstance(exc, openai.APIConnectionError):  # includes APITimeoutError
@@ -53,19 +64,76 @@ def _is_transient(exc: BaseException) -> bool:
     return isinstance(exc, openai.InternalServerError)
 
 
-def _create_chat_completion(config: LLMConfig, agent_id: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+def _retry_after_s(exc: BaseException | None) -> float | None:
+    """The server's own pacing, from ``retry-after-ms`` or ``retry-after`` (seconds or an HTTP date)."""
+    response = getattr(exc, "response", None)
+    headers = getattr(response, "headers", None)
+    if headers is None:
+        return None
+    try:
+        if headers.get("retry-after-ms") is not None:
+            return max(0.0, float(headers["retry-after-ms"]) / 1000)
+        value = headers.get("retry-after")
+        if value is None:
+            return None
+        try:
+            return max(0.0, float(value))
+        except ValueError:
+            when = email.utils.parsedate_to_datetime(value)
+            return max(0.0, when.timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+def _perform(agent: Agent, call: StepCall, request: dict[str, Any]) -> tuple[str, str]:
+    """Send the request (retrying transient failures), one committed attempt row before each send."""
+    import openai
     import tenacity
 
-    client = _client(config, agent_id)
-    retrying = tenacity.Retrying(
-        stop=tenacity.stop_after_attempt(config.max_attempts),
-        wait=tenacity.wait_random_exponential(multiplier=config.backoff_s, max=config.backoff_max_s),
-        retry=tenacity.retry_if_exception(_is_transient),
-        reraise=True,
-    )
-    completion = retrying(client.chat.completions.create, **kwargs)
-    dumped: dict[str, Any] = completion.model_dump(mode="json", exclude_unset=True)
-    return dumped
+    config = agent._config.llm
+    client = _client(config, agent.agent_id)
+    attempts = call.options.max_attempts or config.max_attempts
+    budget = call.options.timeout_s
+    deadline = None if budget is None else time.monotonic() + budget
+
+    def remaining() -> float:
+        return float("inf") if deadline is None else deadline - time.monotonic()
+
+    def wait(state: tenacity.RetryCallState) -> float:
+        assert state.outcome is not None
+        pause = _retry_after_s(state.outcome.exception())
+        if pause is None:  # exponential backoff with full jitter
+            pause = random.uniform(0, config.backoff_s * 2 ** (state.attempt_number - 1))
+        return max(0.0, min(pause, config.backoff_max_s, remaining()))
+
+    def stop(state: tenacity.RetryCallState) -> bool:
+        return state.attempt_number >= attempts or remaining() <= 0
+
+    def send() -> Any:
+        agent._journal.begin_attempt(agent.run_id, call.name, call.input_hash)
+        agent._crash.reached("after_intent")
+        timeout = min(config.timeout_s, max(remaining(), 0.001))
+        completion = client.chat.completions.create(**{"timeout": timeout, **request})
+        agent._crash.reached("after_response")
+        return completion
+
+    retrying = tenacity.Retrying(stop=stop, wait=wait, retry=tenacity.retry_if_exception(_is_transient),
+                                 reraise=True, before_sleep=lambda s: log.warning(
+                                     "agent %s: LLM step %r attempt %d failed (%s); retrying", agent.agent_id,
+                                     call.name, s.attempt_number, s.outcome.exception() if s.outcome else "?"))
+    try:
+        completion = retrying(send)
+    except (openai.BadRequestError, openai.UnprocessableEntityError) as exc:
+        rejected = {"status": exc.status_code, "code": exc.code, "message": str(exc.message)[:2000]}
+        return _codec.dumps(rejected, agent_id=agent.agent_id, step=call.name), "error"
+    except openai.APITimeoutError as exc:
+        if remaining() <= 0:
+            raise StepTimeout(f"no LLM answer within {budget}s ({attempts} attempts allowed)",
+                              agent_id=agent.agent_id, step=call.name,
+                              hint="raise timeout_s in agent.options(...); nothing was recorded") from exc
+        raise
+    dumped = completion.model_dump(mode="json", exclude_unset=True)
+    return _codec.dumps(dumped, agent_id=agent.agent_id, step=call.name), "ok"
 
 
 class _Completions:
@@ -74,17 +142,25 @@ class _Completions:
 
     def create(self, **kwargs: Any) -> ChatCompletion:
         """Like ``openai``'s ``chat.completions.create`` (non-streaming), made once per run."""
-        llm = self._llm
+        agent = self._llm._agent
         if kwargs.get("stream"):
-            raise LLMError("stream=True is not durable yet", agent_id=llm._agent.agent_id,
+            raise LLMError("stream=True is not durable yet", agent_id=agent.agent_id,
                            hint="call without stream; the full response is journaled and replayed")
+        try:
+            input_text = _codec.canonical({"endpoint": "chat.completions", "request": kwargs})
+        except (TypeError, ValueError) as exc:
+            raise LLMError(f"the request is not JSON-able: {exc}", agent_id=agent.agent_id,
+                           hint="pass plain dicts/lists/str (e.g. model.model_dump()) in the request") from exc
         from openai.types.chat import ChatCompletion
 
-        text = llm._agent._execute(
-            llm._options.name, "llm",
-            lambda: _create_chat_completion(llm._config, llm._agent.agent_id, kwargs),
-        )
-        return ChatCompletion.model_validate_json(text)
+        record = agent._execute(self._llm._options.name, LLM, input_text, self._llm._options,
+                                lambda call: _perform(agent, call, kwargs))
+        if record.outcome == "error":
+            rejected = _codec.loads(record.output_json)
+            raise LLMRequestRejected(f"the provider rejected the request ({rejected['status']}): "
+                                     f"{rejected['message'][:300]}", status=int(rejected["status"]),
+                                     code=rejected.get("code"), agent_id=agent.agent_id, step=record.name)
+        return ChatCompletion.model_validate_json(record.output_json)
 
 
 class _Chat:
@@ -95,9 +171,8 @@ class _Chat:
 class DurableLLM:
     """``agent.llm``: the OpenAI surface that is durable today; anything else raises LLMError."""
 
-    def __init__(self, agent: Agent, config: LLMConfig, options: StepOptions) -> None:
+    def __init__(self, agent: Agent, options: StepOptions) -> None:
         self._agent = agent
-        self._config = config
         self._options = options
         self.chat = _Chat(self)
 

@@ -7,14 +7,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ._config import ShardConfig
-from ._journal import Journal, Run, StepRecord
+from ._journal import Attempt, Journal, Run, StepRecord
 from ._shard import open_shard
 
 
 @dataclass(frozen=True)
 class RunReport:
+    """A run, its completed steps, every LLM attempt, and the attempts still in flight (sent, unrecorded)."""
+
     run: Run
     steps: list[StepRecord]
+    attempts: list[Attempt]
+    in_flight: list[Attempt]
 
 
 @dataclass(frozen=True)
@@ -29,7 +33,8 @@ def inspect_agent(data_dir: str | os.PathLike[str], agent_id: str) -> AgentRepor
     conn = open_shard(Path(data_dir), agent_id, ShardConfig(), create=False)
     journal = Journal(conn, agent_id)
     try:
-        runs = [RunReport(run, journal.steps(run.id)) for run in journal.runs()]
+        runs = [RunReport(run, journal.steps(run.id), journal.attempts(run.id), journal.in_flight(run.id))
+                for run in journal.runs()]
     finally:
         journal.close()
     return AgentReport(agent_id, Path(data_dir) / f"{agent_id}.db", runs)

@@ -43,38 +43,66 @@ CREATE TABLE steps (
 ) STRICT;
 """
 
-MIGRATIONS: tuple[str, ...] = (SCHEMA_V1,)
+SCHEMA_V2 = """
+-- Non-determinism detection: a hash (and a short preview) of what each step was called with.
+ALTER TABLE steps ADD COLUMN input_hash TEXT;
+ALTER TABLE steps ADD COLUMN input_preview TEXT;
+-- 'error': the provider rejected the request itself (400-class); replay raises the same error.
+ALTER TABLE steps ADD COLUMN outcome TEXT NOT NULL DEFAULT 'ok' CHECK (outcome IN ('ok', 'error'));
+ALTER TABLE workflows ADD COLUMN forked_from TEXT;
+
+-- Intent records: one row per LLM request, committed before the request goes out. An attempt without
+-- a completed step is a call that was in flight when the agent stopped.
+CREATE TABLE attempts (
+    workflow_id  TEXT NOT NULL REFERENCES workflows(id),
+    step_name    TEXT NOT NULL,
+    attempt      INTEGER NOT NULL,
+    request_hash TEXT NOT NULL,
+    started_at   REAL NOT NULL,
+    PRIMARY KEY (workflow_id, step_name, attempt)
+) STRICT;
+"""
+
+MIGRATIONS: tuple[str, ...] = (SCHEMA_V1, SCHEMA_V2)
 """MIGRATIONS[i] takes a file from user_version i to i + 1. Append only; never edit a shipped entry."""
 
 SCHEMA_VERSION = len(MIGRATIONS)
 
-OUR_TABLES = frozenset({"shard_meta", "workflows", "steps"})
+OUR_TABLES = frozenset({"shard_meta", "workflows", "steps", "attempts"})
 
 
 def user_version(conn: apsw.Connection) -> int:
     return int(query(conn, "PRAGMA user_version")[0][0])
 
 
-def migrate(conn: apsw.Connection, *, where: str) -> None:
-    """Bring the file to SCHEMA_VERSION, one transaction per step, refusing files we do not understand."""
+def check_file(conn: apsw.Connection, *, where: str) -> None:
+    """Refuse, without writing anything, a file this agentshards must not touch.
+
+    Run on a read-only connection: a newer schema, tables that are neither ours nor Litestream's, or a
+    damaged file (``quick_check``) each raise ShardError and leave the file exactly as it was.
+    """
     version = user_version(conn)
     if version > SCHEMA_VERSION:
         raise ShardError(
             f"{where} has schema version {version}, newer than this agentshards ({SCHEMA_VERSION})",
             hint="upgrade agentshards; the file was left untouched",
         )
-    if version == 0:
-        tables = {
-            r[0]
-            for r in conn.execute("SELECT name FROM sqlite_schema WHERE type = 'table'")
-            if not str(r[0]).startswith(("sqlite_", "_litestream_"))
-        }
-        if tables:
-            raise ShardError(
-                f"{where} is a SQLite file with other tables ({', '.join(sorted(tables))}), not an agent shard",
-                hint="point data_dir at a directory that only agentshards writes to",
-            )
-    for target in range(version, SCHEMA_VERSION):
+    tables = {str(r[0]) for r in query(conn, "SELECT name FROM sqlite_schema WHERE type = 'table'")}
+    foreign = {t for t in tables - OUR_TABLES if not t.startswith(("sqlite_", "_litestream_"))}
+    if foreign:
+        raise ShardError(
+            f"{where} has tables that are not an agent shard's ({', '.join(sorted(foreign)[:5])})",
+            hint="point data_dir at a directory that only agentshards writes to; the file was left untouched",
+        )
+    problems = [str(r[0]) for r in query(conn, "PRAGMA quick_check(5)")]
+    if problems != ["ok"]:
+        raise ShardError(f"{where} is damaged: {'; '.join(problems)[:300]}",
+                         hint="restore it from its replica or archive; the file was left untouched")
+
+
+def migrate(conn: apsw.Connection, *, where: str) -> None:
+    """Bring a checked file to SCHEMA_VERSION, one transaction per migration."""
+    for target in range(user_version(conn), SCHEMA_VERSION):
         with write_transaction(conn):
             # Re-read inside the write lock: another connection may have migrated meanwhile.
             if user_version(conn) != target:

@@ -10,8 +10,8 @@ import apsw
 
 from ._config import ShardConfig
 from ._errors import InvalidAgentId, ShardError
-from ._schema import migrate
-from ._sqlite import open_connection, query, write_transaction
+from ._schema import check_file, migrate
+from ._sqlite import open_connection, query, require_sqlite, write_transaction
 
 _AGENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 SHARD_SUFFIX = ".db"
@@ -37,20 +37,23 @@ def shard_path(data_dir: Path, agent_id: str) -> Path:
 
 
 def open_shard(data_dir: Path, agent_id: str, config: ShardConfig, *, create: bool = True) -> apsw.Connection:
-    """Open (creating if asked) the agent's file, migrated to the current schema and bound to its id."""
+    """Open (creating if asked) the agent's file, checked, migrated to the current schema and bound to its id.
+
+    An existing file is first examined through a read-only connection, so a file we refuse (not SQLite,
+    damaged, newer schema, someone else's tables) is left byte-for-byte untouched.
+    """
+    require_sqlite()
     path = shard_path(data_dir, agent_id)
-    if create:
+    if path.exists():
+        _check_existing(path, agent_id, config)
+    elif create:
         Path(data_dir).mkdir(parents=True, exist_ok=True)
-    elif not path.exists():
-        raise ShardError(
-            f"no shard at {path}", agent_id=agent_id, hint="check --data-dir and the agent id"
-        )
+    else:
+        raise ShardError(f"no shard at {path}", agent_id=agent_id, hint="check --data-dir and the agent id")
     try:
         conn = open_connection(path, config, create=create)
     except apsw.Error as exc:
-        raise ShardError(
-            f"cannot open {path}: {exc}", agent_id=agent_id, hint="is it a SQLite file written by agentshards?"
-        ) from exc
+        raise _unusable(path, agent_id, exc) from exc
     try:
         migrate(conn, where=str(path))
         _bind_agent_id(conn, agent_id, path)
@@ -59,9 +62,34 @@ def open_shard(data_dir: Path, agent_id: str, config: ShardConfig, *, create: bo
         raise ShardError(exc.message, hint=exc.hint, agent_id=agent_id) from None
     except apsw.Error as exc:
         conn.close()
-        raise ShardError(f"cannot use {path}: {exc}", agent_id=agent_id,
-                         hint="the file may be damaged; it was left untouched") from exc
+        raise _unusable(path, agent_id, exc) from exc
     return conn
+
+
+def _check_existing(path: Path, agent_id: str, config: ShardConfig) -> None:
+    try:
+        conn = open_connection(path, config, readonly=True)
+    except apsw.Error as exc:
+        raise _unusable(path, agent_id, exc) from exc
+    try:
+        check_file(conn, where=str(path))
+    except ShardError as exc:
+        raise ShardError(exc.message, hint=exc.hint, agent_id=agent_id) from None
+    except apsw.Error as exc:
+        raise _unusable(path, agent_id, exc) from exc
+    finally:
+        conn.close()
+
+
+def _unusable(path: Path, agent_id: str, exc: apsw.Error) -> ShardError:
+    if isinstance(exc, apsw.NotADBError):
+        return ShardError(f"{path} is not a SQLite database", agent_id=agent_id,
+                          hint="something else wrote this file; move it away, it was left untouched")
+    if isinstance(exc, (apsw.FullError, apsw.ReadOnlyError, apsw.IOError, apsw.CantOpenError)):
+        return ShardError(f"cannot write {path}: {exc}", agent_id=agent_id,
+                          hint="check free space, permissions and that the filesystem is writable")
+    return ShardError(f"cannot use {path}: {exc}", agent_id=agent_id,
+                      hint="the file may be damaged; restore it from its replica. It was left untouched")
 
 
 def _bind_agent_id(conn: apsw.Connection, agent_id: str, path: Path) -> None:

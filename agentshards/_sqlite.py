@@ -14,6 +14,7 @@ from typing import Any
 import apsw
 
 from ._config import ShardConfig
+from ._errors import ShardError
 
 MIN_SQLITE = (3, 51, 3)
 """SQLite 3.7.0-3.51.2 can corrupt a WAL database when an external process checkpoints it while the
@@ -24,12 +25,29 @@ def sqlite_version() -> tuple[int, ...]:
     return tuple(int(p) for p in apsw.sqlite_lib_version().split("."))
 
 
-def open_connection(path: Path, config: ShardConfig, *, create: bool = True) -> apsw.Connection:
-    """Open ``path`` with every pragma agentshards relies on, each set for a stated reason."""
-    flags = apsw.SQLITE_OPEN_READWRITE
-    if create:
-        flags |= apsw.SQLITE_OPEN_CREATE
-    # URI filenames off and no extension loading: shard files may arrive from a replica or an archive.
+def require_sqlite() -> None:
+    """Refuse SQLite builds with the WAL-reset bug; apsw wheels bundle their own SQLite."""
+    if sqlite_version() < MIN_SQLITE:
+        need = ".".join(map(str, MIN_SQLITE))
+        raise ShardError(
+            f"SQLite {apsw.sqlite_lib_version()} (via apsw) has the WAL-reset bug that an external "
+            f"checkpointer such as Litestream can trigger; {need} or newer is required",
+            hint="pip install -U apsw (its wheels bundle a current SQLite)")
+
+
+def open_connection(path: Path, config: ShardConfig, *, create: bool = True,
+                    readonly: bool = False) -> apsw.Connection:
+    """Open ``path`` with every pragma agentshards relies on, each set for a stated reason.
+
+    ``readonly`` connections change nothing in the file (no WAL switch): they are how a file of unknown
+    origin is examined before agentshards writes to it.
+    """
+    if readonly:
+        flags = apsw.SQLITE_OPEN_READONLY
+    else:
+        flags = apsw.SQLITE_OPEN_READWRITE | (apsw.SQLITE_OPEN_CREATE if create else 0)
+    # No URI filenames (plain path only), and extension loading stays disabled (apsw's default):
+    # shard files may arrive from a replica or an archive.
     conn = apsw.Connection(str(path), flags=flags)
     try:
         # First, before any other statement: Litestream holds locks briefly; without a busy timeout a
@@ -37,6 +55,12 @@ def open_connection(path: Path, config: ShardConfig, *, create: bool = True) -> 
         conn.set_busy_timeout(config.busy_timeout_ms)
         # Files may come from S3: do not let schema objects (triggers, views) call app-defined functions.
         conn.execute("PRAGMA trusted_schema=OFF")
+        # Detect a damaged b-tree page as corruption instead of reading past it.
+        conn.execute("PRAGMA cell_size_check=ON")
+        if readonly:
+            # Belt and braces on top of the read-only open: refuse any write through this connection.
+            conn.execute("PRAGMA query_only=ON")
+            return conn
         # WAL: readers (Litestream, inspect) never block the agent's writes, and Litestream replicates the WAL.
         mode = conn.execute("PRAGMA journal_mode=WAL").fetchall()[0][0]
         if str(mode).lower() != "wal":

@@ -21,8 +21,8 @@ def _journal(path: Path) -> Journal:
 def test_repeated_checkpoint_is_a_noop_and_returns_the_stored_value(tmp_path: Path) -> None:
     j = _journal(tmp_path)
     run = j.begin_run("m:f", "{}", "d")
-    assert j.record_step(run.id, "s", "step", '"first"') == '"first"'
-    assert j.record_step(run.id, "s", "step", '"second"') == '"first"'
+    assert j.record_step(run.id, "s", "step", '"first"').output_json == '"first"'
+    assert j.record_step(run.id, "s", "step", '"second"').output_json == '"first"'
     assert [s.output_json for s in j.steps(run.id)] == ['"first"']
 
 
@@ -37,7 +37,7 @@ def test_concurrent_recorders_on_two_connections_agree(tmp_path: Path) -> None:
         def record(journal: Journal, who: str, i: int = i, barrier: threading.Barrier = barrier,
                    got: dict[str, str] = got) -> None:
             barrier.wait()
-            got[who] = journal.record_step(run.id, f"step-{i}", "step", json.dumps(who))
+            got[who] = journal.record_step(run.id, f"step-{i}", "step", json.dumps(who)).output_json
 
         threads = [threading.Thread(target=record, args=(j, w)) for j, w in ((a, "a"), (b, "b"))]
         for t in threads:
