@@ -31,6 +31,22 @@ class FakeRequest:
     received_at: float
 
 
+@dataclass(frozen=True)
+class Fault:
+    """What to do to one request instead of answering normally.
+
+    ``status`` answers with that HTTP error (``code`` in the body, optional Retry-After headers);
+    ``delay_s`` answers normally but late; ``hang`` accepts the request and never answers.
+    """
+
+    status: int | None = None
+    code: str | None = None
+    retry_after: str | None = None
+    retry_after_ms: int | None = None
+    delay_s: float = 0.0
+    hang: bool = False
+
+
 def serial_of(completion_id: str) -> int:
     """The serial number inside an id this server issued."""
     if not completion_id.startswith(ID_PREFIX):
@@ -65,12 +81,18 @@ class FakeLLMServer:
         self._httpd = _QuietServer((host, port), self._handler_class())
         self._httpd.daemon_threads = True
         self._thread: threading.Thread | None = None
-        self._faults: list[tuple[int, str | None]] = []
+        self._faults: list[Fault] = []
+        self._released = threading.Event()
 
-    def fail_next(self, times: int = 1, *, status: int = 500, code: str | None = None) -> None:
-        """Answer the next ``times`` chat requests with ``status`` (they still get a serial and a log entry)."""
+    def inject(self, fault: Fault, times: int = 1) -> None:
+        """Apply ``fault`` to the next ``times`` requests; each still gets a serial and a log entry."""
         with self._lock:
-            self._faults.extend([(status, code)] * times)
+            self._faults.extend([fault] * times)
+
+    def fail_next(self, times: int = 1, *, status: int = 500, code: str | None = None,
+                  retry_after: str | None = None, retry_after_ms: int | None = None) -> None:
+        """Answer the next ``times`` requests with an OpenAI-style error (and optional Retry-After headers)."""
+        self.inject(Fault(status=status, code=code, retry_after=retry_after, retry_after_ms=retry_after_ms), times)
 
     @property
     def base_url(self) -> str:
@@ -94,6 +116,7 @@ class FakeLLMServer:
         return self
 
     def stop(self) -> None:
+        self._released.set()  # let hung handlers go
         self._httpd.shutdown()
         self._httpd.server_close()
         if self._thread is not None:
@@ -105,7 +128,7 @@ class FakeLLMServer:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def _log(self, path: str, body: dict[str, Any]) -> tuple[int, tuple[int, str | None] | None]:
+    def _log(self, path: str, body: dict[str, Any]) -> tuple[int, Fault | None]:
         with self._lock:
             self._serial += 1
             self._requests.append(FakeRequest(self._serial, path, body, time.time()))
@@ -138,10 +161,13 @@ class FakeLLMServer:
             def log_message(self, format: str, *args: Any) -> None:  # quiet: tests read the request log
                 pass
 
-            def _send(self, status: int, payload: dict[str, Any], serial: int | None = None) -> None:
+            def _send(self, status: int, payload: dict[str, Any], serial: int | None = None,
+                      headers: dict[str, str] | None = None) -> None:
                 data = json.dumps(payload).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
+                for key, value in (headers or {}).items():
+                    self.send_header(key, value)
                 self.send_header("Content-Length", str(len(data)))
                 if serial is not None:
                     self.send_header("x-fake-serial", str(serial))
@@ -163,13 +189,21 @@ class FakeLLMServer:
                                                "code": "not_found"}})
                     return
                 serial, fault = server._log(self.path, body)
-                if fault is not None:
-                    status, code = fault
-                    self._send(status, {"error": {"message": f"injected fault {status}", "type": "fake_fault",
-                                                  "code": code}}, serial)
+                if fault is not None and fault.hang:
+                    server._released.wait()  # never answers while the server runs
                     return
-                if server.delay_s:
-                    time.sleep(server.delay_s)
+                if fault is not None and fault.status is not None:
+                    headers = {}
+                    if fault.retry_after is not None:
+                        headers["retry-after"] = fault.retry_after
+                    if fault.retry_after_ms is not None:
+                        headers["retry-after-ms"] = str(fault.retry_after_ms)
+                    self._send(fault.status, {"error": {"message": f"injected fault {fault.status}",
+                                                        "type": "fake_fault", "code": fault.code}}, serial, headers)
+                    return
+                delay = server.delay_s + (fault.delay_s if fault is not None else 0.0)
+                if delay:
+                    time.sleep(delay)
                 self._send(200, server._chat_completion(serial, body), serial)
 
         return Handler

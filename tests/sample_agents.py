@@ -173,3 +173,84 @@ def parallel_llm_calls(agent: agentshards.Agent) -> None:
         t.join()
     if errors:
         raise errors[0]
+
+
+def one_call(agent: agentshards.Agent, prompt: str = "hello", timeout_s: float | None = None,
+             max_attempts: int | None = None) -> dict[str, Any]:
+    completion = agent.options(timeout_s=timeout_s, max_attempts=max_attempts).llm.chat.completions.create(
+        model="fake-model", messages=[{"role": "user", "content": prompt}])
+    return {"id": completion.id, "content": completion.choices[0].message.content}
+
+
+def catches_rejection(agent: agentshards.Agent) -> dict[str, Any]:
+    try:
+        agent.llm.chat.completions.create(model="fake-model", messages=[{"role": "user", "content": "bad"}])
+    except agentshards.LLMRequestRejected as exc:
+        rejected = {"status": exc.status, "code": exc.code}
+    good = agent.llm.chat.completions.create(model="fake-model", messages=[{"role": "user", "content": "good"}])
+    return {"rejected": rejected, "good": good.id}
+
+
+KEYS: list[str] = []
+
+
+def charge(amount: int, key: str) -> dict[str, Any]:
+    KEYS.append(key)
+    return {"charged": amount, "key": key}
+
+
+def pays_once(agent: agentshards.Agent, amount: int) -> Any:
+    return agent.step("pay", lambda: charge(amount, agent.idempotency_key()))
+
+
+FLAKY: dict[str, int] = {}
+
+
+def flaky(tag: str, failures: int) -> str:
+    FLAKY[tag] = FLAKY.get(tag, 0) + 1
+    if FLAKY[tag] <= failures:
+        raise ConnectionError(f"flaky {tag} failure {FLAKY[tag]}")
+    return f"{tag} ok after {FLAKY[tag]}"
+
+
+def retried_step(agent: agentshards.Agent, failures: int, attempts: int) -> Any:
+    return agent.options(max_attempts=attempts).step("flaky", flaky, "retried", failures)
+
+
+def slow_step(agent: agentshards.Agent, seconds: float, timeout_s: float) -> Any:
+    return agent.options(timeout_s=timeout_s).step("slow", _slow, seconds, "done")
+
+
+PROMPT_SUFFIX: list[str] = ["", ""]  # [llm#2 prompt suffix, tag step argument suffix]
+
+
+def drifting(agent: agentshards.Agent, topic: str) -> list[Any]:
+    """Its second LLM prompt depends on a module global, so tests can 'change the code' between runs."""
+    first = agent.llm.chat.completions.create(model="m", messages=[{"role": "user", "content": f"a {topic}"}])
+    tag = agent.step("tag", record_call, "tag-" + topic + PROMPT_SUFFIX[1], {"t": topic})
+    second = agent.llm.chat.completions.create(
+        model="m", messages=[{"role": "user", "content": f"b {topic}{PROMPT_SUFFIX[0]}"}])
+    third = agent.step("opaque", record_call, "opaque", {"o": 1})
+    return [first.id, tag, second.id, third]
+
+
+def opaque_args(agent: agentshards.Agent, n: int) -> Any:
+    """Arguments that are not JSON-able: the input hash falls back to the function name only."""
+    return agent.step("opaque", _count_items, {object() for _ in range(n)})
+
+
+def _count_items(items: Any) -> int:
+    return len(items)
+
+
+REJECTION_RUNS: list[int] = []
+
+
+def rejection_then_interrupt(agent: agentshards.Agent) -> None:
+    REJECTION_RUNS.append(1)
+    try:
+        agent.llm.chat.completions.create(model="m", messages=[{"role": "user", "content": "bad"}])
+    except agentshards.LLMRequestRejected:
+        if len(REJECTION_RUNS) == 1:
+            raise KeyboardInterrupt from None
+        raise
