@@ -7,14 +7,16 @@ the recorder then returns the *stored* value, never its own, so every caller agr
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import apsw
 
-from ._errors import RunMismatch
+from ._errors import RunMismatch, ShardError
 from ._sqlite import query, write_transaction
 
 RUNNING, SUCCEEDED, FAILED, SUPERSEDED = "running", "succeeded", "failed", "superseded"
@@ -86,13 +88,28 @@ class Journal:
     def close(self) -> None:
         self._conn.close()
 
+    @contextlib.contextmanager
+    def _write(self, what: str, step: str | None = None) -> Iterator[None]:
+        """One write transaction under this journal's lock; storage failures become a ShardError.
+
+        The transaction is rolled back on failure, so nothing partial is recorded and everything
+        committed before stays as it was.
+        """
+        try:
+            with self._lock, write_transaction(self._conn):
+                yield
+        except (apsw.FullError, apsw.IOError, apsw.ReadOnlyError, apsw.CantOpenError) as exc:
+            raise ShardError(f"could not {what}: {exc}", agent_id=self.agent_id, step=step,
+                             hint="free disk space or make the data dir writable, then re-run: the step was not "
+                                  "recorded and everything recorded before is intact") from exc
+
     def begin_run(self, target: str, input_json: str, input_digest: str, *, new_run: bool = False) -> Run:
         """Return the run to execute or to report: the open one, the finished one, or a new one.
 
         Same target and inputs resume the open run (or return the finished one); anything else is a
         RunMismatch unless ``new_run`` asks for a fresh run, which supersedes any open run.
         """
-        with self._lock, write_transaction(self._conn):
+        with self._write("start or resume a run"):
             latest = self._one(f"SELECT {_RUN_COLUMNS} FROM workflows ORDER BY seq DESC LIMIT 1", ())
             if latest is not None and not new_run:
                 if latest.target == target and latest.input_digest == input_digest:
@@ -136,7 +153,7 @@ class Journal:
         The transaction holds this one INSERT OR IGNORE (and, only when it was ignored, the read of the
         winner), so a retried checkpoint is a no-op and never rewrites what another attempt recorded.
         """
-        with self._lock, write_transaction(self._conn):
+        with self._write("record the step", name):
             now = time.time()
             self._conn.execute(
                 f"INSERT OR IGNORE INTO steps(workflow_id, {_STEP_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -150,7 +167,7 @@ class Journal:
 
     def begin_attempt(self, run_id: str, name: str, request_hash: str) -> int:
         """Commit the intent to send one LLM request for step ``name``; return its attempt number."""
-        with self._lock, write_transaction(self._conn):
+        with self._write("record the LLM attempt", name):
             rows = query(self._conn, "SELECT COALESCE(MAX(attempt), 0) + 1 FROM attempts"
                                      " WHERE workflow_id = ? AND step_name = ?", (run_id, name))
             number = int(rows[0][0])
@@ -184,7 +201,7 @@ class Journal:
 
         The copied steps replay; every later step runs afresh. An open source run is superseded.
         """
-        with self._lock, write_transaction(self._conn):
+        with self._write("fork the run"):
             source = self._one(f"SELECT {_RUN_COLUMNS} FROM workflows WHERE id = ?", (source_id,))
             latest = self._one(f"SELECT {_RUN_COLUMNS} FROM workflows ORDER BY seq DESC LIMIT 1", ())
             assert source is not None and latest is not None
@@ -207,7 +224,7 @@ class Journal:
     def finish_run(self, run_id: str, status: str, *, output_json: str | None = None,
                    error_json: str | None = None) -> Run:
         """Close the run once; a run already closed by another attempt keeps its first outcome."""
-        with self._lock, write_transaction(self._conn):
+        with self._write("finish the run"):
             now = time.time()
             self._conn.execute(
                 "UPDATE workflows SET status = ?, output_json = ?, error_json = ?, updated_at = ?,"

@@ -94,9 +94,8 @@ def write_transaction(conn: apsw.Connection) -> Iterator[apsw.Connection]:
     conn.execute("BEGIN IMMEDIATE")
     try:
         yield conn
+        conn.execute("COMMIT")  # may fail too (disk full): then roll back below
     except BaseException:
-        if not conn.in_transaction:
-            raise
-        conn.execute("ROLLBACK")
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
         raise
-    conn.execute("COMMIT")

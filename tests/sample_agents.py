@@ -254,3 +254,23 @@ def rejection_then_interrupt(agent: agentshards.Agent) -> None:
         if len(REJECTION_RUNS) == 1:
             raise KeyboardInterrupt from None
         raise
+
+
+def many_steps(agent: agentshards.Agent, n: int) -> int:
+    for i in range(n):
+        agent.step("s", record_call, f"s{i}", {"i": i, "pad": "p" * 900})
+    return n
+
+
+BIG_STEPS: list[int] = []
+
+
+def _big(i: int) -> str:
+    BIG_STEPS.append(i)
+    return "b" * 60_000
+
+
+def big_steps(agent: agentshards.Agent, n: int) -> int:
+    for i in range(n):
+        agent.step("blob", _big, i)
+    return n

@@ -1,0 +1,133 @@
+"""Hostile files and environments: each a clear error, the file left untouched, nothing recorded lost."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import apsw
+import pytest
+
+from agentshards import ShardConfig, ShardError, inspect_agent, run_agent
+from agentshards._schema import MIGRATIONS, SCHEMA_VERSION
+from agentshards._shard import open_shard
+
+import sample_agents
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _shard_with_data(data_dir: Path, agent_id: str = "a1", steps: int = 40) -> Path:
+    run_agent(sample_agents.many_steps, agent_id=agent_id, data_dir=data_dir, n=steps)
+    return data_dir / f"{agent_id}.db"
+
+
+def test_truncated_file_is_refused_untouched(data_dir: Path) -> None:
+    path = _shard_with_data(data_dir)
+    size = path.stat().st_size
+    assert size > 8 * 4096
+    with path.open("r+b") as f:
+        f.truncate(size // 2)
+    before = _digest(path)
+    with pytest.raises(ShardError, match="a1") as info:
+        run_agent(sample_agents.many_steps, agent_id="a1", data_dir=data_dir, n=40)
+    assert "hint:" in str(info.value)
+    assert _digest(path) == before
+
+
+def test_corrupt_page_is_refused_untouched(data_dir: Path) -> None:
+    path = _shard_with_data(data_dir)
+    data = bytearray(path.read_bytes())
+    for page in range(2, 8):  # b-tree page headers (page type, cell counts): what a torn write leaves
+        for offset in range(page * 4096, page * 4096 + 12):
+            data[offset] = 0xA5
+    path.write_bytes(bytes(data))
+    before = _digest(path)
+    with pytest.raises(ShardError, match=r"damaged|malformed|corrupt"):
+        inspect_agent(data_dir, "a1")
+    assert _digest(path) == before
+
+
+def test_migration_from_v1_keeps_runs_and_resumes(data_dir: Path) -> None:
+    data_dir.mkdir()
+    conn = apsw.Connection(str(data_dir / "old.db"))
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute(MIGRATIONS[0])
+    conn.execute("PRAGMA user_version = 1")
+    conn.execute("INSERT INTO shard_meta VALUES ('agent_id', 'old'), ('created_at', '0')")
+    digest = __import__("agentshards._codec", fromlist=["digest"]).digest('{"x":2}')
+    conn.execute("INSERT INTO workflows(id, seq, target, input_json, input_digest, status, created_at, updated_at)"
+                 " VALUES ('r1', 1, 'sample_agents:two_steps', '{\"x\":2}', ?, 'running', 0, 0)", (digest,))
+    conn.execute("INSERT INTO steps(workflow_id, step_name, kind, output_json, completed_at)"
+                 " VALUES ('r1', 'double', 'step', '{\"v\":4}', 0)")
+    conn.close()
+    sample_agents.CALLS.clear()
+    result = run_agent(sample_agents.two_steps, agent_id="old", data_dir=data_dir, x=2)
+    assert result == {"a": {"v": 4}, "b": {"v": 8}}
+    assert sample_agents.CALLS == ["double-again-2"]  # the v1 step replayed, only the second ran
+    check = open_shard(data_dir, "old", ShardConfig())
+    assert check.execute("PRAGMA user_version").fetchall()[0][0] == SCHEMA_VERSION
+    assert {r[1] for r in check.execute("PRAGMA table_info(steps)")} >= {"input_hash", "outcome"}
+
+
+def test_old_sqlite_is_refused(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(apsw, "sqlite_lib_version", lambda: "3.51.2")
+    with pytest.raises(ShardError, match="WAL-reset") as info:
+        run_agent(sample_agents.two_steps, agent_id="v", data_dir=data_dir, x=1)
+    assert "pip install -U apsw" in str(info.value)
+    assert not data_dir.exists()
+
+
+@contextlib.contextmanager
+def _tmpfs(where: Path, size: str) -> Iterator[Path]:
+    where.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {proc.stderr.strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=True)
+
+
+def test_disk_full_leaves_the_step_unrecorded_and_earlier_steps_intact(tmp_path: Path) -> None:
+    with _tmpfs(tmp_path / "small", "600k") as mnt:
+        data_dir = mnt / "data"
+        sample_agents.BIG_STEPS.clear()
+        with pytest.raises(ShardError) as info:
+            run_agent(sample_agents.big_steps, agent_id="full", data_dir=data_dir, n=50)
+        message = str(info.value)
+        assert "step 'blob#" in message and "free disk space" in message
+        recorded = len(sample_agents.BIG_STEPS) - 1  # the last one ran but could not be recorded
+        assert recorded > 0
+        report = inspect_agent(data_dir, "full").runs[0]
+        assert report.run.status == "running" and len(report.steps) == recorded
+        # make room and re-run: it resumes where it stopped; nothing recorded was lost
+        subprocess.run(["mount", "-o", "remount,size=8m", str(mnt)], check=True)
+        sample_agents.BIG_STEPS.clear()
+        result = run_agent(sample_agents.big_steps, agent_id="full", data_dir=data_dir, n=50)
+        assert result == 50 and len(sample_agents.BIG_STEPS) == 50 - recorded
+        conn = apsw.Connection(str(data_dir / "full.db"))
+        assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        conn.close()
+
+
+def test_read_only_storage_is_a_clear_error(tmp_path: Path) -> None:
+    with _tmpfs(tmp_path / "ro", "4m") as mnt:
+        data_dir = mnt / "data"
+        run_agent(sample_agents.two_steps, agent_id="ro", data_dir=data_dir, x=1)
+        before = _digest(data_dir / "ro.db")
+        subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True)
+        try:
+            with pytest.raises(ShardError, match="ro") as info:
+                run_agent(sample_agents.two_steps, agent_id="ro", data_dir=data_dir, new_run=True, x=2)
+            assert "hint:" in str(info.value)
+            assert _digest(data_dir / "ro.db") == before
+        finally:
+            subprocess.run(["mount", "-o", "remount,rw", str(mnt)], check=True)
