@@ -175,7 +175,11 @@ class FakeLLMServer:
                 self.wfile.write(data)
 
             def do_POST(self) -> None:
-                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length)
+                if len(raw) < length:
+                    self.close_connection = True  # the client died mid-send: no request was made
+                    return
                 try:
                     body = json.loads(raw or b"{}")
                     if not isinstance(body, dict):
@@ -187,6 +191,10 @@ class FakeLLMServer:
                 if self.path.rstrip("/") != "/v1/chat/completions":
                     self._send(404, {"error": {"message": f"no route {self.path}", "type": "invalid_request_error",
                                                "code": "not_found"}})
+                    return
+                if not isinstance(body.get("messages"), list):
+                    self._send(400, {"error": {"message": "'messages' is required", "type": "invalid_request_error",
+                                               "code": "missing_required_parameter"}})
                     return
                 serial, fault = server._log(self.path, body)
                 if fault is not None and fault.hang:

@@ -107,3 +107,21 @@ def test_fake_server_is_deterministic_and_counts(fake_llm: FakeLLMServer) -> Non
     assert (serial_of(a.id), serial_of(b.id)) == (1, 2)
     assert [r.body["messages"] for r in fake_llm.requests] == [msgs, msgs]
     assert threading.active_count() >= 1
+
+
+def test_fake_server_ignores_requests_cut_off_mid_send(fake_llm: FakeLLMServer) -> None:
+    """A client SIGKILLed while sending never made a request: no serial, no log entry."""
+    import socket
+    from urllib.parse import urlsplit
+
+    url = urlsplit(fake_llm.base_url)
+    with socket.create_connection((url.hostname or "127.0.0.1", url.port or 80)) as sock:
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 500\r\n\r\n{\"model\": \"m\", \"mess")
+    import openai
+
+    client = openai.OpenAI(api_key="k", base_url=fake_llm.base_url, max_retries=0)
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model="m", messages=None)  # type: ignore[arg-type]
+    done = client.chat.completions.create(model="m", messages=[{"role": "user", "content": "x"}])
+    assert serial_of(done.id) == 1 and fake_llm.request_count == 1
