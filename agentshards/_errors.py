@@ -15,6 +15,8 @@ The tree is deliberately shallow so callers can catch at the level they care abo
     ├── NonDeterminismError          a replayed step is called with other inputs than recorded
     ├── InFlightStepError            an LLM call was in flight at a crash and the policy is "fail"
     ├── StepTimeout                  a step ran past its wall-clock timeout (retries included)
+    ├── InvalidReplica               a replica URL/settings that cannot be used or reached
+    ├── ReplicationError             Litestream could not start, sync or restore
     └── LLMError                     a durable LLM call could not be made (config, not durable)
         └── LLMRequestRejected       the provider rejected the request itself (400/422): a recorded outcome
 
@@ -129,3 +131,11 @@ class LLMRequestRejected(LLMError):
         self.code = code
         super().__init__(message, agent_id=agent_id, step=step,
                          hint="fix the request (model parameters, messages); start a new run or fork before it")
+
+
+class InvalidReplica(AgentShardsError, ValueError):
+    """A replica URL that cannot be used, or a replica that cannot be reached with the given settings."""
+
+
+class ReplicationError(AgentShardsError):
+    """Litestream failed to start, to confirm a sync in time, or to restore a file."""
