@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ._agent import Agent, StepOptions
-from ._config import LLMConfig, RunConfig, ShardConfig
+from ._config import LitestreamConfig, LLMConfig, RunConfig, ShardConfig
 from ._errors import (
     AgentFailed,
     AgentShardsError,
@@ -17,11 +17,13 @@ from ._errors import (
     InFlightStepError,
     InvalidAgentId,
     InvalidInputs,
+    InvalidReplica,
     InvalidStepName,
     InvalidTarget,
     LLMError,
     LLMRequestRejected,
     NonDeterminismError,
+    ReplicationError,
     ResultNotStorable,
     RunMismatch,
     ShardError,
@@ -33,6 +35,8 @@ from ._shard import validate_agent_id
 
 if TYPE_CHECKING:
     from ._fakellm import FakeLLMServer
+    from ._manifest import ManifestEntry
+    from ._restore import list_fleet, restore_agent, restore_agents
 
 __version__ = "0.1.0"
 
@@ -46,12 +50,16 @@ __all__ = [
     "InFlightStepError",
     "InvalidAgentId",
     "InvalidInputs",
+    "InvalidReplica",
     "InvalidStepName",
     "InvalidTarget",
     "LLMConfig",
     "LLMError",
     "LLMRequestRejected",
+    "LitestreamConfig",
+    "ManifestEntry",
     "NonDeterminismError",
+    "ReplicationError",
     "ResultNotStorable",
     "RunConfig",
     "RunMismatch",
@@ -63,15 +71,27 @@ __all__ = [
     "__version__",
     "fork_run",
     "inspect_agent",
+    "list_fleet",
+    "restore_agent",
+    "restore_agents",
     "run_agent",
     "validate_agent_id",
 ]
 
 
-def __getattr__(name: str) -> Any:
-    """``FakeLLMServer`` loads ``http.server`` only when asked for."""
-    if name == "FakeLLMServer":
-        from ._fakellm import FakeLLMServer
+_LAZY = {
+    "FakeLLMServer": "._fakellm",
+    "ManifestEntry": "._manifest",
+    "list_fleet": "._restore",
+    "restore_agent": "._restore",
+    "restore_agents": "._restore",
+}
 
-        return FakeLLMServer
+
+def __getattr__(name: str) -> Any:
+    """Names whose modules pull in http.server, subprocess or boto3 load only when asked for."""
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
     raise AttributeError(f"module 'agentshards' has no attribute {name!r}")

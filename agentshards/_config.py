@@ -64,6 +64,8 @@ class LitestreamConfig:
     restart_backoff_max_s: float = 30.0
     idle_check_interval: str = "5m"
     """L0 retention check and level-1 compaction interval: what keeps idle agents at 0 S3 requests."""
+    health_check_interval_s: float = 30.0
+    """How long a replica's snapshot check stays valid for ``replicated`` steps (one LIST per agent)."""
 
 
 InFlightPolicy = Literal["retry", "fail"]

@@ -218,6 +218,17 @@ class Litestream:
                     os.waitpid(pid, os.WNOHANG)
                 time.sleep(0.01)
 
+    def reset(self, agent_id: str) -> None:
+        """Drop Litestream's local state for one shard so the next sync uploads a fresh snapshot.
+
+        Run while stopped (``repair`` does): this is the fix for a replica that lost its snapshot.
+        """
+        proc = subprocess.run([str(self._binary), "reset", "-config", str(self.config_path), str(self._db(agent_id))],
+                              capture_output=True, text=True, env=self._env, timeout=60)
+        if proc.returncode != 0:
+            raise ReplicationError(f"litestream reset failed: {(proc.stderr or proc.stdout).strip()[-300:]}",
+                                   agent_id=agent_id, hint=f"see {self.log_path}")
+
     def ensure_running(self) -> bool:
         """Health check: restart an exited Litestream (with backoff) and re-register. True if restarted."""
         with self._lock:

@@ -22,11 +22,11 @@ from ._replica import ReplicaTarget
 log = logging.getLogger("agentshards")
 
 SNAPSHOT_PREFIX = "0000000000000001-"
-HEALTH_TTL_S = 30.0
 
 
 class Replication:
     def __init__(self, litestream: Litestream, store: ObjectStore, target: ReplicaTarget) -> None:
+        self.health_ttl_s = litestream.config.health_check_interval_s
         self.litestream = litestream
         self.store = store
         self.target = target
@@ -44,12 +44,12 @@ class Replication:
             self.litestream.ensure_running()
             self._synced(agent_id, deadline)
             checked = self._healthy_at.get(agent_id)
-            if checked is not None and time.monotonic() - checked < HEALTH_TTL_S:
+            if checked is not None and time.monotonic() - checked < self.health_ttl_s:
                 return
             if not self.snapshot_exists(agent_id):
-                log.warning("replica of agent %s at %s has no snapshot (bucket wiped or reset?); restarting "
-                            "litestream to take one", agent_id, self.target.describe())
-                self.repair()
+                log.warning("replica of agent %s at %s has no snapshot (bucket wiped or reset?); resetting its "
+                            "local litestream state and restarting to upload one", agent_id, self.target.describe())
+                self.repair(agent_id)
                 self._synced(agent_id, deadline)
                 if not self.snapshot_exists(agent_id):
                     raise ReplicationError(
@@ -67,10 +67,20 @@ class Replication:
             raise ReplicationError(f"replica at txid {result.replicated_txid}, local at {result.txid}",
                                    agent_id=agent_id, hint="the replica is behind; see litestream.log")
 
-    def repair(self) -> None:
-        """Restart Litestream: a fresh start takes a snapshot of every registered shard."""
+    def repair(self, agent_id: str) -> None:
+        """Replace a replica that has no snapshot with a fresh one.
+
+        Without a snapshot the incremental files left under the agent's prefix cannot be restored, and a
+        Litestream that sees them resumes from them ("database behind replica") instead of snapshotting.
+        So: stop Litestream, delete those unusable files, drop its local state for the shard, start again.
+        """
         self.litestream.stop()
-        self.litestream.start()
+        try:
+            for key in self.store.list(self.target.agent_key(agent_id) + "/"):
+                self.store.delete(key)
+            self.litestream.reset(agent_id)
+        finally:
+            self.litestream.start()
         self._healthy_at.clear()
 
     def publish(self, entry: ManifestEntry) -> None:

@@ -18,11 +18,16 @@ from agentshards._fakellm import FakeRequest, serial_of
 TESTS_DIR = Path(__file__).resolve().parent
 
 CHILD = """
-import json, sys
+import json, os, sys
 import openai  # preloaded by the harness so kill moments land in agent code, not in imports
 import agentshards, sample_agents
+config = None
+if os.environ.get("TEST_DURABILITY"):
+    config = agentshards.RunConfig(llm=agentshards.LLMConfig(api_key=os.environ["OPENAI_API_KEY"],
+                                   base_url=os.environ["OPENAI_BASE_URL"]), durability=os.environ["TEST_DURABILITY"])
 print("ready", flush=True)
-result = agentshards.run_agent(sample_agents.chat_calls, agent_id=sys.argv[2], data_dir=sys.argv[1], n=int(sys.argv[3]))
+result = agentshards.run_agent(sample_agents.chat_calls, agent_id=sys.argv[2], data_dir=sys.argv[1], n=int(sys.argv[3]),
+                               replica=os.environ.get("TEST_REPLICA"), config=config)
 print(json.dumps(result), flush=True)
 """
 
@@ -30,7 +35,7 @@ print(json.dumps(result), flush=True)
 def spawn_chat_agent(data_dir: Path, base_url: str, agent_id: str, calls: int,
                      extra_env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     """`sample_agents.chat_calls` as a child process talking to the fake server at ``base_url``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "AWS_", "AGENTSHARDS_"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "AWS_", "AGENTSHARDS_", "TEST_"))}
     env.update(OPENAI_API_KEY="test-key", OPENAI_BASE_URL=base_url, PYTHONPATH=str(TESTS_DIR), **(extra_env or {}))
     return subprocess.Popen([sys.executable, "-c", CHILD, str(data_dir), agent_id, str(calls)],
                             stdout=subprocess.PIPE, text=True, env=env)
@@ -50,10 +55,10 @@ def completed_steps(data_dir: Path, agent_id: str) -> int:
     return len(runs[-1].steps) if runs else 0
 
 
-def finish_and_check(data_dir: Path, llm: FakeLLMServer, agent_id: str,
-                     calls: int) -> tuple[list[dict[str, Any]], list[FakeRequest]]:
+def finish_and_check(data_dir: Path, llm: FakeLLMServer, agent_id: str, calls: int,
+                     extra_env: dict[str, str] | None = None) -> tuple[list[dict[str, Any]], list[FakeRequest]]:
     """Run the agent to completion, re-run it (no request allowed), and check no completed call was repeated."""
-    proc = spawn_chat_agent(data_dir, llm.base_url, agent_id, calls)
+    proc = spawn_chat_agent(data_dir, llm.base_url, agent_id, calls, extra_env)
     wait_ready(proc)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0
@@ -61,7 +66,7 @@ def finish_and_check(data_dir: Path, llm: FakeLLMServer, agent_id: str,
     log = [r for r in llm.requests if f"of {calls}" in r.body["messages"][0]["content"]]
 
     before = llm.request_count
-    again = spawn_chat_agent(data_dir, llm.base_url, agent_id, calls)
+    again = spawn_chat_agent(data_dir, llm.base_url, agent_id, calls, extra_env)
     wait_ready(again)
     out_again, _ = again.communicate(timeout=60)
     assert again.returncode == 0 and json.loads(out_again) == result

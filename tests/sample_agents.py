@@ -274,3 +274,33 @@ def big_steps(agent: agentshards.Agent, n: int) -> int:
     for i in range(n):
         agent.step("blob", _big, i)
     return n
+
+
+HOOKS: dict[str, Any] = {}
+
+
+def replicated_steps(agent: agentshards.Agent, n: int) -> list[Any]:
+    """n replicated plain steps; HOOKS['between'](i) runs between steps (tests wipe buckets there)."""
+    out = []
+    for i in range(n):
+        if "between" in HOOKS:
+            HOOKS["between"](i)
+        out.append(agent.options(durability="replicated").step("rep", record_call, f"rep-{i}", {"i": i}))
+    return out
+
+
+def local_steps(agent: agentshards.Agent, n: int, size: int = 100) -> int:
+    for i in range(n):
+        agent.step("loc", record_call, f"loc-{i}", {"i": i, "pad": "z" * size})
+    return n
+
+
+def replicated_then_interrupt(agent: agentshards.Agent, n: int) -> list[Any]:
+    """n replicated steps; the first execution is interrupted after step 3 (as if the node died)."""
+    out = []
+    for i in range(n):
+        if i == 3 and "interrupted" not in HOOKS:
+            HOOKS["interrupted"] = True
+            raise KeyboardInterrupt
+        out.append(agent.options(durability="replicated").step("rep", record_call, f"rep-{i}", {"tag": f"rep-{i}"}))
+    return out

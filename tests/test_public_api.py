@@ -14,6 +14,8 @@ PUBLIC = {
     "ResultNotStorable", "RunConfig", "RunMismatch", "RunReport", "ShardConfig", "ShardError", "StepOptions",
     "__version__", "inspect_agent", "run_agent", "validate_agent_id",
     "InFlightStepError", "LLMRequestRejected", "NonDeterminismError", "StepTimeout", "fork_run",
+    "InvalidReplica", "ReplicationError", "LitestreamConfig", "ManifestEntry", "list_fleet", "restore_agent",
+    "restore_agents",
 }
 
 
@@ -26,15 +28,14 @@ def test_all_is_pinned_and_resolvable() -> None:
 def test_every_error_derives_from_the_root() -> None:
     public = [getattr(agentshards, n) for n in PUBLIC]
     errors = [obj for obj in public if isinstance(obj, type) and issubclass(obj, BaseException)]
-    assert len(errors) == 15
+    assert len(errors) == 17
     for cls in errors:
         assert issubclass(cls, agentshards.AgentShardsError), cls
 
 
 def test_import_is_lazy() -> None:
-    """Importing agentshards must not pull in openai, tenacity, boto3, click, rich or http.server."""
-    code = ("import sys, json, agentshards; "
-            "print(json.dumps(sorted(m for m in ('openai','tenacity','boto3','click','rich','http.server') "
-            "if m in sys.modules)))")
+    """Importing agentshards must not pull in openai, tenacity, boto3, click, rich, http.server or subprocess."""
+    heavy = "('openai', 'tenacity', 'boto3', 'click', 'rich', 'http.server', 'subprocess')"
+    code = f"import sys, json, agentshards; print(json.dumps(sorted(m for m in {heavy} if m in sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert json.loads(out) == []

@@ -1,0 +1,78 @@
+"""One contract, run against every object store backend: a local directory and S3 (moto on loopback)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agentshards import InvalidReplica
+from agentshards._objectstore import ObjectNotFound, ObjectStore, store_for
+from agentshards._replica import parse_replica
+
+
+@pytest.fixture(params=["file", "s3"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> ObjectStore:
+    if request.param == "file":
+        return store_for(parse_replica(str(tmp_path / "replica")), {})
+    env = request.getfixturevalue("s3_env")
+    bucket = request.getfixturevalue("bucket")
+    return store_for(parse_replica(f"s3://{bucket}/prefix", env), env)
+
+
+def test_put_get_overwrite(store: ObjectStore) -> None:
+    store.check()
+    store.put("prefix/manifest/a.json", b"one")
+    assert store.get("prefix/manifest/a.json") == b"one"
+    store.put("prefix/manifest/a.json", b"two")
+    assert store.get("prefix/manifest/a.json") == b"two"
+
+
+def test_missing_key_raises_not_found(store: ObjectStore) -> None:
+    with pytest.raises(ObjectNotFound):
+        store.get("prefix/nothing-here")
+
+
+def test_list_is_sorted_and_prefix_scoped(store: ObjectStore) -> None:
+    assert store.list("prefix/manifest/") == []
+    for key in ("prefix/manifest/b.json", "prefix/manifest/a.json", "prefix/agents/a/x.ltx"):
+        store.put(key, b"x")
+    assert store.list("prefix/manifest/") == ["prefix/manifest/a.json", "prefix/manifest/b.json"]
+
+
+def test_delete_is_idempotent(store: ObjectStore) -> None:
+    store.put("prefix/k", b"v")
+    store.delete("prefix/k")
+    store.delete("prefix/k")
+    with pytest.raises(ObjectNotFound):
+        store.get("prefix/k")
+
+
+def test_missing_bucket_is_a_clear_error(s3_env: dict[str, str]) -> None:
+    with pytest.raises(InvalidReplica, match="create the bucket"):
+        store_for(parse_replica("s3://no-such-bucket-here/x", s3_env), s3_env).check()
+
+
+def test_unreachable_endpoint_is_a_clear_error_not_a_hang(s3_env: dict[str, str]) -> None:
+    env = dict(s3_env, AWS_ENDPOINT_URL_S3="http://127.0.0.1:9")
+    with pytest.raises(InvalidReplica, match="cannot reach"):
+        store_for(parse_replica("s3://bucket-x/y", env), env).check()
+
+
+@pytest.mark.parametrize("url", ["", "ftp://x/y", "s3://UPPER/x", "s3://ab", "s3://bucket/../x",
+                                 "s3://key:secret@bucket/x", "s3://bucket/x?endpoint=http://evil", "file://host/x",
+                                 "s3://bucket/a b"])
+def test_malformed_replica_urls(url: str) -> None:
+    with pytest.raises(InvalidReplica) as info:
+        parse_replica(url, {})
+    assert "hint:" in str(info.value)
+
+
+def test_s3_settings_come_from_the_standard_environment() -> None:
+    target = parse_replica("s3://my-bucket/fleets/research", {"AWS_ENDPOINT_URL": "http://127.0.0.1:1234",
+                                                               "AWS_DEFAULT_REGION": "eu-west-1"})
+    assert (target.bucket, target.prefix, target.endpoint, target.region) == (
+        "my-bucket", "fleets/research", "http://127.0.0.1:1234", "eu-west-1")
+    assert target.litestream_url("a1") == (
+        "s3://my-bucket/fleets/research/agents/a1?endpoint=http://127.0.0.1:1234&region=eu-west-1")
+    assert target.manifest_key("a1") == "fleets/research/manifest/a1.json"

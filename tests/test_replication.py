@@ -1,0 +1,299 @@
+"""Replication and restore with a real Litestream process, against a local directory and S3 (moto)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import apsw
+import boto3
+import pytest
+
+from agentshards import (
+    FakeLLMServer,
+    LitestreamConfig,
+    ReplicationError,
+    RunConfig,
+    ShardError,
+    inspect_agent,
+    list_fleet,
+    restore_agent,
+    run_agent,
+)
+from agentshards._fakellm import serial_of
+from agentshards._litestream import Litestream, socket_path_for
+from agentshards._replica import parse_replica
+
+import sample_agents
+from agent_process import completed_steps, finish_and_check, spawn_chat_agent, wait_ready
+
+
+@pytest.fixture(autouse=True)
+def _reset() -> None:
+    sample_agents.HOOKS.clear()
+    sample_agents.CALLS.clear()
+
+
+@pytest.fixture(params=["file", "s3"])
+def replica(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A replica URL; for S3 the AWS variables are exported as a user would (read at the edge)."""
+    if request.param == "file":
+        return str(tmp_path / "replica")
+    env = request.getfixturevalue("s3_env")
+    for key in [k for k in os.environ if k.startswith("AWS_")]:
+        monkeypatch.delenv(key)
+    for key, value in env.items():
+        if key.startswith("AWS_"):
+            monkeypatch.setenv(key, value)
+    return f"s3://{request.getfixturevalue('bucket')}/fleet"
+
+
+def _pids_alive(pid: int) -> bool:
+    return Path(f"/proc/{pid}").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
+
+
+def test_replicate_restore_resume(tmp_path: Path, replica: str) -> None:
+    """Replicated steps survive the loss of the data dir; the restored agent resumes and finishes."""
+    sample_agents.CALLS.clear()
+    first = tmp_path / "node1"
+    with pytest.raises(KeyboardInterrupt):
+        run_agent(sample_agents.replicated_then_interrupt, agent_id="r1", data_dir=first, replica=replica, n=4)
+    steps = inspect_agent(first, "r1").runs[0].steps
+    assert len(steps) == 3 and all(s.replicated_at is not None for s in steps)
+    assert not list(first.glob("litestream.pid")), "litestream was not stopped"
+    shutil.rmtree(first)  # node loss
+
+    (entry,) = list_fleet(replica)
+    assert (entry.agent_id, entry.status, entry.steps) == ("r1", "running", 0)
+    second = tmp_path / "node2"
+    path = restore_agent("r1", second, replica)
+    assert path == second / "r1.db"
+    assert [s.name for s in inspect_agent(second, "r1").runs[0].steps] == ["rep", "rep#2", "rep#3"]
+    sample_agents.CALLS.clear()
+    result = run_agent(sample_agents.replicated_then_interrupt, agent_id="r1", data_dir=second, replica=replica, n=4)
+    assert sample_agents.CALLS == ["rep-3"]  # the three replicated steps were not executed again
+    assert [r["tag"] for r in result] == ["rep-0", "rep-1", "rep-2", "rep-3"]
+    (entry,) = list_fleet(replica)
+    assert (entry.status, entry.steps) == ("succeeded", 4)
+
+    # restore -> write -> wipe -> restore again: the writes made after the first restore are there
+    shutil.rmtree(second)
+    third = tmp_path / "node3"
+    restore_agent("r1", third, replica)
+    assert inspect_agent(third, "r1").runs[0].run.status == "succeeded"
+    assert len(inspect_agent(third, "r1").runs[0].steps) == 4
+
+
+def test_restore_never_overwrites_or_leaves_partial_files(tmp_path: Path, replica: str) -> None:
+    run_agent(sample_agents.local_steps, agent_id="a", data_dir=tmp_path / "n1", replica=replica, n=3)
+    target = tmp_path / "n2"
+    restore_agent("a", target, replica)
+    before = (target / "a.db").read_bytes()
+    with pytest.raises(ShardError, match="already exists"):
+        restore_agent("a", target, replica)
+    assert (target / "a.db").read_bytes() == before
+    restore_agent("a", target, replica, overwrite=True)
+    with pytest.raises(ReplicationError, match="no replica for agent ghost"):
+        restore_agent("ghost", target, replica)
+    assert sorted(p.name for p in target.iterdir()) == ["a.db"]  # no temp dirs, no partial files
+
+
+def test_tampered_and_foreign_replicas_are_rejected(tmp_path: Path) -> None:
+    replica = tmp_path / "replica"
+    run_agent(sample_agents.local_steps, agent_id="a", data_dir=tmp_path / "n1", replica=str(replica), n=50,
+              size=2000)
+    # Another agent's file placed under b's prefix: a valid SQLite file, but not b's shard.
+    shutil.copytree(replica / "agents" / "a", replica / "agents" / "b")
+    with pytest.raises(ShardError, match="belongs to agent 'a'"):
+        restore_agent("b", tmp_path / "n2", str(replica))
+    # Flipped bytes in the replica's LTX files: rejected, nothing written at the final path.
+    for ltx in (replica / "agents" / "a").rglob("*.ltx"):
+        data = bytearray(ltx.read_bytes())
+        for i in range(200, min(len(data), 4000), 7):
+            data[i] ^= 0xFF
+        ltx.write_bytes(bytes(data))
+    with pytest.raises((ReplicationError, ShardError)):
+        restore_agent("a", tmp_path / "n3", str(replica))
+    assert not (tmp_path / "n3" / "a.db").exists()
+
+
+def test_missing_bucket_fails_before_any_agent_starts(tmp_path: Path, s3_env: dict[str, str],
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    for key, value in s3_env.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(Exception, match="create the bucket"):
+        run_agent(sample_agents.local_steps, agent_id="a", data_dir=tmp_path / "d", replica="s3://absent-bucket/x",
+                  n=1)
+    assert not (tmp_path / "d").exists()
+
+
+def test_replicated_steps_need_a_replica(tmp_path: Path) -> None:
+    with pytest.raises(ReplicationError, match="needs a replica"):
+        run_agent(sample_agents.replicated_steps, agent_id="a", data_dir=tmp_path, n=1)
+
+
+def test_bucket_wiped_while_running_is_detected_and_repaired(tmp_path: Path, s3_env: dict[str, str], bucket: str,
+                                                             monkeypatch: pytest.MonkeyPatch,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    for key, value in s3_env.items():
+        monkeypatch.setenv(key, value)
+    replica = f"s3://{bucket}/fleet"
+    s3 = boto3.client("s3", endpoint_url=s3_env["AWS_ENDPOINT_URL_S3"], region_name="us-east-1")
+
+    def wipe(i: int) -> None:
+        if i == 2:
+            for obj in s3.list_objects_v2(Bucket=bucket).get("Contents", []):
+                s3.delete_object(Bucket=bucket, Key=obj["Key"])
+
+    sample_agents.HOOKS["between"] = wipe
+    config = RunConfig(litestream=LitestreamConfig(health_check_interval_s=0))
+    try:
+        with caplog.at_level(logging.WARNING, logger="agentshards"):
+            run_agent(sample_agents.replicated_steps, agent_id="w", data_dir=tmp_path / "n1", replica=replica,
+                      config=config, n=4)
+    finally:
+        sample_agents.HOOKS.clear()
+    assert "has no snapshot" in caplog.text
+    shutil.rmtree(tmp_path / "n1")
+    restore_agent("w", tmp_path / "n2", replica)
+    assert len(inspect_agent(tmp_path / "n2", "w").runs[0].steps) == 4
+
+
+def test_litestream_killed_while_writing_catches_up(tmp_path: Path) -> None:
+    """SIGKILL Litestream while the agent writes past SQLite's autocheckpoint; after restart the replica matches."""
+    from agentshards._journal import Journal
+    from agentshards._run import start_replication
+    from agentshards._shard import open_shard
+
+    data, replica = tmp_path / "data", str(tmp_path / "replica")
+    replication = start_replication(data, replica, RunConfig(), os.environ)
+    try:
+        journal = Journal(open_shard(data, "k", RunConfig().shard), "k")
+        replication.litestream.register("k")
+        run = journal.begin_run("m:f", "{}", "d")
+        blob = '"' + "x" * 3000 + '"'
+        for i in range(1600):  # ~5 MB: more than the 1000-page autocheckpoint
+            if i == 400:
+                pid = replication.litestream.pid
+                assert pid is not None
+                os.kill(pid, signal.SIGKILL)
+            journal.record_step(run.id, f"s{i}", "step", blob)
+        assert replication.litestream.ensure_running()
+        replication.confirm("k", 30)
+        journal.close()
+    finally:
+        replication.litestream.stop()
+    restore_agent("k", tmp_path / "restored", replica)
+    conn = apsw.Connection(str(tmp_path / "restored" / "k.db"))
+    assert conn.execute("SELECT count(*) FROM steps").fetchall() == [(1600,)]
+    assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+
+
+OWNER = """
+import os, sys, time
+from pathlib import Path
+from agentshards._run import start_replication
+from agentshards import RunConfig
+replication = start_replication(Path(sys.argv[1]), sys.argv[2], RunConfig(), os.environ)
+print(replication.litestream.pid, flush=True)
+time.sleep(600)
+"""
+
+
+def test_litestream_does_not_outlive_a_killed_owner(tmp_path: Path) -> None:
+    owner = subprocess.Popen([sys.executable, "-c", OWNER, str(tmp_path / "d"), str(tmp_path / "r")],
+                             stdout=subprocess.PIPE, text=True)
+    assert owner.stdout is not None
+    pid = int(owner.stdout.readline())
+    assert _pids_alive(pid)
+    owner.kill()
+    owner.wait()
+    deadline = time.monotonic() + 10
+    while _pids_alive(pid):
+        assert time.monotonic() < deadline, "litestream outlived its owner"
+        time.sleep(0.02)
+
+
+def test_leftover_litestream_is_stopped_before_a_second_one_starts(tmp_path: Path) -> None:
+    data = tmp_path / "d"
+    first = Litestream(data, parse_replica(str(tmp_path / "r")), LitestreamConfig(), os.environ)
+    first.start()
+    leftover = first.pid
+    assert leftover is not None
+    first._proc = None  # forget it, as a killed owner would
+    second = Litestream(data, parse_replica(str(tmp_path / "r")), LitestreamConfig(), os.environ)
+    second.start()
+    try:
+        assert not _pids_alive(leftover)
+        assert second.pid != leftover
+    finally:
+        second.stop()
+
+
+def test_socket_path_stays_short_for_long_data_dirs(tmp_path: Path) -> None:
+    deep = tmp_path / ("very-long-directory-name-" * 6) / "data"
+    assert len(str(deep / "litestream.sock")) > 108
+    assert len(str(socket_path_for(deep))) <= 100
+    run_agent(sample_agents.local_steps, agent_id="a", data_dir=deep, replica=str(tmp_path / "r"), n=2)
+    restore_agent("a", tmp_path / "back", str(tmp_path / "r"))
+
+
+def test_secrets_stay_out_of_files_and_logs(tmp_path: Path, replica: str) -> None:
+    secret = os.environ.get("AWS_SECRET_ACCESS_KEY", "not-set")
+    run_agent(sample_agents.local_steps, agent_id="a", data_dir=tmp_path / "d", replica=replica, n=2)
+    config = tmp_path / "d" / "litestream.yml"
+    assert oct(config.stat().st_mode & 0o777) == "0o600"
+    if replica.startswith("s3://"):
+        assert secret == "testing-secret-canary"
+        for path in (tmp_path / "d").rglob("*"):
+            if path.is_file():
+                assert secret.encode() not in path.read_bytes(), path
+
+
+def test_node_loss_with_replicated_llm_steps(tmp_path: Path, s3_env: dict[str, str], bucket: str) -> None:
+    """SIGKILL the agent and its Litestream mid-run, wipe the node, restore elsewhere, finish.
+
+    Steps confirmed `replicated` are never re-executed; repeats are bounded by what was only local.
+    """
+    replica = f"s3://{bucket}/nodeloss"
+    env = {k: v for k, v in s3_env.items() if k.startswith("AWS_")}
+    env.update(TEST_REPLICA=replica, TEST_DURABILITY="replicated")
+    rng = random.Random(7)
+    calls = 8
+    node1 = tmp_path / "node1"
+    with FakeLLMServer(delay_s=0.02) as llm:
+        proc = spawn_chat_agent(node1, llm.base_url, "nl", calls, env)
+        wait_ready(proc)
+        target = rng.randint(3, 5)
+        deadline = time.monotonic() + 60
+        while llm.request_count < target:
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.005)
+        litestream_pid = int((node1 / "litestream.pid").read_text())
+        proc.send_signal(signal.SIGKILL)
+        os.kill(litestream_pid, signal.SIGKILL)
+        proc.wait()
+        local = inspect_agent(node1, "nl").runs[0].steps
+        confirmed = {s.name for s in local if s.replicated_at is not None}
+        shutil.rmtree(node1)
+
+        node2 = tmp_path / "node2"
+        restore_agent("nl", node2, replica, env=s3_env)
+        restored = {s.name for s in inspect_agent(node2, "nl").runs[0].steps}
+        assert confirmed <= restored
+        before = llm.request_count
+        result, _ = finish_and_check(node2, llm, "nl", calls, env)
+        repeats = (llm.request_count - before) - (calls - len(restored))
+        print(f"\nlocal steps at kill {len(local)}, confirmed {len(confirmed)}, restored {len(restored)}, "
+              f"requests on resume {llm.request_count - before}", file=sys.stderr)
+        assert repeats <= 0  # nothing restored was requested again; only never-recorded calls were sent
+        restored_serials = {serial_of(r["id"]) for r in result[: len(restored)]}
+        assert all(s <= before for s in restored_serials)
+    assert completed_steps(node2, "nl") == calls
