@@ -32,18 +32,61 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--data-dir", default="./agentshards-demo", show_default=True, help="Where agent shards go.")
+@click.option("--data-dir", default="./agentshards-demo/data", show_default=True, help="Where agent shards go.")
+@click.option("--replica", default=None, help="Replica URL or directory [default: beside the data dir].")
 @click.option("--agents", default=3, show_default=True, type=click.IntRange(1, 100))
-def demo(data_dir: str, agents: int) -> None:
-    """Run example agents offline (built-in fake LLM, local files), then replay them for free."""
+def demo(data_dir: str, replica: str | None, agents: int) -> None:
+    """Run example agents offline (fake LLM, local replica), lose the node, restore, replay for free."""
     from ._demo import run_demo
 
-    _guard(lambda: run_demo(data_dir, agents=agents, echo=click.echo))
+    _guard(lambda: run_demo(data_dir, replica=replica, agents=agents, echo=click.echo))
+
+
+@main.command()
+@click.argument("agent_ids", nargs=-1, required=False)
+@click.option("--replica", required=True, help="s3://bucket/prefix or a directory.")
+@click.option("--data-dir", required=True)
+@click.option("--overwrite", is_flag=True, help="Replace existing local shards.")
+@click.option("--all", "all_unfinished", is_flag=True, help="Every agent the manifest lists as unfinished.")
+def restore(agent_ids: tuple[str, ...], replica: str, data_dir: str, overwrite: bool, all_unfinished: bool) -> None:
+    """Restore agents from the replica (verified, atomic), e.g. on a fresh machine after node loss."""
+    from ._restore import list_fleet, restore_agents
+
+    ids = list(agent_ids)
+    if all_unfinished:
+        ids += [e.agent_id for e in _guard(lambda: list_fleet(replica)) if e.status == "running"]
+    if not ids:
+        click.echo("error: name agents to restore, or pass --all (hint: `agentshards fleet` lists them)", err=True)
+        sys.exit(2)
+    results = _guard(lambda: restore_agents(ids, data_dir, replica, overwrite=overwrite))
+    failed = 0
+    for agent_id, outcome in sorted(results.items()):
+        if isinstance(outcome, Exception):
+            failed += 1
+            click.echo(f"{agent_id}: FAILED {outcome}", err=True)
+        else:
+            click.echo(f"{agent_id}: restored to {outcome}")
+    sys.exit(1 if failed else 0)
+
+
+@main.command()
+@click.option("--replica", required=True, help="s3://bucket/prefix or a directory.")
+@click.option("--json", "as_json", is_flag=True)
+def fleet(replica: str, as_json: bool) -> None:
+    """List the agents a replica's manifest knows, with their last published state."""
+    from ._restore import list_fleet
+
+    entries = _guard(lambda: list_fleet(replica))
+    if as_json:
+        click.echo(json.dumps([asdict(e) for e in entries], indent=2))
+        return
+    for e in entries:
+        click.echo(f"{e.agent_id:<24} {e.status:<10} steps={e.steps:<5} {e.target}")
 
 
 @main.command("inspect")
 @click.argument("agent_id")
-@click.option("--data-dir", default="./agentshards-demo", show_default=True)
+@click.option("--data-dir", default="./agentshards-demo/data", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 def inspect_cmd(agent_id: str, data_dir: str, as_json: bool) -> None:
     """Show an agent's runs and completed steps."""

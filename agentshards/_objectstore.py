@@ -84,9 +84,9 @@ class LocalStore:
     def check(self) -> None:
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            probe = self.root / ".agentshards-probe"
-            probe.write_bytes(b"ok")
-            probe.unlink()
+            fd, probe = tempfile.mkstemp(dir=self.root, prefix=".tmp-probe-")  # unique: checks run in parallel
+            os.close(fd)
+            os.unlink(probe)
         except OSError as exc:
             raise InvalidReplica(f"replica directory {self.root} is not writable: {exc}",
                                  hint="choose a writable directory for the replica") from exc

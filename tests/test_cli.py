@@ -18,13 +18,22 @@ def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*CLI, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=120)
 
 
-def test_demo_runs_offline_and_replays_for_free(tmp_path: Path) -> None:
-    first = _run("demo", "--data-dir", "d", "--agents", "2", cwd=tmp_path)
+def test_demo_runs_offline_loses_the_node_and_restores_for_free(tmp_path: Path) -> None:
+    first = _run("demo", "--data-dir", "d", "--replica", "r", "--agents", "2", cwd=tmp_path)
     assert first.returncode == 0, first.stderr
-    assert "LLM requests: 4 on the first pass, 0 when running the finished agents again" in first.stdout
+    assert "LLM requests: 4;" in first.stdout
+    assert "node loss: removed d" in first.stdout
+    assert "restored 2 agents from the replica; LLM requests when running them again: 0" in first.stdout
     assert sorted(p.name for p in (tmp_path / "d").glob("*.db")) == ["researcher-001.db", "researcher-002.db"]
-    again = _run("demo", "--data-dir", "d", "--agents", "2", cwd=tmp_path)
-    assert "LLM requests: 0 on the first pass" in again.stdout
+    assert (tmp_path / "r" / "manifest" / "researcher-001.json").exists()
+    again = _run("demo", "--data-dir", "d", "--replica", "r", "--agents", "2", cwd=tmp_path)
+    assert "LLM requests: 0;" in again.stdout
+
+    listed = _run("fleet", "--replica", "r", "--json", cwd=tmp_path)
+    assert [e["status"] for e in json.loads(listed.stdout)] == ["succeeded", "succeeded"]
+    restored = _run("restore", "researcher-002", "ghost", "--replica", "r", "--data-dir", "elsewhere", cwd=tmp_path)
+    assert restored.returncode == 1
+    assert "researcher-002: restored to" in restored.stdout and "no replica for agent ghost" in restored.stderr
 
     shown = _run("inspect", "researcher-001", "--data-dir", "d", "--json", cwd=tmp_path)
     assert shown.returncode == 0, shown.stderr
