@@ -313,9 +313,10 @@ class Litestream:
         try:
             result = self._call("POST", "/sync", {"path": str(self._db(agent_id)), "wait": True,
                                                   "timeout": max(1, int(timeout))}, timeout=timeout + 5)
-        except OSError as exc:
+        except (OSError, ReplicationError) as exc:
             raise ReplicationError(f"no sync confirmation within {timeout}s: {exc}", agent_id=agent_id,
-                                   hint="is the replica reachable? see " + str(self.log_path)) from exc
+                                   hint="is the replica reachable? the step is recorded locally; see "
+                                        + str(self.log_path)) from exc
         return SyncResult(int(result.get("txid", 0)), int(result.get("replicated_txid", 0)))
 
     def databases(self) -> list[dict[str, Any]]:

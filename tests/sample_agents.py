@@ -304,3 +304,13 @@ def replicated_then_interrupt(agent: agentshards.Agent, n: int) -> list[Any]:
             raise KeyboardInterrupt
         out.append(agent.options(durability="replicated").step("rep", record_call, f"rep-{i}", {"tag": f"rep-{i}"}))
     return out
+
+
+def outage_steps(agent: agentshards.Agent, n: int) -> int:
+    """Local steps, with HOOKS['between'] called before each; the last one is replicated."""
+    for i in range(n):
+        if "between" in HOOKS:
+            HOOKS["between"](i)
+        options = agent.options(durability="replicated" if i == n - 1 else "local")
+        options.step("out", record_call, f"out-{i}", {"i": i})
+    return n

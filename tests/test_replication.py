@@ -33,6 +33,7 @@ from agentshards._replica import parse_replica
 
 import sample_agents
 from agent_process import completed_steps, finish_and_check, spawn_chat_agent, wait_ready
+from fault_proxy import FaultProxy
 
 
 @pytest.fixture(autouse=True)
@@ -297,3 +298,70 @@ def test_node_loss_with_replicated_llm_steps(tmp_path: Path, s3_env: dict[str, s
         restored_serials = {serial_of(r["id"]) for r in result[: len(restored)]}
         assert all(s <= before for s in restored_serials)
     assert completed_steps(node2, "nl") == calls
+
+
+def test_s3_outage_loses_nothing_and_replication_catches_up(tmp_path: Path, moto_endpoint: str,
+                                                            s3_env: dict[str, str], bucket: str,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """S3 refuses connections for ~10 s while the agent keeps writing; afterwards a replicated step
+    confirms and a restore holds every step."""
+    port = int(moto_endpoint.rsplit(":", 1)[1])
+    proxy = FaultProxy(port)
+    try:
+        for key, value in dict(s3_env, AWS_ENDPOINT_URL_S3=proxy.endpoint).items():
+            monkeypatch.setenv(key, value)
+        replica = f"s3://{bucket}/outage"
+        started = time.monotonic()
+
+        def outage(i: int) -> None:
+            if i == 5:
+                proxy.outage()
+            if i == 25:
+                remaining = 10 - (time.monotonic() - outage_began[0])
+                time.sleep(max(0.0, remaining))
+                proxy.resume()
+            if i == 5:
+                outage_began.append(time.monotonic())
+
+        outage_began: list[float] = []
+        sample_agents.HOOKS["between"] = outage
+        config = RunConfig(replication_timeout_s=90)
+        result = run_agent(sample_agents.outage_steps, agent_id="o", data_dir=tmp_path / "n1", replica=replica,
+                           config=config, n=30)
+        assert result == 30
+        elapsed = time.monotonic() - started
+        assert elapsed >= 10
+        print(f"\nS3 refused connections for 10 s; the final replicated step confirmed "
+              f"{time.monotonic() - outage_began[0] - 10:.1f} s after S3 returned", file=sys.stderr)
+        shutil.rmtree(tmp_path / "n1")
+        restore_agent("o", tmp_path / "n2", replica)
+        assert len(inspect_agent(tmp_path / "n2", "o").runs[0].steps) == 30
+    finally:
+        proxy.close()
+
+
+def test_replicated_step_times_out_clearly_while_s3_is_down(tmp_path: Path, moto_endpoint: str,
+                                                            s3_env: dict[str, str], bucket: str) -> None:
+    from agentshards._journal import Journal
+    from agentshards._run import start_replication
+    from agentshards._shard import open_shard
+
+    proxy = FaultProxy(int(moto_endpoint.rsplit(":", 1)[1]))
+    env = dict(s3_env, AWS_ENDPOINT_URL_S3=proxy.endpoint)
+    replication = start_replication(tmp_path / "d", f"s3://{bucket}/down", RunConfig(), env)
+    try:
+        journal = Journal(open_shard(tmp_path / "d", "t", RunConfig().shard), "t")
+        replication.litestream.register("t")
+        replication.confirm("t", 30)
+        proxy.outage()
+        journal.record_step(journal.begin_run("m:f", "{}", "d").id, "s", "step", "1")
+        started = time.monotonic()
+        with pytest.raises(ReplicationError) as info:
+            replication.confirm("t", 3)
+        assert time.monotonic() - started < 15
+        assert "agent 't'" in str(info.value) and "hint:" in str(info.value)
+        journal.close()
+    finally:
+        proxy.resume()  # let Litestream's shutdown sync finish instead of waiting out its bound
+        replication.litestream.stop()
+        proxy.close()
