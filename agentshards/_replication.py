@@ -12,6 +12,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
 
 from ._errors import ReplicationError
 from ._litestream import Litestream
@@ -22,6 +25,22 @@ from ._replica import ReplicaTarget
 log = logging.getLogger("agentshards")
 
 SNAPSHOT_PREFIX = "0000000000000001-"
+
+
+@dataclass(frozen=True)
+class AgentReplicationStatus:
+    """One agent's replication as seen from outside Litestream (its logs do not report silent failures)."""
+
+    agent_id: str
+    state: str                     # Litestream's own word for the shard ("replicating", ...) or "unregistered"
+    last_sync_at: float | None     # when Litestream last finished a sync of the shard (epoch seconds)
+    local_commit_at: float | None  # when the shard's WAL was last written
+    lag_s: float                   # local writes not yet synced for this long; 0 when caught up
+    snapshot: bool                 # the replica holds a snapshot, i.e. it can be restored
+
+    @property
+    def healthy(self) -> bool:
+        return self.state == "replicating" and self.snapshot and self.lag_s < 60
 
 
 class Replication:
@@ -83,8 +102,30 @@ class Replication:
             self.litestream.start()
         self._healthy_at.clear()
 
+    def status(self) -> list[AgentReplicationStatus]:
+        """Per registered agent: Litestream's state, last sync, lag behind local writes, snapshot present."""
+        listed = {Path(db["path"]).stem: db for db in self.litestream.databases()}
+        out = []
+        for agent_id in self.litestream.registered:
+            db = listed.get(agent_id, {})
+            synced = _epoch(db.get("last_sync_at"))
+            wal = self.litestream.data_dir / f"{agent_id}.db-wal"
+            local = wal.stat().st_mtime if wal.exists() else None
+            lag = 0.0 if local is None or (synced is not None and synced >= local) else time.time() - local
+            out.append(AgentReplicationStatus(agent_id, str(db.get("status", "unregistered")), synced, local,
+                                              round(lag, 3), self.snapshot_exists(agent_id)))
+        return out
+
     def publish(self, entry: ManifestEntry) -> None:
         try:
             write_manifest(self.store, self.target, entry)
         except Exception as exc:  # the manifest is advisory: never fail an agent over it
             log.warning("could not write the manifest of agent %s: %s", entry.agent_id, exc)
+
+
+def _epoch(stamp: str | None) -> float | None:
+    """Litestream's RFC 3339 timestamps carry nanoseconds; Python parses microseconds."""
+    if not stamp:
+        return None
+    head, _, frac = stamp.rstrip("Z").partition(".")
+    return datetime.fromisoformat(f"{head}.{(frac + '000000')[:6]}+00:00").timestamp()

@@ -27,13 +27,13 @@ import sys
 import tempfile
 import threading
 import time
-from datetime import datetime
 from pathlib import Path
 
 import boto3
 
 from agentshards import RunConfig, restore_agent
 from agentshards._journal import Journal
+from agentshards._replication import _epoch
 from agentshards._run import start_replication
 from agentshards._shard import open_shard
 
@@ -117,11 +117,9 @@ def _sync_times(replication: object) -> dict[str, float]:
     """Litestream's own last_sync_at per shard (one control-socket call for all of them)."""
     out = {}
     for db in replication.litestream.databases():  # type: ignore[attr-defined]
-        stamp = db.get("last_sync_at")
-        if stamp:
-            head, _, frac = stamp.rstrip("Z").partition(".")
-            when = datetime.fromisoformat(f"{head}.{(frac + '000000')[:6]}+00:00")
-            out[Path(db["path"]).stem] = when.timestamp()
+        when = _epoch(db.get("last_sync_at"))
+        if when is not None:
+            out[Path(db["path"]).stem] = when
     return out
 
 

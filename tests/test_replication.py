@@ -365,3 +365,25 @@ def test_replicated_step_times_out_clearly_while_s3_is_down(tmp_path: Path, moto
         proxy.resume()  # let Litestream's shutdown sync finish instead of waiting out its bound
         replication.litestream.stop()
         proxy.close()
+
+
+def test_status_reports_lag_and_snapshots(tmp_path: Path) -> None:
+    from agentshards._journal import Journal
+    from agentshards._run import start_replication
+    from agentshards._shard import open_shard
+
+    replication = start_replication(tmp_path / "d", str(tmp_path / "r"), RunConfig(), os.environ)
+    try:
+        journal = Journal(open_shard(tmp_path / "d", "s1", RunConfig().shard), "s1")
+        replication.litestream.register("s1")
+        replication.confirm("s1", 30)
+        (status,) = replication.status()
+        assert (status.agent_id, status.state, status.snapshot, status.lag_s) == ("s1", "replicating", True, 0.0)
+        assert status.healthy and status.last_sync_at is not None
+        for key in replication.store.list(replication.target.agent_key("s1") + "/"):
+            replication.store.delete(key)  # the replica loses its snapshot behind Litestream's back
+        (status,) = replication.status()
+        assert not status.snapshot and not status.healthy
+        journal.close()
+    finally:
+        replication.litestream.stop()
