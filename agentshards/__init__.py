@@ -13,6 +13,7 @@ from ._config import LitestreamConfig, LLMConfig, RunConfig, ShardConfig
 from ._errors import (
     AgentFailed,
     AgentShardsError,
+    BudgetExceeded,
     ConcurrentStepError,
     InFlightStepError,
     InvalidAgentId,
@@ -29,7 +30,8 @@ from ._errors import (
     ShardError,
     StepTimeout,
 )
-from ._report import AgentReport, RunReport, inspect_agent
+from ._ledger import ModelPrice, Spend
+from ._report import AgentReport, RunReport, SpendReport, inspect_agent, spend_report
 from ._run import fork_run, run_agent
 from ._shard import validate_agent_id
 
@@ -45,6 +47,7 @@ __all__ = [
     "AgentFailed",
     "AgentReport",
     "AgentShardsError",
+    "BudgetExceeded",
     "ConcurrentStepError",
     "FakeLLMServer",
     "InFlightStepError",
@@ -58,6 +61,7 @@ __all__ = [
     "LLMRequestRejected",
     "LitestreamConfig",
     "ManifestEntry",
+    "ModelPrice",
     "NonDeterminismError",
     "ReplicationError",
     "ResultNotStorable",
@@ -66,6 +70,8 @@ __all__ = [
     "RunReport",
     "ShardConfig",
     "ShardError",
+    "Spend",
+    "SpendReport",
     "StepOptions",
     "StepTimeout",
     "__version__",
@@ -75,6 +81,7 @@ __all__ = [
     "restore_agent",
     "restore_agents",
     "run_agent",
+    "spend_report",
     "validate_agent_id",
 ]
 

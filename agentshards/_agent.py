@@ -32,6 +32,7 @@ from ._errors import (
     StepTimeout,
 )
 from ._journal import Journal, StepRecord
+from ._ledger import Usage
 
 if TYPE_CHECKING:
     from ._llm import DurableLLM
@@ -84,9 +85,12 @@ class Agent:
     """One agent's handle on its open run. Thread-safe; one instance per run, made by ``run_agent``."""
 
     def __init__(self, journal: Journal, run_id: str, config: RunConfig,
-                 confirm: Callable[[str, float], None] | None = None) -> None:
+                 confirm: Callable[[str, float], None] | None = None, execution: int = 1) -> None:
         self._journal = journal
         self._confirm = confirm
+        self.execution = execution
+        self._recorded_calls = journal.recorded_calls(run_id)
+        self._replays: list[tuple[str, Usage, float | None]] = []
         self.agent_id = journal.agent_id
         self.run_id = run_id
         self._config = config
@@ -226,7 +230,11 @@ class Agent:
                     raise self._nondeterminism(name, stored, input_text)
                 if replicated and stored.replicated_at is None:
                     stored = self._replicate(stored)  # recorded but never confirmed: wait for it again
+                if kind == LLM and name in self._recorded_calls:
+                    with self._lock:
+                        self._replays.append((name, *self._recorded_calls[name]))
                 return stored
+            self.flush_ledger()
             if name in self._in_flight_at_start and self._config.in_flight == "fail":
                 attempt = self._in_flight_at_start[name]
                 raise InFlightStepError(
@@ -245,6 +253,16 @@ class Agent:
         finally:
             with self._lock:
                 del self._running[threading.get_ident()]
+
+    def flush_ledger(self) -> None:
+        """Write what this execution saved by replaying recorded LLM calls, in one transaction.
+
+        Buffered so a replay of hundreds of calls costs one commit; written before the first new step and
+        when the run ends. A crash before that loses only this execution's *savings* figures.
+        """
+        with self._lock:
+            replays, self._replays = self._replays, []
+        self._journal.record_replays(self.run_id, self.execution, replays)
 
     def _replicate(self, stored: StepRecord) -> StepRecord:
         assert self._confirm is not None

@@ -70,6 +70,30 @@ def restore(agent_ids: tuple[str, ...], replica: str, data_dir: str, overwrite: 
 
 
 @main.command()
+@click.argument("agent_id", required=False)
+@click.option("--data-dir", default="./agentshards-demo/data", show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def spend(agent_id: str | None, data_dir: str, as_json: bool) -> None:
+    """LLM spend per agent and for the data dir: cost, calls, tokens, saved by replay, in flight."""
+    from ._report import spend_report
+
+    report = _guard(lambda: spend_report(data_dir, agent_id))
+    if as_json:
+        click.echo(json.dumps(asdict(report), indent=2))
+        return
+
+    def money(value: float | None) -> str:
+        return "n/a" if value is None else f"${value:.6f}"
+
+    click.echo(f"{'agent':<24} {'spent':>12} {'calls':>6} {'saved':>12} {'replayed':>8} {'in flight':>9} "
+               f"{'unrecorded (est.)':>18}")
+    for name, s in [*report.agents.items(), ("TOTAL", report.total)]:
+        unpriced = f" ({s.unpriced_calls} unpriced)" if s.unpriced_calls else ""
+        click.echo(f"{name:<24} {money(s.spent_usd):>12} {s.calls:>6} {money(s.saved_usd):>12} "
+                   f"{s.replayed_calls:>8} {s.in_flight_calls:>9} {money(s.unrecorded_estimate_usd):>18}{unpriced}")
+
+
+@main.command()
 @click.option("--replica", required=True, help="s3://bucket/prefix or a directory.")
 @click.option("--json", "as_json", is_flag=True)
 def fleet(replica: str, as_json: bool) -> None:

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from ._ledger import DEFAULT_PRICES, ModelPrice
+
 Synchronous = Literal["FULL", "NORMAL"]
 
 DEFAULT_BUSY_TIMEOUT_MS = 10_000
@@ -50,6 +52,8 @@ class LLMConfig:
     backoff_s: float = 0.5
     """Exponential backoff with full jitter between attempts: random in [0, backoff_s * 2**n], capped."""
     backoff_max_s: float = 30.0
+    prices: tuple[tuple[str, ModelPrice], ...] = DEFAULT_PRICES
+    """(model, ModelPrice) pairs, USD per million tokens; dated model names match their base model."""
 
 
 @dataclass(frozen=True)
@@ -88,6 +92,10 @@ class RunConfig:
     """Default for every step: ``local`` (durable once committed here) or ``replicated`` (the step returns
     only once the replica confirmed it; needs a replica). Steps override it with agent.options()."""
     replication_timeout_s: float = 30.0
+    budget_usd: float | None = None
+    """Per-agent spend limit, checked before every LLM call against recorded spend (all runs of the agent).
+    The call that crosses it completes and is recorded; the next raises BudgetExceeded and the run ends
+    as ``budget_exceeded``, a final state."""
     litestream: LitestreamConfig = field(default_factory=LitestreamConfig)
     crash_plan: str | None = field(default=None, repr=False)
     """Test-only: ``point@k`` kills the process at a crash point (see ``_crashpoints``)."""

@@ -15,6 +15,7 @@ The tree is deliberately shallow so callers can catch at the level they care abo
     ├── NonDeterminismError          a replayed step is called with other inputs than recorded
     ├── InFlightStepError            an LLM call was in flight at a crash and the policy is "fail"
     ├── StepTimeout                  a step ran past its wall-clock timeout (retries included)
+    ├── BudgetExceeded               the agent's recorded LLM spend reached its budget (final state)
     ├── InvalidReplica               a replica URL/settings that cannot be used or reached
     ├── ReplicationError             Litestream could not start, sync or restore
     └── LLMError                     a durable LLM call could not be made (config, not durable)
@@ -139,3 +140,7 @@ class InvalidReplica(AgentShardsError, ValueError):
 
 class ReplicationError(AgentShardsError):
     """Litestream failed to start, to confirm a sync in time, or to restore a file."""
+
+
+class BudgetExceeded(AgentShardsError):
+    """The agent's recorded LLM spend reached its budget; the run ended as ``budget_exceeded`` (final)."""

@@ -12,17 +12,21 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import apsw
 
 from ._errors import RunMismatch, ShardError
+from ._ledger import Spend, Usage
 from ._sqlite import query, write_transaction
 
 RUNNING, SUCCEEDED, FAILED, SUPERSEDED = "running", "succeeded", "failed", "superseded"
+BUDGET_EXCEEDED = "budget_exceeded"
+FINAL = (SUCCEEDED, FAILED, BUDGET_EXCEEDED)
 
 _RUN_COLUMNS = (
-    "id, seq, target, input_json, input_digest, status, output_json, error_json, created_at, finished_at, forked_from"
+    "id, seq, target, input_json, input_digest, status, output_json, error_json, created_at, finished_at, forked_from,"
+    " executions"
 )
 
 
@@ -41,6 +45,8 @@ class Run:
     created_at: float
     finished_at: float | None
     forked_from: str | None = None
+    executions: int = 0
+    """How many times the run was started or resumed (numbers the cost ledger's replay rows)."""
 
 
 @dataclass(frozen=True)
@@ -115,7 +121,11 @@ class Journal:
             latest = self._one(f"SELECT {_RUN_COLUMNS} FROM workflows ORDER BY seq DESC LIMIT 1", ())
             if latest is not None and not new_run:
                 if latest.target == target and latest.input_digest == input_digest:
-                    return latest
+                    if latest.status != RUNNING:
+                        return latest
+                    self._conn.execute("UPDATE workflows SET executions = executions + 1, updated_at = ?"
+                                       " WHERE id = ?", (time.time(), latest.id))
+                    return replace(latest, executions=latest.executions + 1)
                 raise RunMismatch(self._mismatch(latest, target, input_json), agent_id=self.agent_id,
                                   hint="pass new_run=True to start a new run; the old one stays in the journal")
             now = time.time()
@@ -127,8 +137,8 @@ class Journal:
             run_id = uuid.uuid4().hex
             seq = 1 if latest is None else latest.seq + 1
             self._conn.execute(
-                "INSERT INTO workflows(id, seq, target, input_json, input_digest, status, created_at, updated_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO workflows(id, seq, target, input_json, input_digest, status, created_at, updated_at,"
+                " executions) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1)",
                 (run_id, seq, target, input_json, input_digest, RUNNING, now, now),
             )
             run = self._one(f"SELECT {_RUN_COLUMNS} FROM workflows WHERE id = ?", (run_id,))
@@ -186,6 +196,75 @@ class Journal:
                 " VALUES (?, ?, ?, ?, ?)",
                 (run_id, name, number, request_hash, time.time()))
         return number
+
+    def end_attempt(self, run_id: str, name: str, attempt: int, outcome: str) -> None:
+        """Mark an attempt that got an answer we will not record (an error), so it is not in flight."""
+        with self._write("record the LLM attempt's outcome", name):
+            self._conn.execute(
+                "UPDATE attempts SET outcome = ? WHERE workflow_id = ? AND step_name = ? AND attempt = ?",
+                (outcome, run_id, name, attempt))
+
+    def record_answer(self, run_id: str, name: str, attempt: int, execution: int, usage: Usage,
+                      latency_s: float, cost_usd: float | None) -> None:
+        """An LLM answer arrived: its spend goes to the ledger (and the attempt is marked answered) before
+        the step is recorded, so a crash in between still shows the money as spent."""
+        with self._write("record the LLM cost", name):
+            self._conn.execute(
+                "INSERT OR IGNORE INTO llm_ledger(workflow_id, step_name, event, execution, model, input_tokens,"
+                " cached_tokens, output_tokens, latency_s, cost_usd, recorded_at)"
+                " VALUES (?, ?, 'call', ?, ?, ?, ?, ?, ?, ?, ?)",
+                (run_id, name, execution, usage.model, usage.input_tokens, usage.cached_tokens,
+                 usage.output_tokens, latency_s, cost_usd, time.time()))
+            self._conn.execute("UPDATE attempts SET outcome = 'answered'"
+                               " WHERE workflow_id = ? AND step_name = ? AND attempt = ?", (run_id, name, attempt))
+
+    def record_replays(self, run_id: str, execution: int, replays: list[tuple[str, Usage, float | None]]) -> None:
+        """What replaying recorded calls saved in one execution of the run: one transaction for all."""
+        if not replays:
+            return
+        with self._write("record replayed LLM calls"):
+            now = time.time()
+            self._conn.executemany(
+                "INSERT OR IGNORE INTO llm_ledger(workflow_id, step_name, event, execution, model, input_tokens,"
+                " cached_tokens, output_tokens, latency_s, cost_usd, recorded_at)"
+                " VALUES (?, ?, 'replay', ?, ?, ?, ?, ?, NULL, ?, ?)",
+                [(run_id, name, execution, u.model, u.input_tokens, u.cached_tokens, u.output_tokens, cost, now)
+                 for name, u, cost in replays])
+
+    def recorded_calls(self, run_id: str) -> dict[str, tuple[Usage, float | None]]:
+        """Step name -> the usage and cost of its (first) recorded call, for pricing replays."""
+        with self._lock:
+            rows = query(self._conn, "SELECT step_name, model, input_tokens, cached_tokens, output_tokens, cost_usd"
+                                     " FROM llm_ledger WHERE workflow_id = ? AND event = 'call' ORDER BY id DESC",
+                         (run_id,))
+        return {name: (Usage(model, inp, cached, out), cost) for name, model, inp, cached, out, cost in rows}
+
+    def spend(self, run_id: str | None = None) -> Spend:
+        """Spend, calls, savings and in-flight estimate for one run, or for every run of the agent."""
+        where, params = ("WHERE workflow_id = ?", (run_id,)) if run_id else ("", ())
+        with self._lock:
+            (spent, calls, unpriced, saved, replayed, inp, out), = query(self._conn, f"""
+                SELECT COALESCE(SUM(CASE WHEN event = 'call' THEN cost_usd END), 0),
+                       COUNT(CASE WHEN event = 'call' THEN 1 END),
+                       COUNT(CASE WHEN event = 'call' AND cost_usd IS NULL THEN 1 END),
+                       COALESCE(SUM(CASE WHEN event = 'replay' THEN cost_usd END), 0),
+                       COUNT(CASE WHEN event = 'replay' THEN 1 END),
+                       COALESCE(SUM(CASE WHEN event = 'call' THEN input_tokens END), 0),
+                       COALESCE(SUM(CASE WHEN event = 'call' THEN output_tokens END), 0)
+                FROM llm_ledger {where}""", params)
+            awhere = "AND a.workflow_id = ?" if run_id else ""
+            (in_flight,), = query(self._conn, f"""
+                SELECT COUNT(*) FROM attempts a
+                WHERE a.outcome IS NULL {awhere}
+                  AND NOT (EXISTS (SELECT 1 FROM steps s WHERE s.workflow_id = a.workflow_id
+                                                          AND s.step_name = a.step_name)
+                           AND a.attempt = (SELECT MAX(b.attempt) FROM attempts b WHERE b.workflow_id = a.workflow_id
+                                                                                 AND b.step_name = a.step_name))""",
+                                  params)
+        priced = calls - unpriced
+        estimate = None if priced == 0 else in_flight * spent / priced
+        return Spend(round(spent, 10), calls, unpriced, round(saved, 10), replayed, in_flight,
+                     None if estimate is None else round(estimate, 10), inp, out)
 
     def attempts(self, run_id: str) -> list[Attempt]:
         with self._lock:

@@ -20,12 +20,14 @@ from typing import TYPE_CHECKING, Any
 from . import _codec
 from ._agent import LLM, Agent, StepCall, StepOptions
 from ._config import LLMConfig
-from ._errors import LLMError, LLMRequestRejected, StepTimeout
+from ._errors import BudgetExceeded, LLMError, LLMRequestRejected, StepTimeout
+from ._ledger import cost_of, usage_of
 
 if TYPE_CHECKING:
     import openai
     import tenacity
     from openai.types.chat import ChatCompletion
+    from openai.types.responses import Response
 
 log = logging.getLogger("agentshards")
 
@@ -85,13 +87,19 @@ def _retry_after_s(exc: BaseException | None) -> float | None:
         return None
 
 
-def _perform(agent: Agent, call: StepCall, request: dict[str, Any]) -> tuple[str, str]:
-    """Send the request (retrying transient failures), one committed attempt row before each send."""
+def _perform(agent: Agent, call: StepCall, endpoint: str, request: dict[str, Any]) -> tuple[str, str]:
+    """Send the request (retrying transient failures), one committed attempt row before each send.
+
+    The budget is checked first, against what the agent's ledger says it has spent. Each answer's cost
+    goes to the ledger as soon as it arrives, before the step is recorded.
+    """
     import openai
     import tenacity
 
     config = agent._config.llm
+    _check_budget(agent, call.name)
     client = _client(config, agent.agent_id)
+    create = client.chat.completions.create if endpoint == "chat.completions" else client.responses.create
     attempts = call.options.max_attempts or config.max_attempts
     budget = call.options.timeout_s
     deadline = None if budget is None else time.monotonic() + budget
@@ -110,19 +118,28 @@ def _perform(agent: Agent, call: StepCall, request: dict[str, Any]) -> tuple[str
         return state.attempt_number >= attempts or remaining() <= 0
 
     def send() -> Any:
-        agent._journal.begin_attempt(agent.run_id, call.name, call.input_hash)
+        number = agent._journal.begin_attempt(agent.run_id, call.name, call.input_hash)
         agent._crash.reached("after_intent")
         timeout = min(config.timeout_s, max(remaining(), 0.001))
-        completion = client.chat.completions.create(**{"timeout": timeout, **request})
+        started = time.monotonic()
+        try:
+            response = create(**{"timeout": timeout, **request})
+        except openai.APIStatusError:
+            agent._journal.end_attempt(agent.run_id, call.name, number, "error")  # answered: not in flight
+            raise
+        dumped = response.model_dump(mode="json", exclude_unset=True)
+        usage = usage_of(dumped)
+        agent._journal.record_answer(agent.run_id, call.name, number, agent.execution, usage,
+                                     time.monotonic() - started, cost_of(usage, config.prices))
         agent._crash.reached("after_response")
-        return completion
+        return dumped
 
     retrying = tenacity.Retrying(stop=stop, wait=wait, retry=tenacity.retry_if_exception(_is_transient),
                                  reraise=True, before_sleep=lambda s: log.warning(
                                      "agent %s: LLM step %r attempt %d failed (%s); retrying", agent.agent_id,
                                      call.name, s.attempt_number, s.outcome.exception() if s.outcome else "?"))
     try:
-        completion = retrying(send)
+        dumped = retrying(send)
     except (openai.BadRequestError, openai.UnprocessableEntityError) as exc:
         rejected = {"status": exc.status_code, "code": exc.code, "message": str(exc.message)[:2000]}
         return _codec.dumps(rejected, agent_id=agent.agent_id, step=call.name), "error"
@@ -132,52 +149,105 @@ def _perform(agent: Agent, call: StepCall, request: dict[str, Any]) -> tuple[str
                               agent_id=agent.agent_id, step=call.name,
                               hint="raise timeout_s in agent.options(...); nothing was recorded") from exc
         raise
-    dumped = completion.model_dump(mode="json", exclude_unset=True)
     return _codec.dumps(dumped, agent_id=agent.agent_id, step=call.name), "ok"
 
 
-class _Completions:
+def _check_budget(agent: Agent, step: str) -> None:
+    limit = agent._config.budget_usd
+    if limit is None:
+        return
+    spent = agent._journal.spend().spent_usd
+    if spent >= limit:
+        raise BudgetExceeded(f"recorded spend ${spent:.6f} reached the budget ${limit:.6f}", agent_id=agent.agent_id,
+                             step=step, hint="the run ended as budget_exceeded; raise RunConfig(budget_usd=...) "
+                                             "and start a new run to go on")
+
+
+def _durable_call(llm: DurableLLM, endpoint: str, kwargs: dict[str, Any]) -> str:
+    """Journal one call to ``endpoint``; return the stored JSON (raising a recorded rejection)."""
+    agent = llm._agent
+    if kwargs.get("stream"):
+        raise LLMError("stream=True is not durable yet", agent_id=agent.agent_id,
+                       hint="call without stream; the full response is journaled and replayed")
+    try:
+        input_text = _codec.canonical({"endpoint": endpoint, "request": kwargs})
+    except (TypeError, ValueError) as exc:
+        raise LLMError(f"the request is not JSON-able: {exc}", agent_id=agent.agent_id,
+                       hint="pass plain dicts/lists/str (e.g. model.model_dump()) in the request") from exc
+    record = agent._execute(llm._options.name, LLM, input_text, llm._options,
+                            lambda call: _perform(agent, call, endpoint, kwargs))
+    if record.outcome == "error":
+        rejected = _codec.loads(record.output_json)
+        raise LLMRequestRejected(f"the provider rejected the request ({rejected['status']}): "
+                                 f"{rejected['message'][:300]}", status=int(rejected["status"]),
+                                 code=rejected.get("code"), agent_id=agent.agent_id, step=record.name)
+    return record.output_json
+
+
+class _NotDurable:
+    """Every attribute but the durable ones raises a clear LLMError instead of bypassing the journal."""
+
+    _path: str
+    _llm: DurableLLM
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        raise LLMError(f"agent.llm.{self._path}.{name} is not durable yet", agent_id=self._llm._agent.agent_id,
+                       hint="use .create(...) without stream, or wrap another call in agent.step")
+
+
+class _Completions(_NotDurable):
+    _path = "chat.completions"
+
     def __init__(self, llm: DurableLLM) -> None:
         self._llm = llm
 
     def create(self, **kwargs: Any) -> ChatCompletion:
         """Like ``openai``'s ``chat.completions.create`` (non-streaming), made once per run."""
-        agent = self._llm._agent
-        if kwargs.get("stream"):
-            raise LLMError("stream=True is not durable yet", agent_id=agent.agent_id,
-                           hint="call without stream; the full response is journaled and replayed")
-        try:
-            input_text = _codec.canonical({"endpoint": "chat.completions", "request": kwargs})
-        except (TypeError, ValueError) as exc:
-            raise LLMError(f"the request is not JSON-able: {exc}", agent_id=agent.agent_id,
-                           hint="pass plain dicts/lists/str (e.g. model.model_dump()) in the request") from exc
         from openai.types.chat import ChatCompletion
 
-        record = agent._execute(self._llm._options.name, LLM, input_text, self._llm._options,
-                                lambda call: _perform(agent, call, kwargs))
-        if record.outcome == "error":
-            rejected = _codec.loads(record.output_json)
-            raise LLMRequestRejected(f"the provider rejected the request ({rejected['status']}): "
-                                     f"{rejected['message'][:300]}", status=int(rejected["status"]),
-                                     code=rejected.get("code"), agent_id=agent.agent_id, step=record.name)
-        return ChatCompletion.model_validate_json(record.output_json)
+        return ChatCompletion.model_validate_json(_durable_call(self._llm, "chat.completions", kwargs))
 
 
-class _Chat:
+class _Chat(_NotDurable):
+    _path = "chat"
+
     def __init__(self, llm: DurableLLM) -> None:
+        self._llm = llm
         self.completions = _Completions(llm)
 
 
+class _Responses(_NotDurable):
+    _path = "responses"
+
+    def __init__(self, llm: DurableLLM) -> None:
+        self._llm = llm
+
+    def create(self, **kwargs: Any) -> Response:
+        """Like ``openai``'s ``responses.create`` (non-streaming), made once per run; tool calls included."""
+        from openai.types.responses import Response
+
+        return Response.model_validate_json(_durable_call(self._llm, "responses", kwargs))
+
+
 class DurableLLM:
-    """``agent.llm``: the OpenAI surface that is durable today; anything else raises LLMError."""
+    """``agent.llm``: the OpenAI surface that is durable today; anything else raises LLMError.
+
+    Durable: ``chat.completions.create`` and ``responses.create`` (non-streaming). Not durable yet, and
+    refused: ``stream=True``, ``.parse()``/``.stream()``, ``beta``, ``embeddings``, ``images`` and every
+    other endpoint (wrap them in ``agent.step`` if their results are JSON). There is no async facade.
+    """
 
     def __init__(self, agent: Agent, options: StepOptions) -> None:
         self._agent = agent
         self._options = options
         self.chat = _Chat(self)
+        self.responses = _Responses(self)
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):
             raise AttributeError(name)
         raise LLMError(f"agent.llm.{name} is not durable yet", agent_id=self._agent.agent_id,
-                       hint="use agent.llm.chat.completions.create, or wrap another call in agent.step")
+                       hint="use agent.llm.chat.completions.create or agent.llm.responses.create, "
+                            "or wrap another call in agent.step")

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from ._config import ShardConfig
 from ._journal import Attempt, Journal, Run, StepRecord
-from ._shard import open_shard
+from ._ledger import Spend
+from ._shard import SHARD_SUFFIX, open_shard
 
 
 @dataclass(frozen=True)
@@ -19,6 +20,7 @@ class RunReport:
     steps: list[StepRecord]
     attempts: list[Attempt]
     in_flight: list[Attempt]
+    spend: Spend
 
 
 @dataclass(frozen=True)
@@ -33,8 +35,40 @@ def inspect_agent(data_dir: str | os.PathLike[str], agent_id: str) -> AgentRepor
     conn = open_shard(Path(data_dir), agent_id, ShardConfig(), create=False)
     journal = Journal(conn, agent_id)
     try:
-        runs = [RunReport(run, journal.steps(run.id), journal.attempts(run.id), journal.in_flight(run.id))
-                for run in journal.runs()]
+        runs = [RunReport(run, journal.steps(run.id), journal.attempts(run.id), journal.in_flight(run.id),
+                          journal.spend(run.id)) for run in journal.runs()]
     finally:
         journal.close()
     return AgentReport(agent_id, Path(data_dir) / f"{agent_id}.db", runs)
+
+
+@dataclass(frozen=True)
+class SpendReport:
+    """LLM money per agent and for the whole data dir (see Spend for the fields)."""
+
+    agents: dict[str, Spend]
+    total: Spend
+
+
+def spend_report(data_dir: str | os.PathLike[str], agent_id: str | None = None) -> SpendReport:
+    """Spend, calls, savings by replay and in-flight estimates for one agent or every agent in ``data_dir``."""
+    ids = [agent_id] if agent_id is not None else sorted(
+        p.name[: -len(SHARD_SUFFIX)] for p in Path(data_dir).glob(f"*{SHARD_SUFFIX}"))
+    agents: dict[str, Spend] = {}
+    for one in ids:
+        journal = Journal(open_shard(Path(data_dir), one, ShardConfig(), create=False), one)
+        try:
+            agents[one] = journal.spend()
+        finally:
+            journal.close()
+    return SpendReport(agents, _total(list(agents.values())))
+
+
+def _total(spends: list[Spend]) -> Spend:
+    estimates = [s.unrecorded_estimate_usd for s in spends if s.unrecorded_estimate_usd is not None]
+    return Spend(
+        spent_usd=round(sum(s.spent_usd for s in spends), 10), calls=sum(s.calls for s in spends),
+        unpriced_calls=sum(s.unpriced_calls for s in spends), saved_usd=round(sum(s.saved_usd for s in spends), 10),
+        replayed_calls=sum(s.replayed_calls for s in spends), in_flight_calls=sum(s.in_flight_calls for s in spends),
+        unrecorded_estimate_usd=round(sum(estimates), 10) if estimates else None,
+        input_tokens=sum(s.input_tokens for s in spends), output_tokens=sum(s.output_tokens for s in spends))

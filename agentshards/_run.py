@@ -17,8 +17,16 @@ from typing import TYPE_CHECKING, Any
 from . import _codec
 from ._agent import Agent
 from ._config import RunConfig, llm_config_from_env
-from ._errors import AgentFailed, AgentShardsError, InvalidInputs, LLMRequestRejected, ReplicationError, ShardError
-from ._journal import FAILED, RUNNING, SUCCEEDED, Journal, Run
+from ._errors import (
+    AgentFailed,
+    AgentShardsError,
+    BudgetExceeded,
+    InvalidInputs,
+    LLMRequestRejected,
+    ReplicationError,
+    ShardError,
+)
+from ._journal import BUDGET_EXCEEDED, FAILED, RUNNING, SUCCEEDED, Journal, Run
 from ._shard import open_shard, validate_agent_id
 from ._target import AgentFn, resolve, target_of
 
@@ -95,14 +103,21 @@ def _execute(journal: Journal, replication: Replication | None, func: AgentFn, t
     if run.status == SUCCEEDED:
         publish(run)
         return _codec.loads(run.output_json or "null")
-    if run.status == FAILED:
+    if run.status in (FAILED, BUDGET_EXCEEDED):
         publish(run)
-        raise _failure(agent_id, run.error_json)
+        raise _failure(agent_id, run.error_json, run.status)
     publish(run)
-    agent = Agent(journal, run.id, config, None if replication is None else replication.confirm)
+    agent = Agent(journal, run.id, config, None if replication is None else replication.confirm, run.executions)
     try:
         result = func(agent, **_codec.loads(input_json))
+    except BudgetExceeded as exc:
+        agent.flush_ledger()
+        run = journal.finish_run(run.id, BUDGET_EXCEEDED, error_json=json.dumps(
+            {"type": "agentshards.BudgetExceeded", "message": exc.message}))
+        publish(run)
+        raise
     except Exception as exc:
+        agent.flush_ledger()
         if _leaves_run_open(exc):
             raise
         error = {"type": f"{type(exc).__module__}.{type(exc).__qualname__}", "message": str(exc)[:4000],
@@ -110,6 +125,7 @@ def _execute(journal: Journal, replication: Replication | None, func: AgentFn, t
         run = journal.finish_run(run.id, FAILED, error_json=json.dumps(error))
         publish(run)
         raise _failure(agent_id, run.error_json) from exc
+    agent.flush_ledger()
     output = _codec.dumps(result, agent_id=agent_id, step=None, what="agent result")
     run = journal.finish_run(run.id, SUCCEEDED, output_json=output)
     publish(run)
@@ -182,8 +198,11 @@ def _leaves_run_open(exc: Exception) -> bool:
         exc, (openai.BadRequestError, openai.UnprocessableEntityError))
 
 
-def _failure(agent_id: str, error_json: str | None) -> AgentFailed:
+def _failure(agent_id: str, error_json: str | None, status: str = FAILED) -> AgentShardsError:
     error = json.loads(error_json or "{}")
+    if status == BUDGET_EXCEEDED:
+        return BudgetExceeded(f"its run ended over budget: {error.get('message', '')}", agent_id=agent_id,
+                              hint="budget_exceeded is final; raise RunConfig(budget_usd=...) and pass new_run=True")
     etype, emsg = str(error.get("type", "?")), str(error.get("message", ""))
     return AgentFailed(f"its run failed with {etype}: {emsg[:500]}", error_type=etype, error_message=emsg,
                        agent_id=agent_id, hint="the failure is recorded; pass new_run=True to run it again")

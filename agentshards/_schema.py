@@ -68,12 +68,63 @@ SCHEMA_V3 = """
 ALTER TABLE steps ADD COLUMN replicated_at REAL;
 """
 
-MIGRATIONS: tuple[str, ...] = (SCHEMA_V1, SCHEMA_V2, SCHEMA_V3)
+SCHEMA_V4 = """
+-- 'budget_exceeded' is a final run state: SQLite cannot alter a CHECK, so the table is rebuilt
+-- (foreign keys are off while migrating, see migrate()).
+CREATE TABLE workflows_v4 (
+    id           TEXT PRIMARY KEY,
+    seq          INTEGER NOT NULL UNIQUE,
+    target       TEXT NOT NULL,
+    input_json   TEXT NOT NULL,
+    input_digest TEXT NOT NULL,
+    status       TEXT NOT NULL
+                 CHECK (status IN ('running', 'succeeded', 'failed', 'superseded', 'budget_exceeded')),
+    output_json  TEXT,
+    error_json   TEXT,
+    created_at   REAL NOT NULL,
+    updated_at   REAL NOT NULL,
+    finished_at  REAL,
+    forked_from  TEXT,
+    executions   INTEGER NOT NULL DEFAULT 0
+) STRICT;
+INSERT INTO workflows_v4(id, seq, target, input_json, input_digest, status, output_json, error_json, created_at,
+                         updated_at, finished_at, forked_from)
+    SELECT id, seq, target, input_json, input_digest, status, output_json, error_json, created_at, updated_at,
+           finished_at, forked_from FROM workflows;
+DROP TABLE workflows;
+ALTER TABLE workflows_v4 RENAME TO workflows;
+CREATE UNIQUE INDEX workflows_one_open ON workflows(status) WHERE status = 'running';
+
+-- Failed LLM attempts are marked, so an attempt with no outcome and no completed step is one that was
+-- in flight when the agent died (its spend is unrecorded).
+ALTER TABLE attempts ADD COLUMN outcome TEXT;
+
+-- The cost ledger, append-only. 'call': a request answered and recorded (what was spent). 'replay': a
+-- recorded call returned from the journal in one execution of the run (what was saved); unique per
+-- execution, so re-running the same execution never counts twice.
+CREATE TABLE llm_ledger (
+    id            INTEGER PRIMARY KEY,
+    workflow_id   TEXT NOT NULL REFERENCES workflows(id),
+    step_name     TEXT NOT NULL,
+    event         TEXT NOT NULL CHECK (event IN ('call', 'replay')),
+    execution     INTEGER NOT NULL,
+    model         TEXT,
+    input_tokens  INTEGER,
+    cached_tokens INTEGER,
+    output_tokens INTEGER,
+    latency_s     REAL,
+    cost_usd      REAL,
+    recorded_at   REAL NOT NULL,
+    UNIQUE (workflow_id, step_name, event, execution)
+) STRICT;
+"""
+
+MIGRATIONS: tuple[str, ...] = (SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4)
 """MIGRATIONS[i] takes a file from user_version i to i + 1. Append only; never edit a shipped entry."""
 
 SCHEMA_VERSION = len(MIGRATIONS)
 
-OUR_TABLES = frozenset({"shard_meta", "workflows", "steps", "attempts"})
+OUR_TABLES = frozenset({"shard_meta", "workflows", "steps", "attempts", "llm_ledger", "workflows_v4"})
 
 
 def user_version(conn: apsw.Connection) -> int:
@@ -106,11 +157,25 @@ def check_file(conn: apsw.Connection, *, where: str) -> None:
 
 
 def migrate(conn: apsw.Connection, *, where: str) -> None:
-    """Bring a checked file to SCHEMA_VERSION, one transaction per migration."""
-    for target in range(user_version(conn), SCHEMA_VERSION):
-        with write_transaction(conn):
-            # Re-read inside the write lock: another connection may have migrated meanwhile.
-            if user_version(conn) != target:
-                continue
-            conn.execute(MIGRATIONS[target])
-            conn.execute(f"PRAGMA user_version = {target + 1}")
+    """Bring a checked file to SCHEMA_VERSION, one transaction per migration.
+
+    Foreign keys are off while migrating (a table rebuild drops and renames a referenced table; the
+    pragma cannot change inside a transaction) and ``foreign_key_check`` must pass before each commit.
+    """
+    if user_version(conn) >= SCHEMA_VERSION:
+        return
+    conn.execute("PRAGMA foreign_keys=OFF")
+    try:
+        for target in range(user_version(conn), SCHEMA_VERSION):
+            with write_transaction(conn):
+                # Re-read inside the write lock: another connection may have migrated meanwhile.
+                if user_version(conn) != target:
+                    continue
+                conn.execute(MIGRATIONS[target])
+                broken = query(conn, "PRAGMA foreign_key_check")
+                if broken:
+                    raise ShardError(f"{where}: migration to v{target + 1} broke references: {broken[:3]}",
+                                     hint="the file was left at its previous version")
+                conn.execute(f"PRAGMA user_version = {target + 1}")
+    finally:
+        conn.execute("PRAGMA foreign_keys=ON")

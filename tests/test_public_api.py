@@ -15,7 +15,7 @@ PUBLIC = {
     "__version__", "inspect_agent", "run_agent", "validate_agent_id",
     "InFlightStepError", "LLMRequestRejected", "NonDeterminismError", "StepTimeout", "fork_run",
     "InvalidReplica", "ReplicationError", "LitestreamConfig", "ManifestEntry", "list_fleet", "restore_agent",
-    "restore_agents",
+    "restore_agents", "BudgetExceeded", "ModelPrice", "Spend", "SpendReport", "spend_report",
 }
 
 
@@ -28,7 +28,7 @@ def test_all_is_pinned_and_resolvable() -> None:
 def test_every_error_derives_from_the_root() -> None:
     public = [getattr(agentshards, n) for n in PUBLIC]
     errors = [obj for obj in public if isinstance(obj, type) and issubclass(obj, BaseException)]
-    assert len(errors) == 17
+    assert len(errors) == 18
     for cls in errors:
         assert issubclass(cls, agentshards.AgentShardsError), cls
 

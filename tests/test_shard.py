@@ -73,7 +73,7 @@ def test_config_refuses_unsafe_settings() -> None:
 
 def test_schema_version_is_stamped(tmp_path: Path) -> None:
     conn = open_shard(tmp_path, "a1", ShardConfig())
-    assert conn.execute("PRAGMA user_version").fetchall()[0][0] == SCHEMA_VERSION == 3
+    assert conn.execute("PRAGMA user_version").fetchall()[0][0] == SCHEMA_VERSION == 4
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_schema WHERE type='table'")}
     assert {"workflows", "steps", "shard_meta"} <= tables
 
