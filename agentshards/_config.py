@@ -33,6 +33,9 @@ class ShardConfig:
 
     synchronous: Synchronous = DEFAULT_SYNCHRONOUS
     busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS
+    vfs: str | None = None
+    """A registered apsw VFS name; None is SQLite's default. Tests use a counting shim to prove each step
+    costs exactly one commit and one sync."""
 
     def __post_init__(self) -> None:
         if self.synchronous not in ("FULL", "NORMAL"):

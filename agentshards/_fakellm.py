@@ -19,6 +19,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 ID_PREFIX = "chatcmpl-fake-"
+RESPONSE_PREFIX = "resp_fake-"
+CHAT_PATH, RESPONSES_PATH = "/v1/chat/completions", "/v1/responses"
 
 
 @dataclass(frozen=True)
@@ -48,10 +50,16 @@ class Fault:
 
 
 def serial_of(completion_id: str) -> int:
-    """The serial number inside an id this server issued."""
-    if not completion_id.startswith(ID_PREFIX):
-        raise ValueError(f"{completion_id!r} was not issued by FakeLLMServer")
-    return int(completion_id[len(ID_PREFIX):])
+    """The serial number inside a chat completion or response id this server issued."""
+    for prefix in (ID_PREFIX, RESPONSE_PREFIX):
+        if completion_id.startswith(prefix):
+            return int(completion_id[len(prefix):])
+    raise ValueError(f"{completion_id!r} was not issued by FakeLLMServer")
+
+
+def _dated(model: str) -> str:
+    """Like the real API, answer with a dated version of a known base model."""
+    return f"{model}-2024-07-18" if model in ("gpt-4o-mini", "gpt-4o") else model
 
 
 def _answer(body: dict[str, Any]) -> str:
@@ -136,6 +144,8 @@ class FakeLLMServer:
 
     def _chat_completion(self, serial: int, body: dict[str, Any]) -> dict[str, Any]:
         content = _answer(body)
+        cached = int(body.get("metadata", {}).get("fake_cached_tokens", 0)) if isinstance(
+            body.get("metadata"), dict) else 0
         prompt_tokens = sum(len(str(m.get("content", "")).split()) + 4 for m in body.get("messages") or []
                             if isinstance(m, dict))
         completion_tokens = len(content.split())
@@ -143,12 +153,42 @@ class FakeLLMServer:
             "id": f"{ID_PREFIX}{serial}",
             "object": "chat.completion",
             "created": int(time.time()),
-            "model": str(body.get("model", "fake-model")),
+            "model": _dated(str(body.get("model", "fake-model"))),
             "choices": [{"index": 0, "finish_reason": "stop", "logprobs": None,
                          "message": {"role": "assistant", "content": content}}],
             "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                      "total_tokens": prompt_tokens + completion_tokens},
+                      "total_tokens": prompt_tokens + completion_tokens,
+                      "prompt_tokens_details": {"cached_tokens": min(cached, prompt_tokens)}},
             "system_fingerprint": "fp_agentshards_fake",
+        }
+
+    def _response(self, serial: int, body: dict[str, Any]) -> dict[str, Any]:
+        """A Responses API answer: a message, or a function call when the request offers function tools."""
+        raw_input = body.get("input", "")
+        text_in = raw_input if isinstance(raw_input, str) else json.dumps(raw_input, sort_keys=True)
+        digest = hashlib.sha256(text_in.encode()).hexdigest()[:8]
+        tools = [t for t in body.get("tools") or [] if isinstance(t, dict) and t.get("type") == "function"]
+        output: list[dict[str, Any]]
+        if tools:
+            output = [{"type": "function_call", "id": f"fc_fake-{serial}", "call_id": f"call_fake-{serial}",
+                       "name": str(tools[0].get("name", "tool")), "status": "completed",
+                       "arguments": json.dumps({"query": text_in[:80], "tag": digest})}]
+            out_text = ""
+        else:
+            out_text = f"[{digest}] response to: {text_in[:160]}"
+            output = [{"type": "message", "id": f"msg_fake-{serial}", "role": "assistant", "status": "completed",
+                       "content": [{"type": "output_text", "text": out_text, "annotations": []}]}]
+        input_tokens = len(text_in.split()) + 4
+        output_tokens = max(1, len(out_text.split()))
+        return {
+            "id": f"{RESPONSE_PREFIX}{serial}", "object": "response", "created_at": int(time.time()),
+            "model": str(body.get("model", "fake-model")), "status": "completed", "output": output,
+            "parallel_tool_calls": True, "tool_choice": body.get("tool_choice", "auto"),
+            "tools": body.get("tools") or [],
+            "usage": {"input_tokens": input_tokens, "output_tokens": output_tokens,
+                      "total_tokens": input_tokens + output_tokens,
+                      "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+                      "output_tokens_details": {"reasoning_tokens": 0}},
         }
 
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:
@@ -188,11 +228,12 @@ class FakeLLMServer:
                     self._send(400, {"error": {"message": f"invalid JSON: {exc}", "type": "invalid_request_error",
                                                "code": "invalid_json"}})
                     return
-                if self.path.rstrip("/") != "/v1/chat/completions":
+                path = self.path.rstrip("/")
+                if path not in (CHAT_PATH, RESPONSES_PATH):
                     self._send(404, {"error": {"message": f"no route {self.path}", "type": "invalid_request_error",
                                                "code": "not_found"}})
                     return
-                if not isinstance(body.get("messages"), list):
+                if path == CHAT_PATH and not isinstance(body.get("messages"), list):
                     self._send(400, {"error": {"message": "'messages' is required", "type": "invalid_request_error",
                                                "code": "missing_required_parameter"}})
                     return
@@ -212,7 +253,8 @@ class FakeLLMServer:
                 delay = server.delay_s + (fault.delay_s if fault is not None else 0.0)
                 if delay:
                     time.sleep(delay)
-                self._send(200, server._chat_completion(serial, body), serial)
+                answer = server._chat_completion if path == CHAT_PATH else server._response
+                self._send(200, answer(serial, body), serial)
 
         return Handler
 

@@ -1,7 +1,8 @@
 """The durable OpenAI facade: ``agent.llm.chat.completions.create(...)`` as a journaled step.
 
 The response is stored as the JSON the ``openai`` model dumps, and every caller (first run or replay)
-gets ``ChatCompletion.model_validate`` of the stored JSON, so both see the same object. ``openai`` and
+gets the object rebuilt from the stored JSON the way the SDK builds it from the wire (``construct``:
+lenient, so a field the provider omits does not break a replay), so both see the same object. ``openai`` and
 ``tenacity`` are imported on first use only: replaying a finished agent never imports them.
 
 Retries belong to us, not to the client: the client is built with ``max_retries=0`` so one step
@@ -207,7 +208,7 @@ class _Completions(_NotDurable):
         """Like ``openai``'s ``chat.completions.create`` (non-streaming), made once per run."""
         from openai.types.chat import ChatCompletion
 
-        return ChatCompletion.model_validate_json(_durable_call(self._llm, "chat.completions", kwargs))
+        return ChatCompletion.construct(**_codec.loads(_durable_call(self._llm, "chat.completions", kwargs)))
 
 
 class _Chat(_NotDurable):
@@ -228,7 +229,7 @@ class _Responses(_NotDurable):
         """Like ``openai``'s ``responses.create`` (non-streaming), made once per run; tool calls included."""
         from openai.types.responses import Response
 
-        return Response.model_validate_json(_durable_call(self._llm, "responses", kwargs))
+        return Response.construct(**_codec.loads(_durable_call(self._llm, "responses", kwargs)))
 
 
 class DurableLLM:

@@ -48,7 +48,7 @@ def open_connection(path: Path, config: ShardConfig, *, create: bool = True,
         flags = apsw.SQLITE_OPEN_READWRITE | (apsw.SQLITE_OPEN_CREATE if create else 0)
     # No URI filenames (plain path only), and extension loading stays disabled (apsw's default):
     # shard files may arrive from a replica or an archive.
-    conn = apsw.Connection(str(path), flags=flags)
+    conn = apsw.Connection(str(path), flags=flags, vfs=config.vfs)
     try:
         # First, before any other statement: Litestream holds locks briefly; without a busy timeout a
         # PRAGMA below (even journal_mode) can fail with SQLITE_BUSY at once.

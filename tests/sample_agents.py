@@ -314,3 +314,48 @@ def outage_steps(agent: agentshards.Agent, n: int) -> int:
         options = agent.options(durability="replicated" if i == n - 1 else "local")
         options.step("out", record_call, f"out-{i}", {"i": i})
     return n
+
+
+def priced_calls(agent: agentshards.Agent, n: int, model: str = "gpt-4o-mini", cached: int = 0,
+                 interrupt_after: int | None = None) -> list[str]:
+    ids = []
+    for i in range(n):
+        if interrupt_after is not None and i == interrupt_after and not HOOKS.get("interrupted"):
+            HOOKS["interrupted"] = True
+            raise KeyboardInterrupt
+        completion = agent.llm.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": f"priced call {i}"}],
+            metadata={"fake_cached_tokens": str(cached)})
+        ids.append(completion.id)
+    return ids
+
+
+def responses_agent(agent: agentshards.Agent) -> dict[str, Any]:
+    plain = agent.llm.responses.create(model="gpt-4o-mini", input="Summarise SQLite in one line")
+    tool = agent.llm.responses.create(
+        model="gpt-4o-mini", input="find papers on WAL",
+        tools=[{"type": "function", "name": "search_papers", "description": "search",
+                "parameters": {"type": "object", "properties": {"query": {"type": "string"}}}}])
+    call = tool.output[0]
+    SEEN.append((plain, tool))
+    return {"text": plain.output_text, "tool": call.name, "arguments": call.arguments,  # type: ignore[union-attr]
+            "call_id": call.call_id, "ids": [plain.id, tool.id]}  # type: ignore[union-attr]
+
+
+def not_durable_calls(agent: agentshards.Agent, which: str) -> None:
+    if which == "responses.stream":
+        agent.llm.responses.stream(model="m", input="x")
+    elif which == "chat.parse":
+        agent.llm.chat.completions.parse(model="m", messages=[])
+    elif which == "beta":
+        agent.llm.beta.chat.completions.parse(model="m", messages=[])
+    elif which == "responses-stream-flag":
+        agent.llm.responses.create(model="m", input="x", stream=True)
+
+
+def responses_then_interrupt(agent: agentshards.Agent) -> dict[str, Any]:
+    result = responses_agent(agent)
+    if not HOOKS.get("interrupted"):
+        HOOKS["interrupted"] = True
+        raise KeyboardInterrupt
+    return result
