@@ -260,6 +260,8 @@ class Agent:
         Buffered so a replay of hundreds of calls costs one commit; written before the first new step and
         when the run ends. A crash before that loses only this execution's *savings* figures.
         """
+        if not self._replays:  # the common case on the per-step hot path
+            return
         with self._lock:
             replays, self._replays = self._replays, []
         self._journal.record_replays(self.run_id, self.execution, replays)

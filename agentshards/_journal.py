@@ -7,11 +7,9 @@ the recorder then returns the *stored* value, never its own, so every caller agr
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
 import apsw
@@ -77,6 +75,42 @@ _STEP_COLUMNS_BUT_REPLICATED = "step_name, kind, output_json, completed_at, inpu
 _STEP_COLUMNS = _STEP_COLUMNS_BUT_REPLICATED + ", replicated_at"
 
 
+class _JournalWrite:
+    """The context manager behind ``Journal._write`` (a class: it is on the per-step hot path)."""
+
+    __slots__ = ("_journal", "_step", "_tx", "_what")
+
+    def __init__(self, journal: Journal, what: str, step: str | None) -> None:
+        self._journal, self._what, self._step = journal, what, step
+        self._tx = write_transaction(journal._conn)
+
+    def __enter__(self) -> None:
+        self._journal._lock.acquire()
+        try:
+            self._tx.__enter__()
+        except BaseException as exc:
+            self._journal._lock.release()
+            self._raise_storage(exc)
+            raise
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        try:
+            self._tx.__exit__(exc_type, exc, tb)
+        except BaseException as failure:
+            self._raise_storage(failure)
+            raise
+        finally:
+            self._journal._lock.release()
+        if exc is not None:
+            self._raise_storage(exc)
+
+    def _raise_storage(self, exc: BaseException) -> None:
+        if isinstance(exc, (apsw.FullError, apsw.IOError, apsw.ReadOnlyError, apsw.CantOpenError)):
+            raise ShardError(f"could not {self._what}: {exc}", agent_id=self._journal.agent_id, step=self._step,
+                             hint="free disk space or make the data dir writable, then re-run: the step was not "
+                                  "recorded and everything recorded before is intact") from exc
+
+
 def _short(text: str, limit: int = 120) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
@@ -96,20 +130,13 @@ class Journal:
     def close(self) -> None:
         self._conn.close()
 
-    @contextlib.contextmanager
-    def _write(self, what: str, step: str | None = None) -> Iterator[None]:
+    def _write(self, what: str, step: str | None = None) -> _JournalWrite:
         """One write transaction under this journal's lock; storage failures become a ShardError.
 
         The transaction is rolled back on failure, so nothing partial is recorded and everything
         committed before stays as it was.
         """
-        try:
-            with self._lock, write_transaction(self._conn):
-                yield
-        except (apsw.FullError, apsw.IOError, apsw.ReadOnlyError, apsw.CantOpenError) as exc:
-            raise ShardError(f"could not {what}: {exc}", agent_id=self.agent_id, step=step,
-                             hint="free disk space or make the data dir writable, then re-run: the step was not "
-                                  "recorded and everything recorded before is intact") from exc
+        return _JournalWrite(self, what, step)
 
     def begin_run(self, target: str, input_json: str, input_digest: str, *, new_run: bool = False) -> Run:
         """Return the run to execute or to report: the open one, the finished one, or a new one.

@@ -16,7 +16,7 @@ import logging
 import random
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import _codec
 from ._agent import LLM, Agent, StepCall, StepOptions
@@ -26,11 +26,13 @@ from ._ledger import cost_of, usage_of
 
 if TYPE_CHECKING:
     import openai
+    import pydantic
     import tenacity
     from openai.types.chat import ChatCompletion
     from openai.types.responses import Response
 
 log = logging.getLogger("agentshards")
+_M = TypeVar("_M", bound="pydantic.BaseModel")
 
 _clients: dict[LLMConfig, openai.OpenAI] = {}
 _clients_lock = threading.Lock()
@@ -185,6 +187,18 @@ def _durable_call(llm: DurableLLM, endpoint: str, kwargs: dict[str, Any]) -> str
     return record.output_json
 
 
+def _rebuild(model: type[_M], text: str) -> _M:
+    """The stored JSON as an openai object: validated in Rust when it is complete (fast, ~20x quicker than
+    constructing), else constructed leniently like the SDK does, so a field the provider omitted never
+    breaks a replay. First run and replay take the same path for the same text."""
+    import pydantic
+
+    try:
+        return model.model_validate_json(text)
+    except pydantic.ValidationError:
+        return model.construct(**_codec.loads(text))
+
+
 class _NotDurable:
     """Every attribute but the durable ones raises a clear LLMError instead of bypassing the journal."""
 
@@ -208,7 +222,7 @@ class _Completions(_NotDurable):
         """Like ``openai``'s ``chat.completions.create`` (non-streaming), made once per run."""
         from openai.types.chat import ChatCompletion
 
-        return ChatCompletion.construct(**_codec.loads(_durable_call(self._llm, "chat.completions", kwargs)))
+        return _rebuild(ChatCompletion, _durable_call(self._llm, "chat.completions", kwargs))
 
 
 class _Chat(_NotDurable):
@@ -229,7 +243,7 @@ class _Responses(_NotDurable):
         """Like ``openai``'s ``responses.create`` (non-streaming), made once per run; tool calls included."""
         from openai.types.responses import Response
 
-        return Response.construct(**_codec.loads(_durable_call(self._llm, "responses", kwargs)))
+        return _rebuild(Response, _durable_call(self._llm, "responses", kwargs))
 
 
 class DurableLLM:

@@ -6,8 +6,6 @@ so the settings below are chosen to cooperate with it (see ``litestream/README.m
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -84,18 +82,32 @@ def query(conn: apsw.Connection, sql: str, params: tuple[Any, ...] = ()) -> list
     return rows
 
 
-@contextlib.contextmanager
-def write_transaction(conn: apsw.Connection) -> Iterator[apsw.Connection]:
+class write_transaction:
     """``BEGIN IMMEDIATE`` so the write lock is taken up front and ``busy_timeout`` applies.
 
     A DEFERRED transaction that later upgrades to a write gets SQLITE_BUSY immediately, ignoring the
-    busy timeout, which is the classic "database is locked" with Litestream attached.
+    busy timeout, which is the classic "database is locked" with Litestream attached. COMMIT can fail
+    too (disk full): then the transaction is rolled back. A class, not a generator: it sits on the
+    per-step hot path.
     """
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield conn
-        conn.execute("COMMIT")  # may fail too (disk full): then roll back below
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
+
+    __slots__ = ("_conn",)
+
+    def __init__(self, conn: apsw.Connection) -> None:
+        self._conn = conn
+
+    def __enter__(self) -> apsw.Connection:
+        self._conn.execute("BEGIN IMMEDIATE")
+        return self._conn
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        if exc_type is None:
+            try:
+                self._conn.execute("COMMIT")
+                return
+            except BaseException:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                raise
+        if self._conn.in_transaction:
+            self._conn.execute("ROLLBACK")

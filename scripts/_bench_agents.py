@@ -20,6 +20,7 @@ def chat_agent(agent: agentshards.Agent, n: int) -> list[str]:
     return ids
 
 
+
 def step_agent(agent: agentshards.Agent, n: int) -> int:
     total = 0
     for i in range(n):
@@ -29,3 +30,20 @@ def step_agent(agent: agentshards.Agent, n: int) -> int:
 
 def _payload(i: int) -> dict[str, Any]:
     return {"i": i, "blob": "y" * 1000}
+
+
+FIRST_NEW_STEP: list[float] = []
+
+
+def chat_then_step(agent: agentshards.Agent, n: int) -> int:
+    """n LLM calls, then a plain step whose first execution stamps the time (the replay benchmark)."""
+    chat_agent(agent, n)
+    agent.step("after", _stamp)
+    return n
+
+
+def _stamp() -> float:
+    import time
+
+    FIRST_NEW_STEP.append(time.perf_counter())
+    return 0.0
