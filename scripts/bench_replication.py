@@ -31,7 +31,7 @@ from pathlib import Path
 
 import boto3
 
-from agentshards import RunConfig, restore_agent
+from agentshards import LitestreamConfig, RunConfig, restore_agent
 from agentshards._journal import Journal
 from agentshards._replication import _epoch
 from agentshards._run import start_replication
@@ -216,11 +216,12 @@ def restore_times(env: dict[str, str], replica: str, work: Path, size: int) -> t
 
 
 def idle_requests(env: dict[str, str], bucket: str, proxy: CountingProxy, agents: int, seconds: float,
-                  work: Path) -> tuple[float, float]:
+                  work: Path, interval: str) -> tuple[float, float]:
     penv = dict(env, AWS_ENDPOINT_URL_S3=f"http://127.0.0.1:{proxy.port}")
-    replica = f"s3://{bucket}/idle"
-    data = work / "idle"
-    replication = start_replication(data, replica, RunConfig(), penv)
+    replica = f"s3://{bucket}/idle-{interval}"
+    data = work / f"idle-{interval}"
+    config = RunConfig(litestream=LitestreamConfig(idle_check_interval=interval))
+    replication = start_replication(data, replica, config, penv)
     try:
         journals = []
         for i in range(agents):
@@ -257,6 +258,9 @@ def main() -> None:
     parser.add_argument("--interval", type=float, default=5.0, help="seconds between a shard's commits")
     parser.add_argument("--idle-agents", type=int, default=20)
     parser.add_argument("--idle-seconds", type=float, default=600.0)
+    parser.add_argument("--idle-interval", default=LitestreamConfig().idle_check_interval,
+                        help="Litestream L0-retention-check / level-1 interval to measure idle traffic with")
+    parser.add_argument("--only-idle", action="store_true", help="skip everything but the idle measurement")
     args = parser.parse_args()
 
     moto, port = start_moto()
@@ -272,21 +276,24 @@ def main() -> None:
     try:
         with tempfile.TemporaryDirectory() as tmp:
             work = Path(tmp)
-            for kind, replica in (("file", str(work / "file-replica")), ("s3", "s3://bench/cost")):
+            for kind, replica in () if args.only_idle else (("file", str(work / "file-replica")),
+                                                             ("s3", "s3://bench/cost")):
                 local, replicated = step_costs(env, replica, work)
                 print(f"step cost [{kind}]: local {local:.2f} ms, replicated {replicated:.2f} ms "
                       f"({replicated / local:.1f}x local)")
-            for size, label in ((100_000, "100 KB"), (10_000_000, "10 MB")):
+            for size, label in () if args.only_idle else ((100_000, "100 KB"), (10_000_000, "10 MB")):
                 copy, restored = restore_times(env, f"s3://bench/restore{size}", work, size)
                 print(f"restore {label} from S3: {restored:.0f} ms (copying the same file: {copy:.1f} ms)")
-            for n in args.agents:
+            for n in [] if args.only_idle else args.agents:
                 lags, (rss, pss) = lag_and_memory(env, f"s3://bench/lag{n}", n, args.interval, args.rounds, work)
                 print(f"{n:>4} agents, one commit each per {args.interval:.0f} s: commit->replica lag "
                       f"p50 {pct(lags, 0.5):.2f} s, p99 {pct(lags, 0.99):.2f} s ({len(lags)} commits); "
                       f"litestream RSS {rss / 1024:.0f} MB, PSS {pss / 1024:.0f} MB")
-            per_min, wake = idle_requests(env, "bench", proxy, args.idle_agents, args.idle_seconds, work)
+            per_min, wake = idle_requests(env, "bench", proxy, args.idle_agents, args.idle_seconds, work,
+                                          args.idle_interval)
             print(f"idle: {per_min:.2f} S3 requests per agent per minute ({args.idle_agents} agents registered, "
-                  f"{args.idle_seconds:.0f} s counted at the proxy); the next write visible after {wake:.2f} s")
+                  f"{args.idle_seconds:.0f} s counted at the proxy, litestream intervals {args.idle_interval}); "
+                  f"the next write replicated after {wake:.2f} s")
     finally:
         proxy.close()
         moto.terminate()
