@@ -1,7 +1,12 @@
-"""Agent functions for the scripts in this folder (importable, so their targets are module:function)."""
+"""Helpers for the scripts in this folder: agent functions (importable, so their targets are
+module:function) and the interpreter-start timer."""
 
 from __future__ import annotations
 
+import statistics
+import subprocess
+import sys
+import time
 from typing import Any
 
 import agentshards
@@ -43,7 +48,15 @@ def chat_then_step(agent: agentshards.Agent, n: int) -> int:
 
 
 def _stamp() -> float:
-    import time
-
     FIRST_NEW_STEP.append(time.perf_counter())
     return 0.0
+
+
+def interpreter_ms(code: str, repeat: int) -> float:
+    """Median wall time of a fresh ``python -c code``: the baseline for import costs."""
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-c", code], check=True)
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)

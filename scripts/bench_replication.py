@@ -16,7 +16,6 @@ Needs the test extra (moto) for the S3 server. Everything binds to 127.0.0.1 and
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import platform
 import shutil
@@ -25,60 +24,19 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import boto3
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from agentshards import LitestreamConfig, RunConfig, restore_agent
 from agentshards._journal import Journal
 from agentshards._replication import _epoch
 from agentshards._run import start_replication
 from agentshards._shard import open_shard
 
-
-class CountingProxy:
-    """A loopback TCP proxy that counts HTTP requests (request lines) from client to server."""
-
-    def __init__(self, upstream_port: int) -> None:
-        self.upstream = upstream_port
-        self.requests = 0
-        self._lock = threading.Lock()
-        self._srv = socket.socket()
-        self._srv.bind(("127.0.0.1", 0))
-        self._srv.listen(128)
-        self.port = self._srv.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self._srv.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(("127.0.0.1", self.upstream))
-            threading.Thread(target=self._pipe, args=(client, upstream, True), daemon=True).start()
-            threading.Thread(target=self._pipe, args=(upstream, client, False), daemon=True).start()
-
-    def _pipe(self, src: socket.socket, dst: socket.socket, count: bool) -> None:
-        try:
-            while data := src.recv(65536):
-                if count:
-                    methods = (b"GET ", b"PUT ", b"POST ", b"HEAD ", b"DELETE ")
-                    hits = sum(data.count(b"\r\n" + m) for m in methods) + (1 if data.startswith(methods) else 0)
-                    with self._lock:
-                        self.requests += hits
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                with contextlib.suppress(OSError):
-                    s.shutdown(socket.SHUT_RDWR)
-
-    def close(self) -> None:
-        self._srv.close()
+from fault_proxy import FaultProxy
 
 
 def start_moto() -> tuple[subprocess.Popen[bytes], int]:
@@ -215,7 +173,7 @@ def restore_times(env: dict[str, str], replica: str, work: Path, size: int) -> t
     return statistics.median(copies) * 1000, statistics.median(restores) * 1000
 
 
-def idle_requests(env: dict[str, str], bucket: str, proxy: CountingProxy, agents: int, seconds: float,
+def idle_requests(env: dict[str, str], bucket: str, proxy: FaultProxy, agents: int, seconds: float,
                   work: Path, interval: str) -> tuple[float, float]:
     penv = dict(env, AWS_ENDPOINT_URL_S3=f"http://127.0.0.1:{proxy.port}")
     replica = f"s3://{bucket}/idle-{interval}"
@@ -264,7 +222,7 @@ def main() -> None:
     args = parser.parse_args()
 
     moto, port = start_moto()
-    proxy = CountingProxy(port)
+    proxy = FaultProxy(port)
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     env.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_REGION="us-east-1",
                AWS_ENDPOINT_URL_S3=f"http://127.0.0.1:{port}")

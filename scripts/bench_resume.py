@@ -14,7 +14,6 @@ import os
 import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -24,18 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import contextlib
 
-import _bench_agents
-
 import agentshards
 
-
-def _interpreter_ms(code: str, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        subprocess.run([sys.executable, "-c", code], check=True)
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
+import _bench_agents
 
 
 def _resume_ms(calls: int, repeat: int, config: agentshards.RunConfig, llm: agentshards.FakeLLMServer,
@@ -68,8 +58,8 @@ def main() -> None:
     args = parser.parse_args()
     print(f"machine: {platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}, "
           f"SQLite {agentshards._sqlite.sqlite_version()}")
-    base = _interpreter_ms("pass", args.repeat)
-    imp = _interpreter_ms("import agentshards", args.repeat)
+    base = _bench_agents.interpreter_ms("pass", args.repeat)
+    imp = _bench_agents.interpreter_ms("import agentshards", args.repeat)
     print(f"{'measure':<44} {'baseline ms':>12} {'agentshards ms':>15} {'ratio':>7}")
     print(f"{'python -c pass vs import agentshards':<44} {base:>12.1f} {imp:>15.1f} {imp / base:>7.2f}")
     print(f"{'  (import cost alone)':<44} {'':>12} {imp - base:>15.1f}")

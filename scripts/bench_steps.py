@@ -34,13 +34,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import contextlib
 
-import _bench_agents
-
 import agentshards
 from agentshards._agent import Agent
 from agentshards._journal import Journal
 from agentshards._shard import open_shard
 from agentshards._sqlite import open_connection, write_transaction
+
+import _bench_agents
 
 PAYLOAD = {"status": "ok", "tokens": 512, "text": "x" * 960}  # ~1 KB of JSON, like peerbench's
 
@@ -121,15 +121,6 @@ def replay_ms(work: Path, n: int, reps: int) -> float:
     return statistics.median(times)
 
 
-def interpreter_ms(code: str, reps: int) -> float:
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-c", code], check=True)
-        times.append((time.perf_counter() - t0) * 1000)
-    return statistics.median(times)
-
-
 def peer(script: Path, args: list[str], match: str, env: dict[str, str]) -> float | None:
     """Run one peerbench script; return the median steps/s of the row whose config contains ``match``."""
     if not script.exists():
@@ -179,8 +170,8 @@ def main() -> None:
         replay = replay_ms(work, args.replay, args.reps)
         rows.append((f"replay {args.replay} recorded LLM steps", f"{replay:.1f} ms to the first new step",
                      f"{replay * 1000 / args.replay:.0f} µs per replayed step"))
-        base = interpreter_ms("pass", args.reps)
-        imp = interpreter_ms("import agentshards", args.reps)
+        base = _bench_agents.interpreter_ms("pass", args.reps)
+        imp = _bench_agents.interpreter_ms("import agentshards", args.reps)
         rows.append(("import agentshards", f"{imp - base:.0f} ms", f"python -c pass {base:.0f} ms, "
                      f"with import {imp:.0f} ms ({imp / base:.2f}x)"))
 

@@ -1,10 +1,15 @@
-"""A loopback TCP proxy that can refuse connections, to take an S3 server "offline" for a while."""
+"""A loopback TCP proxy that counts HTTP requests and can refuse connections (an S3 server "offline").
+
+Used by the replication tests and by scripts/bench_replication.py (which counts idle requests with it).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import socket
 import threading
+
+_METHODS = (b"GET ", b"PUT ", b"POST ", b"HEAD ", b"DELETE ")
 
 
 class FaultProxy:
@@ -70,9 +75,10 @@ class FaultProxy:
     def _pipe(self, src: socket.socket, dst: socket.socket, count: bool) -> None:
         try:
             while data := src.recv(65536):
-                if count:
+                if count:  # HTTP requests = request lines sent by the client (keep-alive carries many)
+                    hits = sum(data.count(b"\r\n" + m) for m in _METHODS) + data.startswith(_METHODS)
                     with self._lock:
-                        self.requests += 1
+                        self.requests += hits
                 dst.sendall(data)
         except OSError:
             pass
