@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import apsw
@@ -199,6 +200,7 @@ def test_litestream_killed_while_writing_catches_up(tmp_path: Path) -> None:
 
 OWNER = """
 import os, sys, time
+from collections.abc import Iterator
 from pathlib import Path
 from agentshards._run import start_replication
 from agentshards import RunConfig
@@ -387,3 +389,50 @@ def test_status_reports_lag_and_snapshots(tmp_path: Path) -> None:
         journal.close()
     finally:
         replication.litestream.stop()
+
+
+@pytest.fixture
+def authenticating_s3(tmp_path: Path) -> Iterator[str]:
+    """An S3 server that checks credentials (rclone serve s3 --auth-key), on loopback."""
+    import socket
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    (tmp_path / "rclone" / "bkt").mkdir(parents=True)
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "rclone"), "serve", "s3", "--addr", f"127.0.0.1:{port}",
+                             "--auth-key", "GOODKEY,good-secret", str(tmp_path / "rclone")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1)
+            break
+        except urllib.error.HTTPError:
+            break  # it answers (403 without credentials): up
+        except OSError:
+            assert proc.poll() is None and time.monotonic() < deadline, "rclone serve s3 did not start"
+            time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def test_wrong_credentials_fail_clearly_at_start_and_right_ones_replicate(
+        tmp_path: Path, authenticating_s3: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in [k for k in os.environ if k.startswith("AWS_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", authenticating_s3)
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "GOODKEY")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong-secret")
+    started = time.monotonic()
+    with pytest.raises(Exception, match="403") as info:
+        run_agent(sample_agents.local_steps, agent_id="c", data_dir=tmp_path / "d", replica="s3://bkt/x", n=1)
+    assert "AWS_SECRET_ACCESS_KEY" in str(info.value) and time.monotonic() - started < 30
+    assert not (tmp_path / "d").exists()
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "good-secret")
+    run_agent(sample_agents.local_steps, agent_id="c", data_dir=tmp_path / "d", replica="s3://bkt/x", n=3)
+    restore_agent("c", tmp_path / "back", "s3://bkt/x")
+    assert len(inspect_agent(tmp_path / "back", "c").runs[0].steps) == 3
