@@ -7,6 +7,7 @@ import os
 import select
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -42,10 +43,22 @@ def spawn_chat_agent(data_dir: Path, base_url: str, agent_id: str, calls: int,
 
 
 def wait_ready(proc: subprocess.Popen[str], deadline_s: float = 30.0) -> None:
+    """Read the child's "ready" line byte by byte from the pipe itself.
+
+    A buffered readline() could also swallow the result line of a fast child, which communicate(timeout=...)
+    (reading the raw pipe) would then never see.
+    """
     assert proc.stdout is not None
-    ready, _, _ = select.select([proc.stdout], [], [], deadline_s)
-    assert ready, "child never became ready"
-    assert proc.stdout.readline().strip() == "ready"
+    fd = proc.stdout.fileno()
+    line = b""
+    end = time.monotonic() + deadline_s
+    while not line.endswith(b"\n"):
+        ready, _, _ = select.select([fd], [], [], max(0.0, end - time.monotonic()))
+        assert ready, "child never became ready"
+        chunk = os.read(fd, 1)
+        assert chunk, f"child exited before it was ready (code {proc.wait()})"
+        line += chunk
+    assert line.strip() == b"ready"
 
 
 def completed_steps(data_dir: Path, agent_id: str) -> int:
