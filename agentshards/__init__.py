@@ -9,12 +9,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ._agent import Agent, StepOptions
-from ._config import LitestreamConfig, LLMConfig, RunConfig, ShardConfig
+from ._config import LitestreamConfig, LLMConfig, RunConfig, ShardConfig, SupervisorConfig
 from ._errors import (
     AgentFailed,
     AgentShardsError,
     BudgetExceeded,
     ConcurrentStepError,
+    DataDirLocked,
     InFlightStepError,
     InvalidAgentId,
     InvalidInputs,
@@ -37,6 +38,7 @@ from ._shard import validate_agent_id
 
 if TYPE_CHECKING:
     from ._fakellm import FakeLLMServer
+    from ._fleet import Fleet
     from ._manifest import ManifestEntry
     from ._restore import list_fleet, restore_agent, restore_agents
 
@@ -49,7 +51,9 @@ __all__ = [
     "AgentShardsError",
     "BudgetExceeded",
     "ConcurrentStepError",
+    "DataDirLocked",
     "FakeLLMServer",
+    "Fleet",
     "InFlightStepError",
     "InvalidAgentId",
     "InvalidInputs",
@@ -74,6 +78,7 @@ __all__ = [
     "SpendReport",
     "StepOptions",
     "StepTimeout",
+    "SupervisorConfig",
     "__version__",
     "fork_run",
     "inspect_agent",
@@ -88,6 +93,7 @@ __all__ = [
 
 _LAZY = {
     "FakeLLMServer": "._fakellm",
+    "Fleet": "._fleet",
     "ManifestEntry": "._manifest",
     "list_fleet": "._restore",
     "restore_agent": "._restore",

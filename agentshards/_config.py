@@ -75,6 +75,23 @@ class LitestreamConfig:
     """How long a replica's snapshot check stays valid for ``replicated`` steps (one LIST per agent)."""
 
 
+@dataclass(frozen=True)
+class SupervisorConfig:
+    """How a Fleet runs its workers: agents per worker process, the cap on running agents, restarts."""
+
+    agents_per_worker: int = 1
+    concurrency: int = 16
+    max_restarts: int = 5
+    restart_backoff_s: float = 0.5
+    restart_backoff_max_s: float = 30.0
+    tick_s: float = 0.05
+    stop_timeout_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.agents_per_worker < 1 or self.concurrency < 1 or self.max_restarts < 0:
+            raise ValueError("agents_per_worker and concurrency must be >= 1, max_restarts >= 0")
+
+
 InFlightPolicy = Literal["retry", "fail"]
 Durability = Literal["local", "replicated"]
 

@@ -18,6 +18,7 @@ The tree is deliberately shallow so callers can catch at the level they care abo
     ├── BudgetExceeded               the agent's recorded LLM spend reached its budget (final state)
     ├── InvalidReplica               a replica URL/settings that cannot be used or reached
     ├── ReplicationError             Litestream could not start, sync or restore
+    ├── DataDirLocked                another supervisor owns the data dir
     └── LLMError                     a durable LLM call could not be made (config, not durable)
         └── LLMRequestRejected       the provider rejected the request itself (400/422): a recorded outcome
 
@@ -144,3 +145,7 @@ class ReplicationError(AgentShardsError):
 
 class BudgetExceeded(AgentShardsError):
     """The agent's recorded LLM spend reached its budget; the run ended as ``budget_exceeded`` (final)."""
+
+
+class DataDirLocked(AgentShardsError):
+    """Another supervisor owns this data dir (its pid is in the message)."""

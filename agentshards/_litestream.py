@@ -17,7 +17,6 @@ Facts this code relies on (measured with 0.5.17, see ``litestream/README.md``):
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import hashlib
 import http.client
 import json
@@ -38,6 +37,7 @@ from typing import Any
 
 from ._config import LitestreamConfig
 from ._errors import ReplicationError
+from ._proc import die_with_parent
 from ._replica import ReplicaTarget
 from ._shard import shard_path
 
@@ -103,13 +103,6 @@ class _UnixHTTPConnection(http.client.HTTPConnection):
         sock.settimeout(self.timeout)
         sock.connect(str(self._path))
         self.sock = sock
-
-
-def _set_parent_death_signal() -> None:  # runs in the child between fork and exec
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: the owner's death stops Litestream
-    if os.getppid() == 1:
-        os._exit(1)
 
 
 @dataclass
@@ -179,7 +172,7 @@ class Litestream:
                 [str(self._binary), "replicate", "-config", str(self.config_path)],
                 stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT, env=self._env,
                 start_new_session=True,  # our own Ctrl-C must not stop it before the final sync
-                preexec_fn=_set_parent_death_signal)
+                preexec_fn=die_with_parent)
         finally:
             logf.close()
         self.pid_path.write_text(f"{self._proc.pid}\n")

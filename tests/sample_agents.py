@@ -21,7 +21,7 @@ def chat_calls(agent: agentshards.Agent, n: int) -> list[dict[str, Any]]:
     out = []
     for i in range(n):
         completion = agent.llm.chat.completions.create(
-            model="fake-model", messages=[{"role": "user", "content": f"call {i} of {n}"}])
+            model="fake-model", messages=[{"role": "user", "content": f"call {i} of {n}"}], user=agent.agent_id)
         out.append({"i": i, "id": completion.id, "content": completion.choices[0].message.content})
     return out
 
@@ -359,3 +359,15 @@ def responses_then_interrupt(agent: agentshards.Agent) -> dict[str, Any]:
         HOOKS["interrupted"] = True
         raise KeyboardInterrupt
     return result
+
+
+def dies_hard(agent: agentshards.Agent) -> None:
+    """Kills its own worker process, every time (a segfaulting extension, an OOM kill)."""
+    import signal
+
+    agent.step("before", record_call, "before-death")
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def fails_cleanly(agent: agentshards.Agent, message: str) -> None:
+    raise ValueError(message)

@@ -16,6 +16,7 @@ PUBLIC = {
     "InFlightStepError", "LLMRequestRejected", "NonDeterminismError", "StepTimeout", "fork_run",
     "InvalidReplica", "ReplicationError", "LitestreamConfig", "ManifestEntry", "list_fleet", "restore_agent",
     "restore_agents", "BudgetExceeded", "ModelPrice", "Spend", "SpendReport", "spend_report",
+    "Fleet", "DataDirLocked", "SupervisorConfig",
 }
 
 
@@ -28,7 +29,7 @@ def test_all_is_pinned_and_resolvable() -> None:
 def test_every_error_derives_from_the_root() -> None:
     public = [getattr(agentshards, n) for n in PUBLIC]
     errors = [obj for obj in public if isinstance(obj, type) and issubclass(obj, BaseException)]
-    assert len(errors) == 18
+    assert len(errors) == 19
     for cls in errors:
         assert issubclass(cls, agentshards.AgentShardsError), cls
 

@@ -1,0 +1,196 @@
+"""``Fleet``: launch many agents from a Python script, each in a worker process, and wait for them.
+
+    fleet = agentshards.Fleet(data_dir="./fleet", replica="s3://my-bucket/fleets/research")
+    fleet.launch("myproject.agents:researcher", {"agent-001": {"topic": "sqlite"}})
+    results = fleet.wait()        # agent_id -> result, or the exception that ended it
+
+One supervisor owns a data dir (a lock file beside the shards says which process), runs one Litestream
+for every shard in it, starts workers with ``python -m agentshards._worker`` and restarts the agents of a
+worker that died; every agent resumes from its journal, so a restart never repeats a completed step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import IO, Any
+
+from ._config import RunConfig, SupervisorConfig
+from ._errors import AgentFailed, AgentShardsError, BudgetExceeded, DataDirLocked, InvalidInputs
+from ._journal import Journal
+from ._run import _check_inputs, code_fingerprint, start_replication
+from ._shard import open_shard, validate_agent_id
+from ._supervisor import BUDGET_EXCEEDED, SUCCEEDED, AgentState, Supervisor
+from ._target import AgentFn, target_of
+
+
+class Fleet:
+    """A fleet of agents under one supervisor, one data dir and (optionally) one replica."""
+
+    def __init__(self, data_dir: str | os.PathLike[str], replica: str | None = None, *, agents_per_worker: int = 1,
+                 concurrency: int = 16, max_restarts: int = 5, app_dir: str | os.PathLike[str] | None = None,
+                 config: SupervisorConfig | None = None, run_config: RunConfig | None = None) -> None:
+        self.data_dir = Path(data_dir).resolve()
+        self.replica = replica
+        self.app_dir = Path(app_dir or os.getcwd()).resolve()
+        self.config = config or SupervisorConfig(agents_per_worker=agents_per_worker, concurrency=concurrency,
+                                                 max_restarts=max_restarts)
+        self.run_config = run_config or RunConfig()
+        self._env = dict(os.environ)  # read once, here at the edge
+        self._lock_file: IO[str] | None = None
+        self._replication: Any = None
+        self._supervisor: Supervisor | None = None
+        self._fingerprint: str | None = None
+
+    # -- public ------------------------------------------------------------------------------------------
+
+    def launch(self, target: AgentFn | str, agents: Mapping[str, Mapping[str, Any]]) -> None:
+        """Check everything (target importable, ids, inputs, data dir owner, replica) before any agent starts."""
+        with _on_path(self.app_dir):
+            name, func = target_of(target)
+        if self._supervisor is not None and self._supervisor.target != name:
+            raise InvalidInputs(f"this fleet runs {self._supervisor.target}, not {name}",
+                                hint="use one Fleet per target")
+        checked = {}
+        for agent_id, inputs in agents.items():
+            validate_agent_id(agent_id)
+            if self._supervisor is not None and agent_id in self._supervisor.agents:
+                raise InvalidInputs(f"agent {agent_id} was already launched in this fleet", agent_id=agent_id,
+                                    hint="agent ids must be unique within a fleet")
+            if not isinstance(inputs, Mapping):
+                raise InvalidInputs(f"inputs must be a mapping, not {type(inputs).__name__}", agent_id=agent_id,
+                                    hint="{agent_id: {input: value}}")
+            _check_inputs(func, name, agent_id, dict(inputs))
+            checked[agent_id] = dict(inputs)
+        if self._supervisor is None:
+            self._acquire_lock()
+            try:
+                if self.replica is not None:
+                    self._replication = start_replication(self.data_dir, self.replica, self.run_config, self._env)
+            except BaseException:
+                self._release_lock()
+                raise
+            self._fingerprint = code_fingerprint(func)
+            self._supervisor = Supervisor(self.data_dir, name, self.app_dir, self.config, self._env,
+                                          on_final=self._on_final, on_tick=self._on_tick)
+        for agent_id, inputs in checked.items():
+            open_shard(self.data_dir, agent_id, self.run_config.shard).close()  # exists before Litestream sees it
+            if self._replication is not None:
+                self._replication.litestream.register(agent_id)
+            self._supervisor.add(agent_id, inputs)
+
+    def wait(self, timeout_s: float | None = None) -> dict[str, Any]:
+        """Run the fleet to the end; return ``agent_id -> result`` (or the exception that ended the agent)."""
+        supervisor = self._require()
+        try:
+            supervisor.run(timeout_s)
+        finally:
+            self.close()
+        return {agent_id: self._outcome(state) for agent_id, state in supervisor.agents.items()}
+
+    def status(self) -> dict[str, AgentState]:
+        return dict(self._require().agents)
+
+    def worker_pids(self) -> list[int]:
+        return self._require().worker_pids()
+
+    def close(self) -> None:
+        """Stop workers (SIGTERM, bounded wait, SIGKILL), stop Litestream after its final sync, unlock."""
+        if self._supervisor is not None:
+            self._supervisor.stop()
+        if self._replication is not None:
+            self._replication.litestream.stop()
+            self._replication = None
+        self._release_lock()
+
+    def __enter__(self) -> Fleet:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- internals ---------------------------------------------------------------------------------------
+
+    def _require(self) -> Supervisor:
+        if self._supervisor is None:
+            raise AgentShardsError("nothing launched yet", hint="call fleet.launch(target, {agent_id: inputs})")
+        return self._supervisor
+
+    def _outcome(self, state: AgentState) -> Any:
+        if state.status == SUCCEEDED:
+            return state.result
+        error = state.error or {}
+        if state.status == BUDGET_EXCEEDED:
+            return BudgetExceeded(str(error.get("message", state.reason)), agent_id=state.agent_id)
+        return AgentFailed(str(state.reason), error_type=str(error.get("type", "?")),
+                           error_message=str(error.get("message", "")), agent_id=state.agent_id)
+
+    def _on_tick(self) -> None:
+        if self._replication is not None:
+            self._replication.litestream.ensure_running()
+
+    def _on_final(self, state: AgentState) -> None:
+        """Push the finished agent's shard to the replica and publish its manifest entry."""
+        if self._replication is None:
+            return
+        from ._manifest import ManifestEntry
+
+        with contextlib.suppress(AgentShardsError, OSError):
+            self._replication.litestream.sync(state.agent_id)
+        journal = Journal(open_shard(self.data_dir, state.agent_id, self.run_config.shard, create=False),
+                          state.agent_id)
+        try:
+            runs = journal.runs()
+            run = runs[-1] if runs else None
+            steps = len(journal.steps(run.id)) if run else 0
+        finally:
+            journal.close()
+        self._replication.publish(ManifestEntry(
+            agent_id=state.agent_id, status=state.status, target=self._require().target,
+            input_digest=run.input_digest if run else "", run_id=run.id if run else "",
+            code_fingerprint=self._fingerprint, steps=steps, updated_at=time.time()))
+
+    def _acquire_lock(self) -> None:
+        """An fcntl lock on a file of its own (locking a .db file would break SQLite's own locks)."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        path = self.data_dir / "agentshards.lock"
+        handle = open(path, "a+")  # noqa: SIM115 - held for the fleet's life
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            owner = handle.read().strip() or "?"
+            handle.close()
+            raise DataDirLocked(f"{self.data_dir} is owned by another supervisor (pid {owner})",
+                                hint="one supervisor per data dir: stop the other one or use another --data-dir"
+                                ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        self._lock_file = handle
+
+    def _release_lock(self) -> None:
+        if self._lock_file is not None:
+            fcntl.flock(self._lock_file, fcntl.LOCK_UN)
+            self._lock_file.close()
+            self._lock_file = None
+
+
+@contextlib.contextmanager
+def _on_path(app_dir: Path) -> Any:
+    """The target is checked as a worker will import it: with the app dir on sys.path."""
+    import sys
+
+    added = str(app_dir) not in sys.path
+    if added:
+        sys.path.insert(0, str(app_dir))
+    try:
+        yield
+    finally:
+        if added:
+            sys.path.remove(str(app_dir))

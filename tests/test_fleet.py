@@ -1,0 +1,151 @@
+"""The fleet supervisor with real worker processes, a real fake-LLM server and real SIGKILLs."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from agentshards import (
+    AgentFailed,
+    DataDirLocked,
+    FakeLLMServer,
+    Fleet,
+    InvalidAgentId,
+    InvalidTarget,
+    SupervisorConfig,
+    inspect_agent,
+    list_fleet,
+)
+from agentshards._fakellm import serial_of
+
+import sample_agents
+from agent_process import TESTS_DIR
+
+
+@pytest.fixture
+def llm_env(monkeypatch: pytest.MonkeyPatch) -> FakeLLMServer:
+    server = FakeLLMServer(delay_s=0.03).start()
+    monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+    monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+    yield server  # type: ignore[misc]
+    server.stop()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
+    except OSError:
+        return False
+
+
+def test_fleet_survives_worker_kills_without_repeating_a_call(tmp_path: Path, llm_env: FakeLLMServer) -> None:
+    agents = {f"agent-{i:03d}": {"n": 10} for i in range(20)}
+    fleet = Fleet(tmp_path / "fleet", agents_per_worker=5, concurrency=20, app_dir=TESTS_DIR,
+                  config=SupervisorConfig(agents_per_worker=5, concurrency=20, restart_backoff_s=0.05))
+    fleet.launch("sample_agents:chat_calls", agents)
+    rng = random.Random(42)
+    killed: list[int] = []
+    seen: set[int] = set()
+
+    def killer() -> None:
+        deadline = time.monotonic() + 60
+        while len(killed) < 3 and time.monotonic() < deadline:
+            if llm_env.request_count >= 30 + 40 * len(killed):
+                pids = [p for p in fleet.worker_pids() if p not in killed]
+                if pids:
+                    pid = rng.choice(pids)
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+            seen.update(fleet.worker_pids())
+            time.sleep(0.01)
+
+    thread = threading.Thread(target=killer)
+    thread.start()
+    results = fleet.wait(timeout_s=240)
+    thread.join()
+    assert len(killed) == 3
+    assert all(not isinstance(r, Exception) for r in results.values()), results
+    states = fleet.status()
+    assert sum(s.restarts for s in states.values()) >= 3  # every agent of a killed worker was restarted
+    log = llm_env.requests
+    for agent_id, result in results.items():
+        assert [r["i"] for r in result] == list(range(10))
+        for entry in result:
+            serial = serial_of(entry["id"])
+            key = (agent_id, f"call {entry['i']} of 10")
+            assert (log[serial - 1].body["user"], log[serial - 1].body["messages"][0]["content"]) == key
+            # once this agent's call was answered and recorded, nobody asked for it again
+            later = [r.serial for r in log if r.serial > serial
+                     and (r.body["user"], r.body["messages"][0]["content"]) == key]
+            assert later == [], f"{agent_id} paid again for call {entry['i']}: {later}"
+    recorded = sorted(serial_of(e["id"]) for result in results.values() for e in result)
+    assert len(recorded) == 200 and len(set(recorded)) == 200
+    assert len(log) - 200 <= 3 * 5  # at most one in-flight request per agent of each killed worker
+    print(f"\n3 workers SIGKILLed, {sum(s.restarts for s in states.values())} agent restarts, "
+          f"{len(log) - 200} in-flight requests repeated, 0 completed calls repeated", file=sys.stderr)
+    assert not [pid for pid in seen | set(killed) if _alive(pid)], "a worker outlived the fleet"
+
+
+def test_restart_limit_marks_the_agent_failed_with_the_reason(tmp_path: Path) -> None:
+    fleet = Fleet(tmp_path / "d", app_dir=TESTS_DIR,
+                  config=SupervisorConfig(max_restarts=2, restart_backoff_s=0.01))
+    fleet.launch("sample_agents:dies_hard", {"doomed": {}})
+    results = fleet.wait(timeout_s=120)
+    error = results["doomed"]
+    assert isinstance(error, AgentFailed)
+    assert "gave up after 2 restarts" in str(error) and "SIGKILL" in str(error)
+    assert fleet.status()["doomed"].restarts == 2
+    # the step before the crash ran once: later attempts replayed it from the shard
+    assert [s.name for s in inspect_agent(tmp_path / "d", "doomed").runs[0].steps] == ["before"]
+
+
+def test_agent_failures_are_final_not_restarted(tmp_path: Path) -> None:
+    fleet = Fleet(tmp_path / "d", app_dir=TESTS_DIR, config=SupervisorConfig(restart_backoff_s=0.01))
+    fleet.launch("sample_agents:fails_cleanly", {"f1": {"message": "bad input"}})
+    results = fleet.wait(timeout_s=60)
+    assert isinstance(results["f1"], AgentFailed) and "bad input" in str(results["f1"])
+    assert fleet.status()["f1"].restarts == 0
+
+
+def test_one_supervisor_per_data_dir(tmp_path: Path) -> None:
+    first = Fleet(tmp_path / "d", app_dir=TESTS_DIR)
+    first.launch("sample_agents:two_steps", {"a": {"x": 1}})
+    try:
+        second = Fleet(tmp_path / "d", app_dir=TESTS_DIR)
+        with pytest.raises(DataDirLocked, match=f"pid {os.getpid()}"):
+            second.launch("sample_agents:two_steps", {"b": {"x": 1}})
+    finally:
+        first.close()
+    again = Fleet(tmp_path / "d", app_dir=TESTS_DIR)  # released: the next supervisor may start
+    again.launch("sample_agents:two_steps", {"a": {"x": 1}})
+    assert again.wait(timeout_s=60)["a"]["a"] == {"v": 2}
+
+
+def test_bad_input_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    fleet = Fleet(tmp_path / "d", app_dir=TESTS_DIR)
+    with pytest.raises(InvalidTarget, match="cannot import"):
+        fleet.launch("no_such_module_here:agent", {"a": {}})
+    with pytest.raises(InvalidAgentId):
+        fleet.launch("sample_agents:two_steps", {"../up": {"x": 1}})
+    with pytest.raises(Exception, match="does not accept"):
+        fleet.launch("sample_agents:two_steps", {"a": {"y": 1}})
+    assert not (tmp_path / "d").exists()
+
+
+def test_fleet_replicates_and_publishes_the_manifest(tmp_path: Path) -> None:
+    replica = str(tmp_path / "replica")
+    fleet = Fleet(tmp_path / "d", replica=replica, app_dir=TESTS_DIR, agents_per_worker=2)
+    fleet.launch("sample_agents:two_steps", {f"r{i}": {"x": i} for i in range(3)})
+    results = fleet.wait(timeout_s=120)
+    assert [results[f"r{i}"]["b"]["v"] for i in range(3)] == [0, 4, 8]
+    assert [(e.agent_id, e.status, e.steps) for e in list_fleet(replica)] == [
+        ("r0", "succeeded", 2), ("r1", "succeeded", 2), ("r2", "succeeded", 2)]
+    assert not (tmp_path / "d" / "litestream.pid").exists()
+    assert sample_agents is not None
