@@ -70,6 +70,55 @@ def restore(agent_ids: tuple[str, ...], replica: str, data_dir: str, overwrite: 
 
 
 @main.command()
+@click.argument("target")
+@click.option("--agents", "count", type=click.IntRange(1, 100_000), help="Run N agents agent-0001.. with no inputs.")
+@click.option("--inputs", "inputs_file", type=click.Path(dir_okay=False),
+              help='JSONL, one agent per line: {"agent_id": "...", "inputs": {...}}.')
+@click.option("--data-dir", required=True)
+@click.option("--replica", default=None, help="s3://bucket/prefix or a directory.")
+@click.option("--concurrency", default=16, show_default=True, type=click.IntRange(1, 10_000))
+@click.option("--agents-per-worker", default=1, show_default=True, type=click.IntRange(1, 1000))
+@click.option("--app-dir", default=".", show_default=True, help="Put on sys.path to import TARGET.")
+def run(target: str, count: int | None, inputs_file: str | None, data_dir: str, replica: str | None,
+        concurrency: int, agents_per_worker: int, app_dir: str) -> None:
+    """Run a fleet of TARGET (module:function) agents in the foreground until every one is final."""
+    from ._fleet import Fleet, read_agents_file
+
+    if (count is None) == (inputs_file is None):
+        click.echo("error: give exactly one of --agents N and --inputs FILE.jsonl", err=True)
+        sys.exit(2)
+    agents = {f"agent-{i:04d}": {} for i in range(1, (count or 0) + 1)} if count else _guard(
+        lambda: read_agents_file(inputs_file or ""))
+    fleet = Fleet(data_dir, replica, concurrency=concurrency, agents_per_worker=agents_per_worker, app_dir=app_dir)
+    _guard(lambda: fleet.launch(target, agents))
+    click.echo(f"running {len(agents)} agents of {target} in {data_dir}" + (f", replicated to {replica}" if replica
+                                                                            else ""))
+    results = _guard(fleet.wait)
+    failed = {k: v for k, v in results.items() if isinstance(v, Exception)}
+    click.echo(f"{len(results) - len(failed)} succeeded, {len(failed)} failed")
+    for agent_id, error in sorted(failed.items()):
+        click.echo(f"  {agent_id}: {error}", err=True)
+    sys.exit(1 if failed else 0)
+
+
+@main.command()
+@click.option("--data-dir", default="./agentshards-demo/data", show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def status(data_dir: str, as_json: bool) -> None:
+    """Per agent: status, steps, LLM calls, tokens, cost, restarts (live when a supervisor runs)."""
+    from ._report import data_dir_status
+
+    rows = _guard(lambda: data_dir_status(data_dir))
+    if as_json:
+        click.echo(json.dumps([asdict(r) for r in rows], indent=2))
+        return
+    click.echo(f"{'agent':<24} {'status':<16} {'steps':>6} {'llm':>5} {'tokens':>9} {'cost':>11} {'restarts':>8}")
+    for r in rows:
+        click.echo(f"{r.agent_id:<24} {r.status:<16} {r.steps:>6} {r.llm_calls:>5} "
+                   f"{r.input_tokens + r.output_tokens:>9} ${r.cost_usd:>10.6f} {r.restarts:>8}")
+
+
+@main.command()
 @click.argument("agent_id", required=False)
 @click.option("--data-dir", default="./agentshards-demo/data", show_default=True)
 @click.option("--json", "as_json", is_flag=True)

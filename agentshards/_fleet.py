@@ -194,3 +194,30 @@ def _on_path(app_dir: Path) -> Any:
     finally:
         if added:
             sys.path.remove(str(app_dir))
+
+
+def read_agents_file(path: str) -> dict[str, dict[str, Any]]:
+    """A JSONL file, one agent per line: ``{"agent_id": "...", "inputs": {...}}``; every bad line is an error."""
+    import json
+
+    agents: dict[str, dict[str, Any]] = {}
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as exc:
+        raise InvalidInputs(f"cannot read {path}: {exc}", hint="pass a readable JSONL file") from exc
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            agent_id, inputs = row["agent_id"], row.get("inputs", {})
+        except (ValueError, KeyError, TypeError) as exc:
+            raise InvalidInputs(f"{path}:{number}: not an agent line ({exc})",
+                                hint='each line: {"agent_id": "a1", "inputs": {...}}') from exc
+        if agent_id in agents:
+            raise InvalidInputs(f"{path}:{number}: agent {agent_id!r} appears twice", hint="agent ids are unique")
+        agents[validate_agent_id(agent_id)] = inputs
+    if not agents:
+        raise InvalidInputs(f"{path} lists no agents",
+                            hint='one JSON object per line: {"agent_id": ..., "inputs": ...}')
+    return agents

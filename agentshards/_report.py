@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,3 +73,44 @@ def _total(spends: list[Spend]) -> Spend:
         replayed_calls=sum(s.replayed_calls for s in spends), in_flight_calls=sum(s.in_flight_calls for s in spends),
         unrecorded_estimate_usd=round(sum(estimates), 10) if estimates else None,
         input_tokens=sum(s.input_tokens for s in spends), output_tokens=sum(s.output_tokens for s in spends))
+
+
+@dataclass(frozen=True)
+class AgentStatus:
+    """One agent of a data dir: the supervisor's live view (if one published it) joined with its shard."""
+
+    agent_id: str
+    status: str
+    steps: int
+    llm_calls: int
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float
+    restarts: int
+    reason: str | None
+
+
+def data_dir_status(data_dir: str | os.PathLike[str]) -> list[AgentStatus]:
+    """Every agent in ``data_dir``: live state from ``.fleet/status.json`` when a supervisor wrote one,
+    else the state of its latest run, plus steps, LLM calls, tokens and cost from its shard."""
+    live: dict[str, dict[str, object]] = {}
+    status_file = Path(data_dir) / ".fleet" / "status.json"
+    if status_file.exists():
+        live = json.loads(status_file.read_text()).get("agents", {})
+    ids = sorted({p.name[: -len(SHARD_SUFFIX)] for p in Path(data_dir).glob(f"*{SHARD_SUFFIX}")} | set(live))
+    out = []
+    for agent_id in ids:
+        journal = Journal(open_shard(Path(data_dir), agent_id, ShardConfig(), create=False), agent_id)
+        try:
+            runs = journal.runs()
+            spend = journal.spend()
+            steps = len(journal.steps(runs[-1].id)) if runs else 0
+        finally:
+            journal.close()
+        state = live.get(agent_id, {})
+        out.append(AgentStatus(
+            agent_id=agent_id, status=str(state.get("status") or (runs[-1].status if runs else "pending")),
+            steps=steps, llm_calls=spend.calls, input_tokens=spend.input_tokens, output_tokens=spend.output_tokens,
+            cost_usd=spend.spent_usd, restarts=int(str(state.get("restarts", 0))),
+            reason=None if state.get("reason") is None else str(state.get("reason"))))
+    return out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -14,7 +15,7 @@ AgentFn = Callable[..., Any]
 def target_of(fn: AgentFn | str) -> tuple[str, AgentFn]:
     """Return (``module:function``, the function), refusing what another process could not import."""
     if isinstance(fn, str):
-        return fn, resolve(fn)
+        return fn, _sync_only(fn, resolve(fn))
     module = getattr(fn, "__module__", None)
     qualname = getattr(fn, "__qualname__", None)
     if not callable(fn) or not module or not qualname:
@@ -30,7 +31,16 @@ def target_of(fn: AgentFn | str) -> tuple[str, AgentFn]:
     if resolve(target) is not fn:
         raise InvalidTarget(f"{target} does not resolve to the function given",
                             hint="do not rebind or decorate the agent function under another name")
-    return target, fn
+    return target, _sync_only(target, fn)
+
+
+def _sync_only(target: str, fn: AgentFn) -> AgentFn:
+    """Async agent functions are refused (decided, documented): agents run as threads in a worker, and the
+    durable LLM facade is synchronous; an ``async def`` agent would return an un-awaited coroutine."""
+    if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
+        raise InvalidTarget(f"{target} is an async function; agentshards runs agents as plain functions",
+                            hint="define the agent with `def`; it runs in its own thread, so blocking I/O is fine")
+    return fn
 
 
 def resolve(target: str) -> AgentFn:

@@ -371,3 +371,7 @@ def dies_hard(agent: agentshards.Agent) -> None:
 
 def fails_cleanly(agent: agentshards.Agent, message: str) -> None:
     raise ValueError(message)
+
+
+async def async_agent(agent: agentshards.Agent) -> None:
+    return None

@@ -144,3 +144,10 @@ def test_bad_inputs(data_dir: Path) -> None:
     with pytest.raises(InvalidInputs, match="does not accept"):
         run_agent(sample_agents.two_steps, agent_id="b", data_dir=data_dir, y=1)
     assert not data_dir.exists()
+
+
+def test_async_agent_functions_are_refused(data_dir: Path) -> None:
+    with pytest.raises(InvalidTarget, match="async function"):
+        run_agent(sample_agents.async_agent, agent_id="a", data_dir=data_dir)
+    with pytest.raises(InvalidTarget, match="async function"):
+        run_agent("sample_agents:async_agent", agent_id="a", data_dir=data_dir)

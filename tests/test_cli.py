@@ -54,3 +54,38 @@ def test_bad_input_exits_2_with_one_line(tmp_path: Path) -> None:
     assert "Traceback" not in bad.stderr
     missing = _run("inspect", "nobody", "--data-dir", "d", cwd=tmp_path)
     assert missing.returncode == 1 and "no shard" in missing.stderr
+
+
+def test_run_and_status_from_the_command_line(tmp_path: Path) -> None:
+    from agentshards import FakeLLMServer
+
+    from agent_process import TESTS_DIR
+
+    inputs = tmp_path / "agents.jsonl"
+    inputs.write_text('{"agent_id": "c1", "inputs": {"n": 2}}\n{"agent_id": "c2", "inputs": {"n": 3}}\n')
+    with FakeLLMServer() as llm:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
+        env.update(OPENAI_API_KEY="k", OPENAI_BASE_URL=llm.base_url)
+        ran = subprocess.run([*CLI, "run", "sample_agents:chat_calls", "--inputs", str(inputs), "--data-dir", "d",
+                              "--replica", "r", "--agents-per-worker", "2", "--app-dir", str(TESTS_DIR)],
+                             capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
+        assert ran.returncode == 0, ran.stderr
+        assert "2 succeeded, 0 failed" in ran.stdout
+        assert llm.request_count == 5
+    shown = _run("status", "--data-dir", "d", "--json", cwd=tmp_path)
+    rows = {r["agent_id"]: r for r in json.loads(shown.stdout)}
+    assert (rows["c1"]["status"], rows["c1"]["llm_calls"], rows["c2"]["llm_calls"]) == ("succeeded", 2, 3)
+    assert "c2" in _run("status", "--data-dir", "d", cwd=tmp_path).stdout
+    spent = _run("spend", "--data-dir", "d", cwd=tmp_path)
+    assert spent.returncode == 0 and "TOTAL" in spent.stdout
+
+
+def test_run_refuses_bad_input_with_exit_2(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("not json\n")
+    for args in (["--agents", "2", "--inputs", str(bad)], ["--inputs", str(bad)],
+                 ["--inputs", str(tmp_path / "missing.jsonl")]):
+        out = _run("run", "sample_agents:chat_calls", *args, "--data-dir", "d", cwd=tmp_path)
+        assert out.returncode == 2 and out.stderr.startswith("error:"), (args, out.stderr)
+    unknown = _run("run", "nowhere_module:fn", "--agents", "1", "--data-dir", "d", cwd=tmp_path)
+    assert unknown.returncode == 2 and "cannot import" in unknown.stderr
