@@ -9,10 +9,19 @@ This is the only module that imports boto3. Both backends honour one contract, c
 - ``delete`` is idempotent: deleting a missing key is not an error.
 - ``check`` raises ``InvalidReplica`` with a hint when the location cannot be used (missing bucket,
   wrong credentials, unreachable endpoint), so a fleet fails at start, not in the middle.
+- ``metadata`` travels with an object (``put(..., metadata=)``, ``get_with_metadata``); ``sha256`` on
+  ``put`` is the content's digest, which S3 verifies on upload (multipart ETags are not MD5s).
+- ``put_if`` is a compare-and-swap: ``expect=None`` writes only if the key is absent (If-None-Match),
+  else only if the current ETag equals ``expect`` (If-Match). It returns the new ETag, or None when the
+  condition failed. ``get_etag`` returns ``(data, etag)``.
 """
 
 from __future__ import annotations
 
+import base64
+import fcntl
+import hashlib
+import json
 import os
 import tempfile
 from collections.abc import Mapping
@@ -28,9 +37,16 @@ class ObjectNotFound(KeyError):
 
 
 class ObjectStore(Protocol):
-    def put(self, key: str, data: bytes) -> None: ...
+    def put(self, key: str, data: bytes, *, metadata: Mapping[str, str] | None = None,
+            sha256: bytes | None = None) -> None: ...
 
     def get(self, key: str) -> bytes: ...
+
+    def get_with_metadata(self, key: str) -> tuple[bytes, dict[str, str]]: ...
+
+    def put_if(self, key: str, data: bytes, expect: str | None) -> str | None: ...
+
+    def get_etag(self, key: str) -> tuple[bytes, str]: ...
 
     def list(self, prefix: str) -> list[str]: ...
 
@@ -51,8 +67,45 @@ class LocalStore:
             raise ValueError(f"key {key!r} escapes the store root")
         return path
 
-    def put(self, key: str, data: bytes) -> None:
+    def _meta_path(self, key: str) -> Path:
         path = self._path(key)
+        return path.parent / f".{path.name}.meta.json"
+
+    def put(self, key: str, data: bytes, *, metadata: Mapping[str, str] | None = None,
+            sha256: bytes | None = None) -> None:
+        if sha256 is not None and hashlib.sha256(data).digest() != sha256:
+            raise ValueError(f"sha256 of {key} does not match its content")
+        if metadata is not None:
+            self._write(self._meta_path(key), json.dumps(dict(metadata)).encode())
+        self._write(self._path(key), data)
+
+    def get_with_metadata(self, key: str) -> tuple[bytes, dict[str, str]]:
+        data = self.get(key)
+        try:
+            meta: dict[str, str] = json.loads(self._meta_path(key).read_text())
+        except FileNotFoundError:
+            meta = {}
+        return data, meta
+
+    def put_if(self, key: str, data: bytes, expect: str | None) -> str | None:
+        lock_path = self._path(key).parent / f".{self._path(key).name}.lock"
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(lock_path, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                current = hashlib.sha256(self._path(key).read_bytes()).hexdigest()
+            except FileNotFoundError:
+                current = None
+            if current != expect:
+                return None
+            self._write(self._path(key), data)
+            return hashlib.sha256(data).hexdigest()
+
+    def get_etag(self, key: str) -> tuple[bytes, str]:
+        data = self.get(key)
+        return data, hashlib.sha256(data).hexdigest()
+
+    def _write(self, path: Path, data: bytes) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
         try:
@@ -76,10 +129,11 @@ class LocalStore:
         if not base.exists():
             return []
         keys = (p.relative_to(base).as_posix() for p in base.rglob("*") if p.is_file())
-        return sorted(k for k in keys if k.startswith(prefix) and not k.rsplit("/", 1)[-1].startswith(".tmp-"))
+        return sorted(k for k in keys if k.startswith(prefix) and not k.rsplit("/", 1)[-1].startswith("."))
 
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
+        self._meta_path(key).unlink(missing_ok=True)
 
     def check(self) -> None:
         try:
@@ -112,18 +166,47 @@ class S3Store:
             config=Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5, read_timeout=30,
                           s3={"addressing_style": "path"} if target.endpoint else None))
 
-    def put(self, key: str, data: bytes) -> None:
-        self._client.put_object(Bucket=self.target.bucket, Key=key, Body=data)
+    def put(self, key: str, data: bytes, *, metadata: Mapping[str, str] | None = None,
+            sha256: bytes | None = None) -> None:
+        extra: dict[str, Any] = {}
+        if metadata:
+            extra["Metadata"] = dict(metadata)
+        if sha256 is not None:
+            extra["ChecksumSHA256"] = base64.b64encode(sha256).decode()
+        self._client.put_object(Bucket=self.target.bucket, Key=key, Body=data, **extra)
 
-    def get(self, key: str) -> bytes:
+    def get_with_metadata(self, key: str) -> tuple[bytes, dict[str, str]]:
+        response = self._get_object(key)
+        return response["Body"].read(), dict(response.get("Metadata", {}))
+
+    def put_if(self, key: str, data: bytes, expect: str | None) -> str | None:
+        from botocore.exceptions import ClientError
+
+        condition = {"IfNoneMatch": "*"} if expect is None else {"IfMatch": expect}
+        try:
+            response = self._client.put_object(Bucket=self.target.bucket, Key=key, Body=data, **condition)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+                return None
+            raise
+        return str(response["ETag"])
+
+    def get_etag(self, key: str) -> tuple[bytes, str]:
+        response = self._get_object(key)
+        return response["Body"].read(), str(response["ETag"])
+
+    def _get_object(self, key: str) -> Any:
         from botocore.exceptions import ClientError
 
         try:
-            body: bytes = self._client.get_object(Bucket=self.target.bucket, Key=key)["Body"].read()
+            return self._client.get_object(Bucket=self.target.bucket, Key=key)
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
                 raise ObjectNotFound(key) from None
             raise
+
+    def get(self, key: str) -> bytes:
+        body: bytes = self._get_object(key)["Body"].read()
         return body
 
     def list(self, prefix: str) -> list[str]:

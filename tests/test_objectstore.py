@@ -76,3 +76,26 @@ def test_s3_settings_come_from_the_standard_environment() -> None:
     assert target.litestream_url("a1") == (
         "s3://my-bucket/fleets/research/agents/a1?endpoint=http://127.0.0.1:1234&region=eu-west-1")
     assert target.manifest_key("a1") == "fleets/research/manifest/a1.json"
+
+
+def test_metadata_travels_with_the_object(store: ObjectStore) -> None:
+    import hashlib
+
+    data = b"archived shard bytes" * 100
+    store.put("prefix/archive/a.db", data, metadata={"agent-id": "a", "sha256": hashlib.sha256(data).hexdigest()},
+              sha256=hashlib.sha256(data).digest())
+    got, meta = store.get_with_metadata("prefix/archive/a.db")
+    assert got == data and meta["agent-id"] == "a" and meta["sha256"] == hashlib.sha256(data).hexdigest()
+    assert store.list("prefix/archive/") == ["prefix/archive/a.db"]  # no sidecar shows up as an object
+
+
+def test_put_if_is_a_compare_and_swap(store: ObjectStore) -> None:
+    first = store.put_if("prefix/lease.json", b"node-1", None)
+    assert first is not None
+    assert store.put_if("prefix/lease.json", b"node-2", None) is None  # exists: If-None-Match fails
+    data, etag = store.get_etag("prefix/lease.json")
+    assert (data, etag) == (b"node-1", first)
+    second = store.put_if("prefix/lease.json", b"node-1 renewed", etag)
+    assert second is not None and second != first
+    assert store.put_if("prefix/lease.json", b"stale writer", etag) is None  # If-Match on an old ETag fails
+    assert store.get("prefix/lease.json") == b"node-1 renewed"
