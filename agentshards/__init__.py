@@ -37,6 +37,7 @@ from ._run import fork_run, run_agent
 from ._shard import validate_agent_id
 
 if TYPE_CHECKING:
+    from ._archive import ArchiveEntry, archive_agent, delete_agent, expire_archives, fetch_archive, list_archives
     from ._fakellm import FakeLLMServer
     from ._fleet import Fleet
     from ._manifest import ManifestEntry
@@ -49,6 +50,7 @@ __all__ = [
     "AgentFailed",
     "AgentReport",
     "AgentShardsError",
+    "ArchiveEntry",
     "BudgetExceeded",
     "ConcurrentStepError",
     "DataDirLocked",
@@ -80,8 +82,13 @@ __all__ = [
     "StepTimeout",
     "SupervisorConfig",
     "__version__",
+    "archive_agent",
+    "delete_agent",
+    "expire_archives",
+    "fetch_archive",
     "fork_run",
     "inspect_agent",
+    "list_archives",
     "list_fleet",
     "restore_agent",
     "restore_agents",
@@ -92,6 +99,12 @@ __all__ = [
 
 
 _LAZY = {
+    "ArchiveEntry": "._archive",
+    "archive_agent": "._archive",
+    "delete_agent": "._archive",
+    "expire_archives": "._archive",
+    "fetch_archive": "._archive",
+    "list_archives": "._archive",
     "FakeLLMServer": "._fakellm",
     "Fleet": "._fleet",
     "ManifestEntry": "._manifest",

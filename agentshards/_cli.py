@@ -5,6 +5,7 @@ Exit codes: 0 success, 1 a failure (agent failed, file unusable), 2 bad input (i
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from collections.abc import Callable
@@ -140,6 +141,76 @@ def spend(agent_id: str | None, data_dir: str, as_json: bool) -> None:
         unpriced = f" ({s.unpriced_calls} unpriced)" if s.unpriced_calls else ""
         click.echo(f"{name:<24} {money(s.spent_usd):>12} {s.calls:>6} {money(s.saved_usd):>12} "
                    f"{s.replayed_calls:>8} {s.in_flight_calls:>9} {money(s.unrecorded_estimate_usd):>18}{unpriced}")
+
+
+@main.command()
+@click.argument("agent_ids", nargs=-1)
+@click.option("--replica", required=True, help="s3://bucket/prefix or a directory.")
+@click.option("--data-dir", required=True)
+@click.option("--all-finished", is_flag=True, help="Every finished agent in the data dir.")
+def archive(agent_ids: tuple[str, ...], replica: str, data_dir: str, all_finished: bool) -> None:
+    """Archive finished agents: one verified object each in the replica; local files removed last."""
+    from ._archive import archive_agent
+    from ._report import data_dir_status
+
+    ids = list(agent_ids)
+    if all_finished:
+        final = ("succeeded", "failed", "budget_exceeded", "cancelled")
+        ids += [r.agent_id for r in _guard(lambda: data_dir_status(data_dir)) if r.status in final]
+    if not ids:
+        click.echo("error: name agents to archive, or pass --all-finished", err=True)
+        sys.exit(2)
+    for agent_id in ids:
+        entry = _guard(functools.partial(archive_agent, agent_id, data_dir, replica))
+        click.echo(f"{agent_id}: archived to {entry.key} ({entry.size} bytes, sha256 {entry.sha256[:16]}...)")
+
+
+@main.command()
+@click.option("--replica", required=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--expire-older-than-days", type=float, default=None, help="Delete archives older than this.")
+def archives(replica: str, as_json: bool, expire_older_than_days: float | None) -> None:
+    """List archived agents (and optionally expire old archives)."""
+    from ._archive import expire_archives, list_archives
+
+    if expire_older_than_days is not None:
+        gone = _guard(lambda: expire_archives(replica, expire_older_than_days))
+        click.echo(f"expired {len(gone)} archives" + (f": {', '.join(gone)}" if gone else ""))
+    entries = _guard(lambda: list_archives(replica))
+    if as_json:
+        click.echo(json.dumps([asdict(e) for e in entries], indent=2))
+        return
+    for e in entries:
+        click.echo(f"{e.agent_id:<24} steps={e.steps:<5} sha256={(e.archive_sha256 or '')[:16]}... {e.archive_key}")
+
+
+@main.command()
+@click.argument("agent_id")
+@click.option("--replica", required=True)
+@click.option("--data-dir", required=True)
+def fetch(agent_id: str, replica: str, data_dir: str) -> None:
+    """Bring an archived agent back (verified) into DATA_DIR, e.g. to inspect it."""
+    from ._archive import fetch_archive
+
+    click.echo(f"{agent_id}: fetched to {_guard(lambda: fetch_archive(agent_id, data_dir, replica))}")
+
+
+@main.command()
+@click.argument("agent_id")
+@click.option("--data-dir", required=True)
+@click.option("--replica", default=None)
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def delete(agent_id: str, data_dir: str, replica: str | None, yes: bool) -> None:
+    """Remove an agent everywhere: local shard, live replica, manifest, archive."""
+    from ._archive import delete_agent
+    from ._shard import validate_agent_id
+
+    _guard(lambda: validate_agent_id(agent_id))
+    if not yes and not click.confirm(f"delete agent {agent_id} everywhere (local, replica, manifest, archive)?"):
+        click.echo("nothing deleted")
+        sys.exit(1)
+    removed = _guard(lambda: delete_agent(agent_id, data_dir, replica))
+    click.echo(f"{agent_id}: removed {', '.join(removed) or 'nothing (not found)'}")
 
 
 @main.command()

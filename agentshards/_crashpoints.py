@@ -5,7 +5,8 @@ plan every ``reached`` call is a dictionary lookup and nothing else. Points:
 
 - ``after_intent``   an LLM attempt row is committed, the request has not gone out;
 - ``after_response`` the response arrived, the step is not yet recorded;
-- ``after_commit``   the step is recorded.
+- ``after_commit``   the step is recorded;
+- ``archive_*``      after each stage of archiving a finished agent (see ``_archive``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import threading
 from dataclasses import dataclass
 
 POINTS = ("after_intent", "after_response", "after_commit")
+ARCHIVE_POINTS = ("archive_vacuumed", "archive_uploaded", "archive_verified", "archive_published",
+                  "archive_replica_deleted")
 
 
 @dataclass(frozen=True)
@@ -28,7 +31,7 @@ class CrashPlan:
         if not spec:
             return cls()
         point, _, hit = spec.partition("@")
-        if point not in POINTS or not hit.isdigit() or int(hit) < 1:
+        if point not in POINTS + ARCHIVE_POINTS or not hit.isdigit() or int(hit) < 1:
             raise ValueError(f"AGENTSHARDS_TEST_CRASH={spec!r}: expected one of {POINTS} followed by @N (N >= 1)")
         return cls(point, int(hit))
 

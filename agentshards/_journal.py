@@ -19,8 +19,8 @@ from ._ledger import Spend, Usage
 from ._sqlite import query, write_transaction
 
 RUNNING, SUCCEEDED, FAILED, SUPERSEDED = "running", "succeeded", "failed", "superseded"
-BUDGET_EXCEEDED = "budget_exceeded"
-FINAL = (SUCCEEDED, FAILED, BUDGET_EXCEEDED)
+BUDGET_EXCEEDED, CANCELLED = "budget_exceeded", "cancelled"
+FINAL = (SUCCEEDED, FAILED, BUDGET_EXCEEDED, CANCELLED)
 
 _RUN_COLUMNS = (
     "id, seq, target, input_json, input_digest, status, output_json, error_json, created_at, finished_at, forked_from,"

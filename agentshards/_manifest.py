@@ -26,6 +26,9 @@ class ManifestEntry:
     steps: int
     updated_at: float
     version: int = MANIFEST_VERSION
+    archive_key: str | None = None
+    archive_sha256: str | None = None
+    cost_usd: float | None = None
 
 
 def write_manifest(store: ObjectStore, target: ReplicaTarget, entry: ManifestEntry) -> None:
@@ -37,12 +40,22 @@ def read_manifest(store: ObjectStore, target: ReplicaTarget, agent_id: str) -> M
         data = json.loads(store.get(target.manifest_key(agent_id)))
     except ObjectNotFound:
         return None
-    return ManifestEntry(**data)
+    return _entry(data)
+
+
+def _entry(data: dict[str, object]) -> ManifestEntry:
+    """Tolerate fields a newer agentshards added: keep the ones this version knows."""
+    known = set(ManifestEntry.__dataclass_fields__)
+    return ManifestEntry(**{k: v for k, v in data.items() if k in known})  # type: ignore[arg-type]
+
+
+def delete_manifest(store: ObjectStore, target: ReplicaTarget, agent_id: str) -> None:
+    store.delete(target.manifest_key(agent_id))
 
 
 def list_manifests(store: ObjectStore, target: ReplicaTarget) -> list[ManifestEntry]:
     entries = []
     for key in store.list(target.manifest_prefix()):
         if key.endswith(".json"):
-            entries.append(ManifestEntry(**json.loads(store.get(key))))
+            entries.append(_entry(json.loads(store.get(key))))
     return sorted(entries, key=lambda e: e.agent_id)

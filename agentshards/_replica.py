@@ -44,6 +44,12 @@ class ReplicaTarget:
     def manifest_prefix(self) -> str:
         return self._join("manifest") + "/"
 
+    def archive_key(self, agent_id: str) -> str:
+        return self._join("archive", f"{validate_agent_id(agent_id)}.db")
+
+    def lease_key(self) -> str:
+        return self._join("lease.json")
+
     def litestream_url(self, agent_id: str) -> str:
         """The replica URL Litestream is given for one agent (no credentials in it)."""
         key = self.agent_key(agent_id)

@@ -69,7 +69,7 @@ ALTER TABLE steps ADD COLUMN replicated_at REAL;
 """
 
 SCHEMA_V4 = """
--- 'budget_exceeded' is a final run state: SQLite cannot alter a CHECK, so the table is rebuilt
+-- 'budget_exceeded' and 'cancelled' are final run states: SQLite cannot alter a CHECK, so the table is rebuilt
 -- (foreign keys are off while migrating, see migrate()).
 CREATE TABLE workflows_v4 (
     id           TEXT PRIMARY KEY,
@@ -78,7 +78,7 @@ CREATE TABLE workflows_v4 (
     input_json   TEXT NOT NULL,
     input_digest TEXT NOT NULL,
     status       TEXT NOT NULL
-                 CHECK (status IN ('running', 'succeeded', 'failed', 'superseded', 'budget_exceeded')),
+                 CHECK (status IN ('running', 'succeeded', 'failed', 'superseded', 'budget_exceeded', 'cancelled')),
     output_json  TEXT,
     error_json   TEXT,
     created_at   REAL NOT NULL,

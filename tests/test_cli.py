@@ -89,3 +89,20 @@ def test_run_refuses_bad_input_with_exit_2(tmp_path: Path) -> None:
         assert out.returncode == 2 and out.stderr.startswith("error:"), (args, out.stderr)
     unknown = _run("run", "nowhere_module:fn", "--agents", "1", "--data-dir", "d", cwd=tmp_path)
     assert unknown.returncode == 2 and "cannot import" in unknown.stderr
+
+
+def test_archive_fetch_delete_from_the_command_line(tmp_path: Path) -> None:
+    assert _run("demo", "--data-dir", "d", "--replica", "r", "--agents", "2", cwd=tmp_path).returncode == 0
+    archived = _run("archive", "--all-finished", "--replica", "r", "--data-dir", "d", cwd=tmp_path)
+    assert archived.returncode == 0, archived.stderr
+    assert archived.stdout.count("archived to") == 2 and not list((tmp_path / "d").glob("*.db"))
+    listed = json.loads(_run("archives", "--replica", "r", "--json", cwd=tmp_path).stdout)
+    assert [e["agent_id"] for e in listed] == ["researcher-001", "researcher-002"]
+    fetched = _run("fetch", "researcher-001", "--replica", "r", "--data-dir", "look", cwd=tmp_path)
+    assert fetched.returncode == 0 and (tmp_path / "look" / "researcher-001.db").exists()
+    assert "succeeded" in _run("inspect", "researcher-001", "--data-dir", "look", cwd=tmp_path).stdout
+    refused = subprocess.run([*CLI, "delete", "researcher-002", "--data-dir", "d", "--replica", "r"], input="n\n",
+                             capture_output=True, text=True, cwd=tmp_path)
+    assert refused.returncode == 1 and "nothing deleted" in refused.stdout
+    deleted = _run("delete", "researcher-002", "--data-dir", "d", "--replica", "r", "--yes", cwd=tmp_path)
+    assert "removed manifest, archive" in deleted.stdout

@@ -16,7 +16,8 @@ PUBLIC = {
     "InFlightStepError", "LLMRequestRejected", "NonDeterminismError", "StepTimeout", "fork_run",
     "InvalidReplica", "ReplicationError", "LitestreamConfig", "ManifestEntry", "list_fleet", "restore_agent",
     "restore_agents", "BudgetExceeded", "ModelPrice", "Spend", "SpendReport", "spend_report",
-    "Fleet", "DataDirLocked", "SupervisorConfig",
+    "Fleet", "DataDirLocked", "SupervisorConfig", "ArchiveEntry", "archive_agent", "delete_agent",
+    "expire_archives", "fetch_archive", "list_archives",
 }
 
 

@@ -1,0 +1,118 @@
+"""Archive: one verified object per finished agent, local files removed last, a kill at any stage loses nothing."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from agentshards import (
+    ReplicationError,
+    ShardError,
+    archive_agent,
+    delete_agent,
+    expire_archives,
+    fetch_archive,
+    inspect_agent,
+    list_archives,
+    list_fleet,
+    run_agent,
+)
+from agentshards._crashpoints import ARCHIVE_POINTS
+from agentshards._objectstore import store_for
+from agentshards._replica import parse_replica
+
+import sample_agents
+from agent_process import TESTS_DIR
+
+
+@pytest.fixture(params=["file", "s3"])
+def replica(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    if request.param == "file":
+        return str(tmp_path / "replica")
+    env = request.getfixturevalue("s3_env")
+    for key in [k for k in os.environ if k.startswith("AWS_")]:
+        monkeypatch.delenv(key)
+    for key, value in env.items():
+        if key.startswith("AWS_"):
+            monkeypatch.setenv(key, value)
+    return f"s3://{request.getfixturevalue('bucket')}/fleet"
+
+
+def test_archive_fetch_inspect(tmp_path: Path, replica: str) -> None:
+    data = tmp_path / "d"
+    run_agent(sample_agents.local_steps, agent_id="done", data_dir=data, replica=replica, n=5, size=500)
+    entry = archive_agent("done", data, replica)
+    target = parse_replica(replica, os.environ)
+    store = store_for(target, os.environ)
+    blob, meta = store.get_with_metadata(entry.key)
+    assert hashlib.sha256(blob).hexdigest() == entry.sha256 == meta["sha256"]
+    assert (meta["agent-id"], meta["status"], meta["steps"]) == ("done", "succeeded", "5")
+    assert store.list(target.agent_key("done") + "/") == []  # live replica objects deleted
+    assert not list(data.glob("done.db*")) and not (data / ".done.db-litestream").exists()
+    (archived,) = list_archives(replica)
+    assert (archived.agent_id, archived.status, archived.archive_sha256) == ("done", "archived", entry.sha256)
+    assert [e.status for e in list_fleet(replica)] == ["archived"]
+    fetched = fetch_archive("done", tmp_path / "look", replica)
+    report = inspect_agent(tmp_path / "look", "done")
+    assert fetched.exists() and report.runs[0].run.status == "succeeded" and len(report.runs[0].steps) == 5
+
+
+def test_unfinished_agents_are_not_archived(tmp_path: Path) -> None:
+    with pytest.raises(KeyboardInterrupt):
+        run_agent(sample_agents.two_steps_then_interrupt, agent_id="busy", data_dir=tmp_path / "d", x=9)
+    with pytest.raises(ShardError, match="not finished"):
+        archive_agent("busy", tmp_path / "d", str(tmp_path / "r"))
+    assert (tmp_path / "d" / "busy.db").exists()
+
+
+ARCHIVER = """
+import sys
+from agentshards._archive import archive_agent
+archive_agent(sys.argv[1], sys.argv[2], sys.argv[3], crash_plan=sys.argv[4])
+"""
+
+
+@pytest.mark.parametrize("point", ARCHIVE_POINTS)
+def test_a_kill_at_any_archive_stage_loses_nothing(tmp_path: Path, point: str) -> None:
+    data, replica = tmp_path / "d", str(tmp_path / "r")
+    run_agent(sample_agents.local_steps, agent_id="k", data_dir=data, replica=replica, n=4)
+    proc = subprocess.run([sys.executable, "-c", ARCHIVER, "k", str(data), replica, f"{point}@1"],
+                          env=dict(os.environ, PYTHONPATH=str(TESTS_DIR)), capture_output=True, timeout=60)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    # the local shard is still there and whole: it goes only after the archive is verified and published
+    assert len(inspect_agent(data, "k").runs[0].steps) == 4
+    entry = archive_agent("k", data, replica)  # running it again finishes the job
+    assert not (data / "k.db").exists()
+    assert len(inspect_agent(Path(fetch_archive("k", tmp_path / "back", replica)).parent, "k").runs[0].steps) == 4
+    assert entry.steps == 4
+
+
+def test_tampered_archive_is_rejected(tmp_path: Path) -> None:
+    data, replica = tmp_path / "d", str(tmp_path / "r")
+    run_agent(sample_agents.local_steps, agent_id="t", data_dir=data, replica=replica, n=2)
+    entry = archive_agent("t", data, replica)
+    archived = Path(replica) / entry.key
+    archived.write_bytes(archived.read_bytes()[:-100] + b"x" * 100)
+    with pytest.raises(ShardError, match="sha256"):
+        fetch_archive("t", tmp_path / "back", replica)
+    assert not (tmp_path / "back" / "t.db").exists()
+    with pytest.raises(ReplicationError, match="no archive for agent ghost"):
+        fetch_archive("ghost", tmp_path / "back", replica)
+
+
+def test_retention_and_delete_everywhere(tmp_path: Path) -> None:
+    data, replica = tmp_path / "d", str(tmp_path / "r")
+    for agent_id in ("old", "keep"):
+        run_agent(sample_agents.local_steps, agent_id=agent_id, data_dir=data, replica=replica, n=1)
+    archive_agent("old", data, replica)
+    assert expire_archives(replica, 30) == []  # archived just now
+    assert expire_archives(replica, 30, now=__import__("time").time() + 31 * 86400) == ["old"]
+    assert list_archives(replica) == []
+    assert sorted(delete_agent("keep", data, replica)) == ["local shard", "manifest", "replica"]
+    assert not (data / "keep.db").exists() and list_fleet(replica) == []
