@@ -22,6 +22,7 @@ from ._errors import (
     InvalidReplica,
     InvalidStepName,
     InvalidTarget,
+    LeaseError,
     LLMError,
     LLMRequestRejected,
     NonDeterminismError,
@@ -39,7 +40,7 @@ from ._shard import validate_agent_id
 if TYPE_CHECKING:
     from ._archive import ArchiveEntry, archive_agent, delete_agent, expire_archives, fetch_archive, list_archives
     from ._fakellm import FakeLLMServer
-    from ._fleet import Fleet
+    from ._fleet import Fleet, recover
     from ._manifest import ManifestEntry
     from ._restore import list_fleet, restore_agent, restore_agents
 
@@ -65,6 +66,7 @@ __all__ = [
     "LLMConfig",
     "LLMError",
     "LLMRequestRejected",
+    "LeaseError",
     "LitestreamConfig",
     "ManifestEntry",
     "ModelPrice",
@@ -90,6 +92,7 @@ __all__ = [
     "inspect_agent",
     "list_archives",
     "list_fleet",
+    "recover",
     "restore_agent",
     "restore_agents",
     "run_agent",
@@ -107,6 +110,7 @@ _LAZY = {
     "list_archives": "._archive",
     "FakeLLMServer": "._fakellm",
     "Fleet": "._fleet",
+    "recover": "._fleet",
     "ManifestEntry": "._manifest",
     "list_fleet": "._restore",
     "restore_agent": "._restore",

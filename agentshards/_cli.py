@@ -80,8 +80,9 @@ def restore(agent_ids: tuple[str, ...], replica: str, data_dir: str, overwrite: 
 @click.option("--concurrency", default=16, show_default=True, type=click.IntRange(1, 10_000))
 @click.option("--agents-per-worker", default=1, show_default=True, type=click.IntRange(1, 1000))
 @click.option("--app-dir", default=".", show_default=True, help="Put on sys.path to import TARGET.")
+@click.option("--lease-ttl", default=30.0, show_default=True, type=float, help="Replica prefix lease, seconds.")
 def run(target: str, count: int | None, inputs_file: str | None, data_dir: str, replica: str | None,
-        concurrency: int, agents_per_worker: int, app_dir: str) -> None:
+        concurrency: int, agents_per_worker: int, app_dir: str, lease_ttl: float) -> None:
     """Run a fleet of TARGET (module:function) agents in the foreground until every one is final."""
     from ._fleet import Fleet, read_agents_file
 
@@ -90,16 +91,36 @@ def run(target: str, count: int | None, inputs_file: str | None, data_dir: str, 
         sys.exit(2)
     agents = {f"agent-{i:04d}": {} for i in range(1, (count or 0) + 1)} if count else _guard(
         lambda: read_agents_file(inputs_file or ""))
-    fleet = Fleet(data_dir, replica, concurrency=concurrency, agents_per_worker=agents_per_worker, app_dir=app_dir)
+    fleet = Fleet(data_dir, replica, concurrency=concurrency, agents_per_worker=agents_per_worker, app_dir=app_dir,
+                  lease_ttl_s=lease_ttl)
     _guard(lambda: fleet.launch(target, agents))
     click.echo(f"running {len(agents)} agents of {target} in {data_dir}" + (f", replicated to {replica}" if replica
                                                                             else ""))
-    results = _guard(fleet.wait)
+    _report_results(_guard(fleet.wait))
+
+
+def _report_results(results: dict[str, Any]) -> None:
     failed = {k: v for k, v in results.items() if isinstance(v, Exception)}
     click.echo(f"{len(results) - len(failed)} succeeded, {len(failed)} failed")
     for agent_id, error in sorted(failed.items()):
         click.echo(f"  {agent_id}: {error}", err=True)
     sys.exit(1 if failed else 0)
+
+
+@main.command()
+@click.option("--replica", required=True, help="s3://bucket/prefix or a directory.")
+@click.option("--data-dir", required=True, help="A fresh directory on this machine.")
+@click.option("--take-over", is_flag=True, help="Replace the expired lease of a node that is gone.")
+@click.option("--app-dir", default=".", show_default=True, help="Put on sys.path to import the agents' code.")
+@click.option("--lease-ttl", default=30.0, show_default=True, type=float)
+def recover(replica: str, data_dir: str, take_over: bool, app_dir: str, lease_ttl: float) -> None:
+    """After node loss: restore every unfinished agent from the replica and run them to the end."""
+    from ._fleet import recover as recover_fleet
+
+    results = _guard(lambda: recover_fleet(data_dir, replica, take_over=take_over, app_dir=app_dir,
+                                           lease_ttl_s=lease_ttl))
+    click.echo(f"recovered {len(results)} unfinished agents")
+    _report_results(results)
 
 
 @main.command()

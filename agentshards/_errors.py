@@ -19,6 +19,7 @@ The tree is deliberately shallow so callers can catch at the level they care abo
     ├── InvalidReplica               a replica URL/settings that cannot be used or reached
     ├── ReplicationError             Litestream could not start, sync or restore
     ├── DataDirLocked                another supervisor owns the data dir
+    ├── LeaseError                   another node holds (or took) the replica prefix
     └── LLMError                     a durable LLM call could not be made (config, not durable)
         └── LLMRequestRejected       the provider rejected the request itself (400/422): a recorded outcome
 
@@ -149,3 +150,7 @@ class BudgetExceeded(AgentShardsError):
 
 class DataDirLocked(AgentShardsError):
     """Another supervisor owns this data dir (its pid is in the message)."""
+
+
+class LeaseError(AgentShardsError):
+    """Another node holds the replica prefix's lease, or took it from this node."""

@@ -17,14 +17,18 @@ import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
+from . import _codec
 from ._config import RunConfig, SupervisorConfig
-from ._errors import AgentFailed, AgentShardsError, BudgetExceeded, DataDirLocked, InvalidInputs
+from ._errors import AgentFailed, AgentShardsError, BudgetExceeded, DataDirLocked, InvalidInputs, ShardError
 from ._journal import Journal
 from ._run import _check_inputs, code_fingerprint, start_replication
 from ._shard import open_shard, validate_agent_id
 from ._supervisor import BUDGET_EXCEEDED, SUCCEEDED, AgentState, Supervisor
+
+if TYPE_CHECKING:
+    from ._lease import Lease
 from ._target import AgentFn, target_of
 
 
@@ -33,7 +37,8 @@ class Fleet:
 
     def __init__(self, data_dir: str | os.PathLike[str], replica: str | None = None, *, agents_per_worker: int = 1,
                  concurrency: int = 16, max_restarts: int = 5, app_dir: str | os.PathLike[str] | None = None,
-                 config: SupervisorConfig | None = None, run_config: RunConfig | None = None) -> None:
+                 config: SupervisorConfig | None = None, run_config: RunConfig | None = None,
+                 take_over: bool = False, lease_ttl_s: float = 30.0) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.replica = replica
         self.app_dir = Path(app_dir or os.getcwd()).resolve()
@@ -44,7 +49,9 @@ class Fleet:
         self._lock_file: IO[str] | None = None
         self._replication: Any = None
         self._supervisor: Supervisor | None = None
-        self._fingerprint: str | None = None
+        self._fingerprints: dict[str, str | None] = {}
+        self._lease: Lease | None = None
+        self.take_over, self.lease_ttl_s = take_over, lease_ttl_s
 
     # -- public ------------------------------------------------------------------------------------------
 
@@ -52,9 +59,6 @@ class Fleet:
         """Check everything (target importable, ids, inputs, data dir owner, replica) before any agent starts."""
         with _on_path(self.app_dir):
             name, func = target_of(target)
-        if self._supervisor is not None and self._supervisor.target != name:
-            raise InvalidInputs(f"this fleet runs {self._supervisor.target}, not {name}",
-                                hint="use one Fleet per target")
         checked = {}
         for agent_id, inputs in agents.items():
             validate_agent_id(agent_id)
@@ -64,24 +68,40 @@ class Fleet:
             if not isinstance(inputs, Mapping):
                 raise InvalidInputs(f"inputs must be a mapping, not {type(inputs).__name__}", agent_id=agent_id,
                                     hint="{agent_id: {input: value}}")
-            _check_inputs(func, name, agent_id, dict(inputs))
-            checked[agent_id] = dict(inputs)
-        if self._supervisor is None:
-            self._acquire_lock()
-            try:
-                if self.replica is not None:
-                    self._replication = start_replication(self.data_dir, self.replica, self.run_config, self._env)
-            except BaseException:
-                self._release_lock()
-                raise
-            self._fingerprint = code_fingerprint(func)
-            self._supervisor = Supervisor(self.data_dir, name, self.app_dir, self.config, self._env,
-                                          on_final=self._on_final, on_tick=self._on_tick)
-        for agent_id, inputs in checked.items():
+            digest = _codec.digest(_check_inputs(func, name, agent_id, dict(inputs)))
+            checked[agent_id] = (dict(inputs), digest)
+        supervisor = self._begin()
+        self._fingerprints.setdefault(name, code_fingerprint(func))
+        for agent_id, (inputs, digest) in checked.items():
             open_shard(self.data_dir, agent_id, self.run_config.shard).close()  # exists before Litestream sees it
             if self._replication is not None:
                 self._replication.litestream.register(agent_id)
-            self._supervisor.add(agent_id, inputs)
+                self._publish(agent_id, "running", name, digest, "", 0)  # a fresh node can find it from now on
+            supervisor.add(agent_id, name, inputs)
+
+    def _begin(self) -> Supervisor:
+        """Once per fleet: the data-dir lock, then the prefix lease, then Litestream; undone on failure."""
+        if self._supervisor is not None:
+            return self._supervisor
+        self._acquire_lock()
+        try:
+            if self.replica is not None:
+                from ._lease import Lease
+                from ._objectstore import store_for
+                from ._replica import parse_replica
+
+                target = parse_replica(self.replica, self._env)
+                store = store_for(target, self._env)
+                store.check()
+                self._lease = Lease(store, target, self.lease_ttl_s)
+                self._lease.acquire(take_over=self.take_over)
+                self._replication = start_replication(self.data_dir, self.replica, self.run_config, self._env)
+        except BaseException:
+            self.close()
+            raise
+        self._supervisor = Supervisor(self.data_dir, self.app_dir, self.config, self._env,
+                                      on_final=self._on_final, on_tick=self._on_tick)
+        return self._supervisor
 
     def wait(self, timeout_s: float | None = None) -> dict[str, Any]:
         """Run the fleet to the end; return ``agent_id -> result`` (or the exception that ended the agent)."""
@@ -99,12 +119,17 @@ class Fleet:
         return self._require().worker_pids()
 
     def close(self) -> None:
-        """Stop workers (SIGTERM, bounded wait, SIGKILL), stop Litestream after its final sync, unlock."""
+        """Stop workers (SIGTERM, bounded wait, SIGKILL), stop Litestream after its final sync, release the
+        prefix lease and the data-dir lock."""
         if self._supervisor is not None:
             self._supervisor.stop()
         if self._replication is not None:
             self._replication.litestream.stop()
             self._replication = None
+        if self._lease is not None:
+            with contextlib.suppress(Exception):
+                self._lease.release()
+            self._lease = None
         self._release_lock()
 
     def __enter__(self) -> Fleet:
@@ -130,6 +155,9 @@ class Fleet:
                            error_message=str(error.get("message", "")), agent_id=state.agent_id)
 
     def _on_tick(self) -> None:
+        """Renew the prefix lease when due (losing it stops the fleet), and keep Litestream running."""
+        if self._lease is not None and self._lease.due():
+            self._lease.renew()  # LeaseError ends wait(): close() stops workers and replication
         if self._replication is not None:
             self._replication.litestream.ensure_running()
 
@@ -137,8 +165,6 @@ class Fleet:
         """Push the finished agent's shard to the replica and publish its manifest entry."""
         if self._replication is None:
             return
-        from ._manifest import ManifestEntry
-
         with contextlib.suppress(AgentShardsError, OSError):
             self._replication.litestream.sync(state.agent_id)
         journal = Journal(open_shard(self.data_dir, state.agent_id, self.run_config.shard, create=False),
@@ -149,10 +175,15 @@ class Fleet:
             steps = len(journal.steps(run.id)) if run else 0
         finally:
             journal.close()
+        self._publish(state.agent_id, state.status, state.target, run.input_digest if run else "",
+                      run.id if run else "", steps)
+
+    def _publish(self, agent_id: str, status: str, target: str, digest: str, run_id: str, steps: int) -> None:
+        from ._manifest import ManifestEntry
+
         self._replication.publish(ManifestEntry(
-            agent_id=state.agent_id, status=state.status, target=self._require().target,
-            input_digest=run.input_digest if run else "", run_id=run.id if run else "",
-            code_fingerprint=self._fingerprint, steps=steps, updated_at=time.time()))
+            agent_id=agent_id, status=status, target=target, input_digest=digest, run_id=run_id,
+            code_fingerprint=self._fingerprints.get(target), steps=steps, updated_at=time.time()))
 
     def _acquire_lock(self) -> None:
         """An fcntl lock on a file of its own (locking a .db file would break SQLite's own locks)."""
@@ -221,3 +252,54 @@ def read_agents_file(path: str) -> dict[str, dict[str, Any]]:
         raise InvalidInputs(f"{path} lists no agents",
                             hint='one JSON object per line: {"agent_id": ..., "inputs": ...}')
     return agents
+
+
+def recover(data_dir: str | os.PathLike[str], replica: str, *, take_over: bool = False,
+            app_dir: str | os.PathLike[str] | None = None, config: SupervisorConfig | None = None,
+            lease_ttl_s: float = 30.0, timeout_s: float | None = None) -> dict[str, Any]:
+    """Node-loss recovery on a fresh machine: take the prefix lease, restore every unfinished agent the
+    manifest lists (verified, in parallel), and run them under a supervisor to the end.
+
+    Archived and finished agents are not restored. An agent whose code changed since its manifest entry is
+    logged, and non-determinism detection guards its replay. Returns ``agent_id -> result or exception``.
+    """
+    import json
+    import logging
+
+    from ._journal import Journal as _Journal
+    from ._manifest import list_manifests
+    from ._restore import restore_agents
+    from ._target import resolve
+
+    log = logging.getLogger("agentshards")
+    fleet = Fleet(data_dir, replica, app_dir=app_dir, config=config, take_over=take_over, lease_ttl_s=lease_ttl_s)
+    fleet._begin()
+    try:
+        replication = fleet._replication
+        entries = [e for e in list_manifests(replication.store, replication.target) if e.status == "running"]
+        restored = restore_agents([e.agent_id for e in entries], fleet.data_dir, replication.target, env=fleet._env)
+        for entry in entries:
+            outcome = restored[entry.agent_id]
+            if isinstance(outcome, ShardError) and "already exists" in str(outcome):
+                log.info("agent %s: using the local shard already in %s", entry.agent_id, fleet.data_dir)
+            elif isinstance(outcome, Exception):
+                raise outcome
+            journal = _Journal(open_shard(fleet.data_dir, entry.agent_id, fleet.run_config.shard, create=False),
+                               entry.agent_id)
+            try:
+                run = journal.runs()[-1]
+            finally:
+                journal.close()
+            with _on_path(fleet.app_dir):
+                now = code_fingerprint(resolve(run.target))
+            if entry.code_fingerprint and now and now != entry.code_fingerprint:
+                log.warning("agent %s: the code of %s changed since it last ran; replay relies on non-determinism "
+                            "detection", entry.agent_id, run.target)
+            fleet.launch(run.target, {entry.agent_id: json.loads(run.input_json)})
+        if fleet._supervisor is None or not fleet._supervisor.agents:
+            fleet.close()
+            return {}
+        return fleet.wait(timeout_s)
+    except BaseException:
+        fleet.close()
+        raise

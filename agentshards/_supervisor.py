@@ -36,6 +36,7 @@ _WORKER_SECRETS = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY
 @dataclass
 class AgentState:
     agent_id: str
+    target: str
     inputs: dict[str, Any]
     status: str = PENDING
     restarts: int = 0
@@ -56,7 +57,6 @@ class _Worker:
 @dataclass
 class Supervisor:
     data_dir: Path
-    target: str
     app_dir: Path
     config: SupervisorConfig
     env: Mapping[str, str]
@@ -76,9 +76,9 @@ class Supervisor:
     def results_dir(self) -> Path:
         return self.fleet_dir / "results"
 
-    def add(self, agent_id: str, inputs: dict[str, Any]) -> None:
+    def add(self, agent_id: str, target: str, inputs: dict[str, Any]) -> None:
         (self.results_dir / f"{agent_id}.json").unlink(missing_ok=True)  # stale from an earlier fleet
-        self.agents[agent_id] = AgentState(agent_id, inputs)
+        self.agents[agent_id] = AgentState(agent_id, target, inputs)
 
     def worker_pids(self) -> list[int]:
         return [w.proc.pid for w in self._workers if w.proc.poll() is None]
@@ -161,13 +161,17 @@ class Supervisor:
         due = [a for a in self.agents.values()
                if room > 0 and (a.status == PENDING or (a.status == RESTARTING and a.due_at <= now))][:max(room, 0)]
         k = self.config.agents_per_worker
-        for i in range(0, len(due), k):
-            self._spawn(due[i:i + k])
+        by_target: dict[str, list[AgentState]] = {}
+        for state in due:
+            by_target.setdefault(state.target, []).append(state)
+        for batch in by_target.values():
+            for i in range(0, len(batch), k):
+                self._spawn(batch[i:i + k])
 
     def _spawn(self, batch: list[AgentState]) -> None:
         self._serial += 1
         self.fleet_dir.mkdir(parents=True, exist_ok=True)
-        spec = {"data_dir": str(self.data_dir), "target": self.target, "app_dir": str(self.app_dir),
+        spec = {"data_dir": str(self.data_dir), "target": batch[0].target, "app_dir": str(self.app_dir),
                 "results_dir": str(self.results_dir),
                 "agents": [{"agent_id": a.agent_id, "inputs": a.inputs} for a in batch]}
         fd, name = tempfile.mkstemp(dir=self.fleet_dir, prefix=f"worker-{self._serial}-", suffix=".json")
@@ -203,7 +207,7 @@ class Supervisor:
 
     def _publish(self) -> None:
         self.fleet_dir.mkdir(parents=True, exist_ok=True)
-        payload = {"pid": os.getpid(), "target": self.target, "updated_at": time.time(),
+        payload = {"pid": os.getpid(), "updated_at": time.time(),
                    "agents": {a.agent_id: {k: v for k, v in asdict(a).items() if k not in ("inputs", "result")}
                               for a in self.agents.values()}}
         fd, tmp = tempfile.mkstemp(dir=self.fleet_dir, prefix=".status-")

@@ -375,3 +375,9 @@ def fails_cleanly(agent: agentshards.Agent, message: str) -> None:
 
 async def async_agent(agent: agentshards.Agent) -> None:
     return None
+
+
+def env_probe(agent: agentshards.Agent) -> dict[str, bool]:
+    """What a worker's environment holds (a fleet must not hand agents the AWS secret)."""
+    return agent.step("probe", lambda: {k: k in os.environ for k in
+                                        ("AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "OPENAI_API_KEY")})

@@ -149,3 +149,18 @@ def test_fleet_replicates_and_publishes_the_manifest(tmp_path: Path) -> None:
         ("r0", "succeeded", 2), ("r1", "succeeded", 2), ("r2", "succeeded", 2)]
     assert not (tmp_path / "d" / "litestream.pid").exists()
     assert sample_agents is not None
+
+
+def test_workers_do_not_get_the_aws_secret(tmp_path: Path, s3_env: dict[str, str], bucket: str,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    for key, value in s3_env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("OPENAI_API_KEY", "k")
+    fleet = Fleet(tmp_path / "d", replica=f"s3://{bucket}/f", app_dir=TESTS_DIR)
+    fleet.launch("sample_agents:env_probe", {"probe": {}})
+    seen = fleet.wait(timeout_s=60)["probe"]
+    assert seen == {"AWS_SECRET_ACCESS_KEY": False, "AWS_ACCESS_KEY_ID": False, "OPENAI_API_KEY": True}
+    secret = s3_env["AWS_SECRET_ACCESS_KEY"].encode()
+    for path in (tmp_path / "d").rglob("*"):
+        if path.is_file():
+            assert secret not in path.read_bytes(), path

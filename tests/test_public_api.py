@@ -17,7 +17,7 @@ PUBLIC = {
     "InvalidReplica", "ReplicationError", "LitestreamConfig", "ManifestEntry", "list_fleet", "restore_agent",
     "restore_agents", "BudgetExceeded", "ModelPrice", "Spend", "SpendReport", "spend_report",
     "Fleet", "DataDirLocked", "SupervisorConfig", "ArchiveEntry", "archive_agent", "delete_agent",
-    "expire_archives", "fetch_archive", "list_archives",
+    "expire_archives", "fetch_archive", "list_archives", "LeaseError", "recover",
 }
 
 
@@ -30,7 +30,7 @@ def test_all_is_pinned_and_resolvable() -> None:
 def test_every_error_derives_from_the_root() -> None:
     public = [getattr(agentshards, n) for n in PUBLIC]
     errors = [obj for obj in public if isinstance(obj, type) and issubclass(obj, BaseException)]
-    assert len(errors) == 19
+    assert len(errors) == 20
     for cls in errors:
         assert issubclass(cls, agentshards.AgentShardsError), cls
 
