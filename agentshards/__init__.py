@@ -34,7 +34,7 @@ from ._errors import (
 )
 from ._ledger import ModelPrice, Spend
 from ._report import AgentReport, RunReport, SpendReport, inspect_agent, spend_report
-from ._run import fork_run, run_agent
+from ._run import cancel_agent, fork_run, retry_agent, run_agent
 from ._shard import validate_agent_id
 
 if TYPE_CHECKING:
@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from ._fakellm import FakeLLMServer
     from ._fleet import Fleet, recover
     from ._manifest import ManifestEntry
+    from ._query import QueryResult, query_fleet
     from ._restore import list_fleet, restore_agent, restore_agents
 
 __version__ = "0.1.0"
@@ -71,6 +72,7 @@ __all__ = [
     "ManifestEntry",
     "ModelPrice",
     "NonDeterminismError",
+    "QueryResult",
     "ReplicationError",
     "ResultNotStorable",
     "RunConfig",
@@ -85,6 +87,7 @@ __all__ = [
     "SupervisorConfig",
     "__version__",
     "archive_agent",
+    "cancel_agent",
     "delete_agent",
     "expire_archives",
     "fetch_archive",
@@ -92,9 +95,11 @@ __all__ = [
     "inspect_agent",
     "list_archives",
     "list_fleet",
+    "query_fleet",
     "recover",
     "restore_agent",
     "restore_agents",
+    "retry_agent",
     "run_agent",
     "spend_report",
     "validate_agent_id",
@@ -111,6 +116,8 @@ _LAZY = {
     "FakeLLMServer": "._fakellm",
     "Fleet": "._fleet",
     "recover": "._fleet",
+    "query_fleet": "._query",
+    "QueryResult": "._query",
     "ManifestEntry": "._manifest",
     "list_fleet": "._restore",
     "restore_agent": "._restore",

@@ -10,6 +10,7 @@ import json
 import sys
 from collections.abc import Callable
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import click
@@ -232,6 +233,50 @@ def delete(agent_id: str, data_dir: str, replica: str | None, yes: bool) -> None
         sys.exit(1)
     removed = _guard(lambda: delete_agent(agent_id, data_dir, replica))
     click.echo(f"{agent_id}: removed {', '.join(removed) or 'nothing (not found)'}")
+
+
+@main.command()
+@click.argument("sql")
+@click.option("--data-dir", default="./agentshards-demo/data", show_default=True)
+@click.option("--reduce", "reduce_sql", default=None, help="SQL over the merged rows (a table named `rows`).")
+@click.option("--json", "as_json", is_flag=True)
+def query(sql: str, data_dir: str, reduce_sql: str | None, as_json: bool) -> None:
+    """Read-only SQL against every shard; rows merged with an agent_id column."""
+    from ._query import query_fleet
+
+    result = _guard(lambda: query_fleet(data_dir, sql, reduce=reduce_sql))
+    if as_json:
+        click.echo(json.dumps([dict(zip(result.columns, row, strict=False)) for row in result.rows], default=str))
+        return
+    click.echo("\t".join(result.columns))
+    for row in result.rows:
+        click.echo("\t".join("" if v is None else str(v) for v in row))
+
+
+@main.command()
+@click.argument("agent_id")
+@click.option("--data-dir", required=True)
+@click.option("--reason", default="cancelled by an operator", show_default=True)
+def cancel(agent_id: str, data_dir: str, reason: str) -> None:
+    """End an agent's open run as cancelled (final). The fleet must not be running."""
+    from ._run import cancel_agent
+
+    run = _guard(lambda: cancel_agent(agent_id, data_dir, reason))
+    click.echo(f"{agent_id}: run {run.id[:12]} {run.status}")
+
+
+@main.command()
+@click.argument("agent_id")
+@click.option("--data-dir", required=True)
+@click.option("--replica", default=None)
+@click.option("--app-dir", default=".", show_default=True)
+def retry(agent_id: str, data_dir: str, replica: str | None, app_dir: str) -> None:
+    """Run a failed agent again from its last completed step, in the foreground."""
+    from ._run import retry_agent
+
+    sys.path.insert(0, str(Path(app_dir).resolve()))
+    result = _guard(lambda: retry_agent(agent_id, data_dir, replica=replica))
+    click.echo(json.dumps(result, default=str))
 
 
 @main.command()

@@ -352,6 +352,15 @@ class Journal:
         assert run is not None
         return run
 
+    def reopen(self, run_id: str) -> Run:
+        """A failed run becomes the open run again, keeping its completed steps (``agentshards retry``)."""
+        with self._write("reopen the run"):
+            self._conn.execute("UPDATE workflows SET status = ?, error_json = NULL, finished_at = NULL, updated_at = ?"
+                               " WHERE id = ? AND status = ?", (RUNNING, time.time(), run_id, FAILED))
+            run = self._one(f"SELECT {_RUN_COLUMNS} FROM workflows WHERE id = ?", (run_id,))
+        assert run is not None
+        return run
+
     def runs(self) -> list[Run]:
         with self._lock:
             rows = query(self._conn, f"SELECT {_RUN_COLUMNS} FROM workflows ORDER BY seq")

@@ -21,12 +21,13 @@ from ._errors import (
     AgentFailed,
     AgentShardsError,
     BudgetExceeded,
+    DataDirLocked,
     InvalidInputs,
     LLMRequestRejected,
     ReplicationError,
     ShardError,
 )
-from ._journal import BUDGET_EXCEEDED, FAILED, RUNNING, SUCCEEDED, Journal, Run
+from ._journal import BUDGET_EXCEEDED, CANCELLED, FAILED, RUNNING, SUCCEEDED, Journal, Run
 from ._shard import open_shard, validate_agent_id
 from ._target import AgentFn, resolve, target_of
 
@@ -103,7 +104,7 @@ def _execute(journal: Journal, replication: Replication | None, func: AgentFn, t
     if run.status == SUCCEEDED:
         publish(run)
         return _codec.loads(run.output_json or "null")
-    if run.status in (FAILED, BUDGET_EXCEEDED):
+    if run.status in (FAILED, BUDGET_EXCEEDED, CANCELLED):
         publish(run)
         raise _failure(agent_id, run.error_json, run.status)
     publish(run)
@@ -204,6 +205,9 @@ def _failure(agent_id: str, error_json: str | None, status: str = FAILED) -> Age
         return BudgetExceeded(f"its run ended over budget: {error.get('message', '')}", agent_id=agent_id,
                               hint="budget_exceeded is final; raise RunConfig(budget_usd=...) and pass new_run=True")
     etype, emsg = str(error.get("type", "?")), str(error.get("message", ""))
+    if status == CANCELLED:
+        return AgentFailed(f"its run was cancelled: {emsg}", error_type="Cancelled", error_message=emsg,
+                           agent_id=agent_id, hint="cancelled is final; pass new_run=True to run it again")
     return AgentFailed(f"its run failed with {etype}: {emsg[:500]}", error_type=etype, error_message=emsg,
                        agent_id=agent_id, hint="the failure is recorded; pass new_run=True to run it again")
 
@@ -243,3 +247,49 @@ def fork_run(agent_id: str, data_dir: str | os.PathLike[str], *, at_step: int | 
         return journal.fork_run(source.id, keep, input_json=input_json, input_digest=digest).id
     finally:
         journal.close()
+
+
+def cancel_agent(agent_id: str, data_dir: str | os.PathLike[str], reason: str = "cancelled by an operator") -> Run:
+    """End the agent's open run as ``cancelled`` (final). Refused while a supervisor owns the data dir."""
+    journal = _offline_journal(agent_id, data_dir, "cancel")
+    try:
+        runs = journal.runs()
+        if not runs or runs[-1].status != RUNNING:
+            raise InvalidInputs(f"has no open run to cancel ({runs[-1].status if runs else 'no run'})",
+                                agent_id=agent_id, hint="only a running (open) run can be cancelled")
+        return journal.finish_run(runs[-1].id, CANCELLED, error_json=json.dumps(
+            {"type": "Cancelled", "message": reason}))
+    finally:
+        journal.close()
+
+
+def retry_agent(agent_id: str, data_dir: str | os.PathLike[str], *, config: RunConfig | None = None,
+                replica: str | None = None) -> Any:
+    """Run a failed agent again from its last completed step (its failed run is reopened, not replaced)."""
+    journal = _offline_journal(agent_id, data_dir, "retry")
+    try:
+        runs = journal.runs()
+        if not runs or runs[-1].status != FAILED:
+            raise InvalidInputs(f"has no failed run to retry ({runs[-1].status if runs else 'no run'})",
+                                agent_id=agent_id, hint="retry is for failed agents; running ones resume on their own")
+        run = journal.reopen(runs[-1].id)
+    finally:
+        journal.close()
+    return run_agent(run.target, agent_id=agent_id, data_dir=data_dir, config=config, replica=replica,
+                     **json.loads(run.input_json))
+
+
+def _offline_journal(agent_id: str, data_dir: str | os.PathLike[str], what: str) -> Journal:
+    import fcntl
+
+    lock = Path(data_dir) / "agentshards.lock"
+    if lock.exists():
+        with open(lock) as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(handle, fcntl.LOCK_UN)
+            except BlockingIOError:
+                raise DataDirLocked(f"cannot {what} while a supervisor (pid {handle.read().strip()}) owns {data_dir}",
+                                    agent_id=agent_id, hint="stop the fleet first") from None
+    agent_id = validate_agent_id(agent_id)
+    return Journal(open_shard(Path(data_dir), agent_id, RunConfig().shard, create=False), agent_id)

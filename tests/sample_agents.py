@@ -381,3 +381,17 @@ def env_probe(agent: agentshards.Agent) -> dict[str, bool]:
     """What a worker's environment holds (a fleet must not hand agents the AWS secret)."""
     return agent.step("probe", lambda: {k: k in os.environ for k in
                                         ("AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "OPENAI_API_KEY")})
+
+
+def fails_until(agent: agentshards.Agent, marker: str) -> str:
+    """Fails (an ordinary exception: the run is recorded as failed) until the marker file exists."""
+    agent.step("first", record_call, "first")
+    return str(agent.step("check", _check_marker, marker))
+
+
+def _check_marker(marker: str) -> str:
+    from pathlib import Path
+
+    if not Path(marker).exists():
+        raise RuntimeError(f"{marker} is missing")
+    return "ok"

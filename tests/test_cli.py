@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from agentshards._fakellm import serial_of
 
 CLI = [sys.executable, "-m", "agentshards"]
@@ -106,3 +108,46 @@ def test_archive_fetch_delete_from_the_command_line(tmp_path: Path) -> None:
     assert refused.returncode == 1 and "nothing deleted" in refused.stdout
     deleted = _run("delete", "researcher-002", "--data-dir", "d", "--replica", "r", "--yes", cwd=tmp_path)
     assert "removed manifest, archive" in deleted.stdout
+
+
+def test_query_is_read_only_and_reduces(tmp_path: Path) -> None:
+    assert _run("demo", "--data-dir", "d", "--replica", "r", "--agents", "3", cwd=tmp_path).returncode == 0
+    rows = json.loads(_run("query", "SELECT step_name, kind FROM steps ORDER BY rowid", "--data-dir", "d", "--json",
+                           cwd=tmp_path).stdout)
+    assert len(rows) == 9 and rows[0] == {"agent_id": "researcher-001", "step_name": "llm#1", "kind": "llm"}
+    reduced = _run("query", "SELECT model, count(*) AS calls FROM llm_ledger GROUP BY model", "--data-dir", "d",
+                   "--reduce", "SELECT model, sum(calls) FROM rows GROUP BY model", cwd=tmp_path)
+    assert reduced.stdout.splitlines()[1] == "gpt-4o-mini-2024-07-18\t6"
+    for bad in ("DELETE FROM steps", "UPDATE workflows SET status = 'failed'", "PRAGMA journal_mode=DELETE",
+                "ATTACH DATABASE 'x.db' AS x", "CREATE TABLE t(x)"):
+        refused = _run("query", bad, "--data-dir", "d", cwd=tmp_path)
+        assert refused.returncode == 2 and "only reads are allowed" in refused.stderr, bad
+    assert len(json.loads(_run("query", "SELECT * FROM steps", "--data-dir", "d", "--json", cwd=tmp_path).stdout)) == 9
+
+
+def test_cancel_and_retry(tmp_path: Path) -> None:
+    from agentshards import run_agent
+
+    import sample_agents
+    from agent_process import TESTS_DIR
+
+    data = tmp_path / "d"
+    with pytest.raises(KeyboardInterrupt):
+        run_agent(sample_agents.two_steps_then_interrupt, agent_id="open", data_dir=data, x=3)
+    cancelled = _run("cancel", "open", "--data-dir", "d", cwd=tmp_path)
+    assert cancelled.returncode == 0 and "cancelled" in cancelled.stdout
+    assert _run("cancel", "open", "--data-dir", "d", cwd=tmp_path).returncode == 2  # nothing open any more
+    marker = tmp_path / "fixed"
+    with pytest.raises(Exception, match="is missing"):
+        run_agent(sample_agents.fails_until, agent_id="flaky", data_dir=data, marker=str(marker))
+    marker.touch()  # the cause is fixed: retry resumes the failed run from its last completed step
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
+    retried = subprocess.run([*CLI, "retry", "flaky", "--data-dir", "d", "--app-dir", str(TESTS_DIR)],
+                             capture_output=True, text=True, cwd=tmp_path, env=env, timeout=60)
+    assert retried.returncode == 0, retried.stderr
+    assert json.loads(retried.stdout) == "ok"
+    from agentshards import inspect_agent
+
+    (run,) = inspect_agent(data, "flaky").runs
+    assert run.run.status == "succeeded" and [s.name for s in run.steps] == ["first", "check"]
+

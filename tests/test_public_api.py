@@ -18,6 +18,7 @@ PUBLIC = {
     "restore_agents", "BudgetExceeded", "ModelPrice", "Spend", "SpendReport", "spend_report",
     "Fleet", "DataDirLocked", "SupervisorConfig", "ArchiveEntry", "archive_agent", "delete_agent",
     "expire_archives", "fetch_archive", "list_archives", "LeaseError", "recover",
+    "cancel_agent", "retry_agent", "query_fleet", "QueryResult",
 }
 
 
