@@ -64,8 +64,13 @@ def test_archive_fetch_inspect(tmp_path: Path, replica: str) -> None:
 
 
 def test_unfinished_agents_are_not_archived(tmp_path: Path) -> None:
-    with pytest.raises(KeyboardInterrupt):
-        run_agent(sample_agents.two_steps_then_interrupt, agent_id="busy", data_dir=tmp_path / "d", x=9)
+    from agentshards import RunConfig
+    from agentshards._journal import Journal
+    from agentshards._shard import open_shard
+
+    journal = Journal(open_shard(tmp_path / "d", "busy", RunConfig().shard), "busy")
+    journal.begin_run("sample_agents:two_steps", '{"x":9}', "d")  # an open run, as a crashed agent leaves it
+    journal.close()
     with pytest.raises(ShardError, match="not finished"):
         archive_agent("busy", tmp_path / "d", str(tmp_path / "r"))
     assert (tmp_path / "d" / "busy.db").exists()
