@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import sys
 from collections.abc import Callable
 from dataclasses import asdict
@@ -31,6 +32,7 @@ def _guard(call: Callable[[], Any]) -> Any:
 @click.version_option(__version__, prog_name="agentshards")
 def main() -> None:
     """Durable AI agents, one SQLite file each."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
 
 
 @main.command()

@@ -1,20 +1,25 @@
-"""The README's demo: a few research agents on embedded defaults (local replica, fake LLM, no network).
+"""The README's demo: a small fleet on embedded defaults (local replica, fake LLM, no API key, no network).
 
-It runs each agent with its shard replicated by Litestream to a local directory, deletes the data dir
-(node loss), restores every agent from the replica and runs them again: no LLM request is made twice.
+Agents run in worker processes with their shards replicated by Litestream to a local directory; one
+worker is SIGKILLed and restarted; then the data dir is deleted (node loss), every agent is restored
+from the replica and run again: no completed LLM call is ever made twice.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ._agent import Agent
-from ._config import LLMConfig, RunConfig
+from ._config import LLMConfig, RunConfig, SupervisorConfig
 from ._fakellm import FakeLLMServer
+from ._fleet import Fleet
 from ._restore import list_fleet, restore_agents
 from ._run import run_agent
 
@@ -37,36 +42,57 @@ def researcher(agent: Agent, topic: str) -> dict[str, Any]:
     return {"topic": topic, "draft": draft.choices[0].message.content, "llm_ids": [plan.id, draft.id]}
 
 
-def run_demo(data_dir: str | os.PathLike[str], *, replica: str | None = None, agents: int = 3,
+def run_demo(data_dir: str | os.PathLike[str], *, replica: str | None = None, agents: int = 4,
              echo: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run ``agents`` researchers against a fake LLM with their shards replicated to ``replica``; then
-    lose the data dir, restore every agent from the replica and run them again: zero LLM requests."""
-    data = Path(data_dir)
+    """A fleet of researchers in worker processes against a fake LLM, replicated to ``replica``: one worker
+    is SIGKILLed mid-run and restarted, then the whole node is lost (data dir deleted) and ``recover``
+    brings every agent back from the replica. Completed LLM calls are never paid for twice."""
+    data = Path(data_dir).resolve()
     replica = replica or str(data.parent / "replica")
     ids = [f"researcher-{i + 1:03d}" for i in range(agents)]
-    topics = {agent_id: TOPICS[i % len(TOPICS)] for i, agent_id in enumerate(ids)}
-    with FakeLLMServer() as llm:
-        config = RunConfig(llm=LLMConfig(api_key="fake-key", base_url=llm.base_url))
-        results: dict[str, Any] = {}
-        for agent_id in ids:
-            results[agent_id] = run_agent(researcher, agent_id=agent_id, data_dir=data, config=config,
-                                          replica=replica, topic=topics[agent_id])
-            echo(f"{agent_id}: {topics[agent_id]!r} done -> {data / (agent_id + '.db')}")
+    plan = {agent_id: {"topic": TOPICS[i % len(TOPICS)]} for i, agent_id in enumerate(ids)}
+    with FakeLLMServer(delay_s=0.05) as llm:
+        env = dict(os.environ, OPENAI_API_KEY="fake-key", OPENAI_BASE_URL=llm.base_url)
+        fleet = Fleet(data, replica, agents_per_worker=2, env=env,
+                      config=SupervisorConfig(agents_per_worker=2, restart_backoff_s=0.2))
+        fleet.launch(researcher, plan)
+        echo(f"launched {agents} agents in {(agents + 1) // 2} worker processes; shards in {data}, "
+             f"replicated to {replica}")
+        done = threading.Event()
+        killer = threading.Thread(target=_kill_one_worker, args=(fleet, llm, echo, done), daemon=True)
+        killer.start()
+        try:
+            results = fleet.wait()
+        finally:
+            done.set()
+            killer.join()
+        restarts = sum(state.restarts for state in fleet.status().values())
         first = llm.request_count
-        echo(f"LLM requests: {first}; shards replicated to {replica}")
+        echo(f"all {agents} finished ({restarts} agent restarts); LLM requests: {first}")
 
         shutil.rmtree(data)
         echo(f"node loss: removed {data}")
-        fleet = list_fleet(replica)
-        echo("fleet in the replica: " + ", ".join(f"{e.agent_id}={e.status}" for e in fleet))
-        restored = restore_agents([e.agent_id for e in fleet], data, replica)
+        echo("fleet in the replica: " + ", ".join(f"{e.agent_id}={e.status}" for e in list_fleet(replica, env=env)))
+        restored = restore_agents(ids, data, replica, env=env)
         failed = {k: v for k, v in restored.items() if isinstance(v, Exception)}
         if failed:
             raise next(iter(failed.values()))
         for agent_id in ids:
-            again = run_agent(researcher, agent_id=agent_id, data_dir=data, config=config, replica=replica,
-                              topic=topics[agent_id])
+            again = run_agent(researcher, agent_id=agent_id, data_dir=data, replica=replica,
+                              config=RunConfig(llm=LLMConfig(api_key="fake-key", base_url=llm.base_url)),
+                              topic=plan[agent_id]["topic"])
             assert again == results[agent_id], "a restored agent must return its recorded result"
         replay = llm.request_count - first
     echo(f"restored {len(restored)} agents from the replica; LLM requests when running them again: {replay}")
-    return {"results": results, "requests_first_pass": first, "requests_replay": replay}
+    return {"results": results, "requests_first_pass": first, "requests_replay": replay, "restarts": restarts}
+
+
+def _kill_one_worker(fleet: Fleet, llm: FakeLLMServer, echo: Callable[[str], None], done: threading.Event) -> None:
+    """Show a crash: SIGKILL one worker once the fleet made a few LLM calls (if it is still running)."""
+    while not done.wait(0.01):
+        pids = fleet.worker_pids()
+        if llm.request_count >= 3 and pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pids[0], signal.SIGKILL)
+                echo(f"SIGKILLed worker {pids[0]} mid-run; the supervisor restarts its agents from their journals")
+            return

@@ -38,14 +38,14 @@ class Fleet:
     def __init__(self, data_dir: str | os.PathLike[str], replica: str | None = None, *, agents_per_worker: int = 1,
                  concurrency: int = 16, max_restarts: int = 5, app_dir: str | os.PathLike[str] | None = None,
                  config: SupervisorConfig | None = None, run_config: RunConfig | None = None,
-                 take_over: bool = False, lease_ttl_s: float = 30.0) -> None:
+                 take_over: bool = False, lease_ttl_s: float = 30.0, env: Mapping[str, str] | None = None) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.replica = replica
         self.app_dir = Path(app_dir or os.getcwd()).resolve()
         self.config = config or SupervisorConfig(agents_per_worker=agents_per_worker, concurrency=concurrency,
                                                  max_restarts=max_restarts)
         self.run_config = run_config or RunConfig()
-        self._env = dict(os.environ)  # read once, here at the edge
+        self._env = dict(os.environ if env is None else env)  # read once, here at the edge
         self._lock_file: IO[str] | None = None
         self._replication: Any = None
         self._supervisor: Supervisor | None = None
@@ -256,7 +256,8 @@ def read_agents_file(path: str) -> dict[str, dict[str, Any]]:
 
 def recover(data_dir: str | os.PathLike[str], replica: str, *, take_over: bool = False,
             app_dir: str | os.PathLike[str] | None = None, config: SupervisorConfig | None = None,
-            lease_ttl_s: float = 30.0, timeout_s: float | None = None) -> dict[str, Any]:
+            lease_ttl_s: float = 30.0, timeout_s: float | None = None,
+            env: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Node-loss recovery on a fresh machine: take the prefix lease, restore every unfinished agent the
     manifest lists (verified, in parallel), and run them under a supervisor to the end.
 
@@ -272,7 +273,8 @@ def recover(data_dir: str | os.PathLike[str], replica: str, *, take_over: bool =
     from ._target import resolve
 
     log = logging.getLogger("agentshards")
-    fleet = Fleet(data_dir, replica, app_dir=app_dir, config=config, take_over=take_over, lease_ttl_s=lease_ttl_s)
+    fleet = Fleet(data_dir, replica, app_dir=app_dir, config=config, take_over=take_over, lease_ttl_s=lease_ttl_s,
+                  env=env)
     fleet._begin()
     try:
         replication = fleet._replication
