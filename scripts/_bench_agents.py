@@ -60,3 +60,21 @@ def interpreter_ms(code: str, repeat: int) -> float:
         subprocess.run([sys.executable, "-c", code], check=True)
         times.append((time.perf_counter() - start) * 1000)
     return statistics.median(times)
+
+
+RUN_STARTED: list[float] = []
+KILL_AT: list[int] = []
+
+
+def kill_at_step(agent: agentshards.Agent, n: int) -> int:
+    """n plain steps; SIGKILLs its own process just before step KILL_AT[0] (resume benchmark)."""
+    import os
+    import signal
+
+    for i in range(n):
+        if KILL_AT and i == KILL_AT[0]:
+            os.kill(os.getpid(), signal.SIGKILL)
+        if not FIRST_NEW_STEP and agent.completed_step_names and i >= len(agent.completed_step_names):
+            FIRST_NEW_STEP.append(time.perf_counter())
+        agent.step("s", _payload, i)
+    return n

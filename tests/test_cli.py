@@ -117,9 +117,13 @@ def test_query_is_read_only_and_reduces(tmp_path: Path) -> None:
     rows = json.loads(_run("query", "SELECT step_name, kind FROM steps ORDER BY rowid", "--data-dir", "d", "--json",
                            cwd=tmp_path).stdout)
     assert len(rows) == 9 and rows[0] == {"agent_id": "researcher-001", "step_name": "llm#1", "kind": "llm"}
-    reduced = _run("query", "SELECT model, count(*) AS calls FROM llm_ledger GROUP BY model", "--data-dir", "d",
-                   "--reduce", "SELECT model, sum(calls) FROM rows GROUP BY model", cwd=tmp_path)
-    assert reduced.stdout.splitlines()[1] == "gpt-4o-mini-2024-07-18\t6"
+    reduced = _run("query", "SELECT kind, count(*) AS n FROM steps GROUP BY kind", "--data-dir", "d",
+                   "--reduce", "SELECT kind, sum(n) FROM rows GROUP BY kind ORDER BY kind", cwd=tmp_path)
+    assert reduced.stdout.splitlines()[1:] == ["llm\t6", "step\t3"]
+    paid = _run("query", "SELECT model, count(*) AS calls FROM llm_ledger WHERE event = 'call' GROUP BY model",
+                "--data-dir", "d", "--reduce", "SELECT model, sum(calls) FROM rows GROUP BY model", cwd=tmp_path)
+    model, calls = paid.stdout.splitlines()[1].split("\t")
+    assert model == "gpt-4o-mini-2024-07-18" and int(calls) >= 6  # a killed worker may have paid for one more
     for bad in ("DELETE FROM steps", "UPDATE workflows SET status = 'failed'", "PRAGMA journal_mode=DELETE",
                 "ATTACH DATABASE 'x.db' AS x", "CREATE TABLE t(x)"):
         refused = _run("query", bad, "--data-dir", "d", cwd=tmp_path)
