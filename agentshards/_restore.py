@@ -31,7 +31,7 @@ log = logging.getLogger("agentshards")
 
 def restore_agent(agent_id: str, data_dir: str | os.PathLike[str], replica: str | ReplicaTarget, *,
                   overwrite: bool = False, env: Mapping[str, str] | None = None,
-                  litestream: LitestreamConfig | None = None) -> Path:
+                  litestream: LitestreamConfig | None = None, check_replica: bool = True) -> Path:
     """Restore ``agent_id``'s shard from ``replica`` into ``data_dir``; return its path.
 
     Raises ReplicationError("no replica for agent X") when there is none, ShardError when the restored
@@ -48,7 +48,8 @@ def restore_agent(agent_id: str, data_dir: str | os.PathLike[str], replica: str 
                          hint="resume it as it is, or pass overwrite=True (--overwrite) to replace it")
     data.mkdir(parents=True, exist_ok=True)
     binary = find_binary(litestream or LitestreamConfig(), env)
-    store_for(target, env).check()  # a missing bucket or bad credentials: a clear error, not a restore failure
+    if check_replica:  # a missing bucket or bad credentials: a clear error, not a restore failure
+        store_for(target, env).check()
     workdir = Path(tempfile.mkdtemp(prefix=f".restore-{agent_id}-", dir=data))
     try:
         candidate = workdir / final.name
@@ -112,15 +113,21 @@ def list_fleet(replica: str | ReplicaTarget, *, env: Mapping[str, str] | None = 
 
 def restore_agents(agent_ids: list[str], data_dir: str | os.PathLike[str], replica: str | ReplicaTarget, *,
                    overwrite: bool = False, env: Mapping[str, str] | None = None,
-                   parallelism: int = 4) -> dict[str, Path | Exception]:
-    """Restore several agents in parallel; each entry is its path or the error that stopped it."""
+                   parallelism: int = 8) -> dict[str, Path | Exception]:
+    """Restore several agents in parallel; each entry is its path or the error that stopped it.
+
+    The replica is checked once for all of them (building an S3 client per agent costs more than the
+    restore itself); each restore is a ``litestream restore`` process plus the checks.
+    """
     env = os.environ if env is None else env
     target = parse_replica(replica, env) if isinstance(replica, str) else replica
+    store_for(target, env).check()
     results: dict[str, Path | Exception] = {}
 
     def one(agent_id: str) -> None:
         try:
-            results[agent_id] = restore_agent(agent_id, data_dir, target, overwrite=overwrite, env=env)
+            results[agent_id] = restore_agent(agent_id, data_dir, target, overwrite=overwrite, env=env,
+                                              check_replica=False)
         except Exception as exc:
             results[agent_id] = exc
 
