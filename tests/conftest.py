@@ -83,3 +83,20 @@ def bucket(s3_env: dict[str, str], request: pytest.FixtureRequest) -> str:
     boto3.client("s3", endpoint_url=s3_env["AWS_ENDPOINT_URL_S3"], region_name="us-east-1",
                  aws_access_key_id="testing", aws_secret_access_key="testing-secret-canary").create_bucket(Bucket=name)
     return name
+
+
+@pytest.fixture(params=["file", "s3"])
+def replica(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """One replica URL per backend (a local directory, and S3 on moto); for S3 the AWS variables are
+    exported as a user would, since public entry points read them at the edge."""
+    import os
+
+    if request.param == "file":
+        return str(tmp_path / "replica")
+    env = request.getfixturevalue("s3_env")
+    for key in [k for k in os.environ if k.startswith("AWS_")]:
+        monkeypatch.delenv(key)
+    for key, value in env.items():
+        if key.startswith("AWS_"):
+            monkeypatch.setenv(key, value)
+    return f"s3://{request.getfixturevalue('bucket')}/fleet"

@@ -31,19 +31,6 @@ import sample_agents
 from agent_process import TESTS_DIR
 
 
-@pytest.fixture(params=["file", "s3"])
-def replica(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    if request.param == "file":
-        return str(tmp_path / "replica")
-    env = request.getfixturevalue("s3_env")
-    for key in [k for k in os.environ if k.startswith("AWS_")]:
-        monkeypatch.delenv(key)
-    for key, value in env.items():
-        if key.startswith("AWS_"):
-            monkeypatch.setenv(key, value)
-    return f"s3://{request.getfixturevalue('bucket')}/fleet"
-
-
 def test_archive_fetch_inspect(tmp_path: Path, replica: str) -> None:
     data = tmp_path / "d"
     run_agent(sample_agents.local_steps, agent_id="done", data_dir=data, replica=replica, n=5, size=500)

@@ -43,20 +43,6 @@ def _reset() -> None:
     sample_agents.CALLS.clear()
 
 
-@pytest.fixture(params=["file", "s3"])
-def replica(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    """A replica URL; for S3 the AWS variables are exported as a user would (read at the edge)."""
-    if request.param == "file":
-        return str(tmp_path / "replica")
-    env = request.getfixturevalue("s3_env")
-    for key in [k for k in os.environ if k.startswith("AWS_")]:
-        monkeypatch.delenv(key)
-    for key, value in env.items():
-        if key.startswith("AWS_"):
-            monkeypatch.setenv(key, value)
-    return f"s3://{request.getfixturevalue('bucket')}/fleet"
-
-
 def _pids_alive(pid: int) -> bool:
     return Path(f"/proc/{pid}").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
 
