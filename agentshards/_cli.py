@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import signal
 import sys
 from collections.abc import Callable
 from dataclasses import asdict
@@ -84,8 +85,9 @@ def restore(agent_ids: tuple[str, ...], replica: str, data_dir: str, overwrite: 
 @click.option("--agents-per-worker", default=1, show_default=True, type=click.IntRange(1, 1000))
 @click.option("--app-dir", default=".", show_default=True, help="Put on sys.path to import TARGET.")
 @click.option("--lease-ttl", default=30.0, show_default=True, type=float, help="Replica prefix lease, seconds.")
+@click.option("--archive-finished", is_flag=True, help="Archive each agent to the replica when it finishes.")
 def run(target: str, count: int | None, inputs_file: str | None, data_dir: str, replica: str | None,
-        concurrency: int, agents_per_worker: int, app_dir: str, lease_ttl: float) -> None:
+        concurrency: int, agents_per_worker: int, app_dir: str, lease_ttl: float, archive_finished: bool) -> None:
     """Run a fleet of TARGET (module:function) agents in the foreground until every one is final."""
     from ._fleet import Fleet, read_agents_file
 
@@ -94,12 +96,27 @@ def run(target: str, count: int | None, inputs_file: str | None, data_dir: str, 
         sys.exit(2)
     agents = {f"agent-{i:04d}": {} for i in range(1, (count or 0) + 1)} if count else _guard(
         lambda: read_agents_file(inputs_file or ""))
-    fleet = Fleet(data_dir, replica, concurrency=concurrency, agents_per_worker=agents_per_worker, app_dir=app_dir,
-                  lease_ttl_s=lease_ttl)
+    fleet = _guard(lambda: Fleet(data_dir, replica, concurrency=concurrency, agents_per_worker=agents_per_worker,
+                                 app_dir=app_dir, lease_ttl_s=lease_ttl, archive_finished=archive_finished))
     _guard(lambda: fleet.launch(target, agents))
     click.echo(f"running {len(agents)} agents of {target} in {data_dir}" + (f", replicated to {replica}" if replica
                                                                             else ""))
-    _report_results(_guard(fleet.wait))
+    _report_results(_wait_in_foreground(fleet.wait))
+
+
+def _wait_in_foreground(wait: Any) -> dict[str, Any]:
+    """SIGTERM and Ctrl-C stop the fleet cleanly: workers stopped, Litestream's final sync, locks released."""
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        return dict(_guard(wait))
+    except KeyboardInterrupt:
+        click.echo("stopped; unfinished agents resume when they are launched again", err=True)
+        sys.exit(130)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _report_results(results: dict[str, Any]) -> None:
@@ -120,8 +137,8 @@ def recover(replica: str, data_dir: str, take_over: bool, app_dir: str, lease_tt
     """After node loss: restore every unfinished agent from the replica and run them to the end."""
     from ._fleet import recover as recover_fleet
 
-    results = _guard(lambda: recover_fleet(data_dir, replica, take_over=take_over, app_dir=app_dir,
-                                           lease_ttl_s=lease_ttl))
+    results = _wait_in_foreground(lambda: recover_fleet(data_dir, replica, take_over=take_over, app_dir=app_dir,
+                                                        lease_ttl_s=lease_ttl))
     click.echo(f"recovered {len(results)} unfinished agents")
     _report_results(results)
 

@@ -38,7 +38,8 @@ class Fleet:
     def __init__(self, data_dir: str | os.PathLike[str], replica: str | None = None, *, agents_per_worker: int = 1,
                  concurrency: int = 16, max_restarts: int = 5, app_dir: str | os.PathLike[str] | None = None,
                  config: SupervisorConfig | None = None, run_config: RunConfig | None = None,
-                 take_over: bool = False, lease_ttl_s: float = 30.0, env: Mapping[str, str] | None = None) -> None:
+                 take_over: bool = False, lease_ttl_s: float = 30.0, env: Mapping[str, str] | None = None,
+                 archive_finished: bool = False) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.replica = replica
         self.app_dir = Path(app_dir or os.getcwd()).resolve()
@@ -52,6 +53,9 @@ class Fleet:
         self._fingerprints: dict[str, str | None] = {}
         self._lease: Lease | None = None
         self.take_over, self.lease_ttl_s = take_over, lease_ttl_s
+        self.archive_finished = archive_finished
+        if archive_finished and replica is None:
+            raise InvalidInputs("archive_finished needs a replica", hint="pass replica='s3://bucket/prefix'")
 
     # -- public ------------------------------------------------------------------------------------------
 
@@ -177,6 +181,11 @@ class Fleet:
             journal.close()
         self._publish(state.agent_id, state.status, state.target, run.input_digest if run else "",
                       run.id if run else "", steps)
+        if self.archive_finished:
+            from ._archive import archive_agent
+
+            archive_agent(state.agent_id, self.data_dir, self._replication.target, env=self._env,
+                          litestream=self._replication.litestream)
 
     def _publish(self, agent_id: str, status: str, target: str, digest: str, run_id: str, steps: int) -> None:
         from ._manifest import ManifestEntry

@@ -1,13 +1,15 @@
 """A worker process: ``python -m agentshards._worker SPEC.json``, started by the fleet supervisor.
 
 It hosts the agents listed in the spec as threads (LLM-bound agents wait on I/O), each with its own
-shard and connection, and writes one result file per agent when that agent's ``run_agent`` returns.
+shard, connection and log file (``.fleet/logs/<agent_id>.log``), and writes one result file per agent
+when that agent's ``run_agent`` returns.
 The supervisor learns a worker died from its exit status: agents without a result file are restarted.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import tempfile
@@ -33,10 +35,27 @@ def write_result(results_dir: Path, agent_id: str, payload: dict[str, Any]) -> N
     os.replace(tmp, results_dir / f"{agent_id}.json")
 
 
+class _OneAgent(logging.Filter):
+    """Routes an agent thread's log records to that agent's own log file."""
+
+    def __init__(self, agent_id: str) -> None:
+        super().__init__()
+        self.agent_id = agent_id
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.threadName == self.agent_id
+
+
 def run_one(spec: dict[str, Any], agent_id: str, inputs: dict[str, Any]) -> None:
     from ._run import run_agent
 
     results = Path(spec["results_dir"])
+    logs = Path(spec["results_dir"]).parent / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(logs / f"{agent_id}.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(_OneAgent(agent_id))
+    logging.getLogger().addHandler(handler)
     try:
         result = run_agent(spec["target"], agent_id=agent_id, data_dir=spec["data_dir"], **inputs)
         write_result(results, agent_id, {"status": "succeeded", "result": result})
@@ -46,10 +65,15 @@ def run_one(spec: dict[str, Any], agent_id: str, inputs: dict[str, Any]) -> None
             "status": status, "final": isinstance(exc, FINAL_ERRORS),
             "error": {"type": type(exc).__name__, "message": str(exc)[:2000],
                       "traceback": "".join(traceback.format_exception(exc))[-4000:]}})
+        logging.getLogger("agentshards").error("agent %s ended with %s", agent_id, exc)
+    finally:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
 
 
 def main(argv: list[str]) -> int:
     spec = json.loads(Path(argv[1]).read_text())
+    logging.getLogger().setLevel(logging.INFO)
     sys.path.insert(0, spec["app_dir"])
     threads = [threading.Thread(target=run_one, args=(spec, a["agent_id"], a["inputs"]), name=a["agent_id"])
                for a in spec["agents"]]

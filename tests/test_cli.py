@@ -157,3 +157,15 @@ def test_cancel_and_retry(tmp_path: Path) -> None:
     (run,) = inspect_agent(data, "flaky").runs
     assert run.run.status == "succeeded" and [s.name for s in run.steps] == ["first", "check"]
 
+
+
+def test_duplicate_ids_in_an_inputs_file_are_refused(tmp_path: Path) -> None:
+    dup = tmp_path / "dup.jsonl"
+    dup.write_text('{"agent_id": "a", "inputs": {}}\n{"agent_id": "a", "inputs": {}}\n')
+    out = _run("run", "sample_agents:two_steps", "--inputs", str(dup), "--data-dir", "d", cwd=tmp_path)
+    assert out.returncode == 2 and "appears twice" in out.stderr
+    bad_id = tmp_path / "bad.jsonl"
+    bad_id.write_text('{"agent_id": "../../etc", "inputs": {}}\n')
+    out = _run("run", "sample_agents:two_steps", "--inputs", str(bad_id), "--data-dir", "d", cwd=tmp_path)
+    assert out.returncode == 2 and "invalid agent id" in out.stderr
+    assert not (tmp_path / "d").exists()

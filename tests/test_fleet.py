@@ -164,3 +164,69 @@ def test_workers_do_not_get_the_aws_secret(tmp_path: Path, s3_env: dict[str, str
     for path in (tmp_path / "d").rglob("*"):
         if path.is_file():
             assert secret not in path.read_bytes(), path
+
+
+def test_each_agent_has_its_own_log(tmp_path: Path) -> None:
+    fleet = Fleet(tmp_path / "d", app_dir=TESTS_DIR, agents_per_worker=2)
+    fleet.launch("sample_agents:fails_cleanly", {"l1": {"message": "first problem"}, "l2": {"message": "second"}})
+    fleet.wait(timeout_s=60)
+    one = (tmp_path / "d" / ".fleet" / "logs" / "l1.log").read_text()
+    two = (tmp_path / "d" / ".fleet" / "logs" / "l2.log").read_text()
+    assert "first problem" in one and "first problem" not in two and "second" in two
+
+
+def test_archive_finished_agents_automatically(tmp_path: Path) -> None:
+    from agentshards import list_archives
+
+    replica = str(tmp_path / "r")
+    fleet = Fleet(tmp_path / "d", replica=replica, app_dir=TESTS_DIR, archive_finished=True)
+    fleet.launch("sample_agents:two_steps", {"z1": {"x": 1}, "z2": {"x": 2}})
+    results = fleet.wait(timeout_s=120)
+    assert results["z2"]["b"] == {"v": 8}
+    assert sorted(e.agent_id for e in list_archives(replica)) == ["z1", "z2"]
+    assert not list((tmp_path / "d").glob("*.db"))
+
+
+def test_unusable_replica_fails_before_any_worker_starts(tmp_path: Path, s3_env: dict[str, str],
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from agentshards import InvalidReplica
+
+    for key, value in s3_env.items():
+        monkeypatch.setenv(key, value)
+    fleet = Fleet(tmp_path / "d", replica="s3://no-such-bucket-anywhere/x", app_dir=TESTS_DIR)
+    with pytest.raises(InvalidReplica, match="create the bucket"):
+        fleet.launch("sample_agents:two_steps", {"a": {"x": 1}})
+    again = Fleet(tmp_path / "d", app_dir=TESTS_DIR)  # the lock was released on the way out
+    again.launch("sample_agents:two_steps", {"a": {"x": 1}})
+    assert again.wait(timeout_s=60)["a"]["a"] == {"v": 2}
+
+
+def test_sigterm_stops_the_fleet_cleanly(tmp_path: Path, llm_env: FakeLLMServer) -> None:
+    import json
+    import subprocess
+
+    llm_env.delay_s = 0.2
+    inputs = tmp_path / "agents.jsonl"
+    inputs.write_text("".join(json.dumps({"agent_id": f"s{i}", "inputs": {"n": 10}}) + "\n" for i in range(3)))
+    supervisor = subprocess.Popen([sys.executable, "-m", "agentshards", "run", "sample_agents:chat_calls", "--inputs",
+                                   str(inputs), "--data-dir", str(tmp_path / "d"), "--replica", str(tmp_path / "r"),
+                                   "--app-dir", str(TESTS_DIR)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True)
+    deadline = time.monotonic() + 60
+    while llm_env.request_count < 2:
+        assert time.monotonic() < deadline and supervisor.poll() is None, supervisor.stderr
+        time.sleep(0.01)
+    status = json.loads((tmp_path / "d" / ".fleet" / "status.json").read_text())
+    children = [a["worker_pid"] for a in status["agents"].values() if a["worker_pid"]]
+    children.append(int((tmp_path / "d" / "litestream.pid").read_text()))
+    supervisor.send_signal(signal.SIGTERM)
+    _, err = supervisor.communicate(timeout=60)
+    assert supervisor.returncode == 130 and "resume when they are launched again" in err
+    assert not [pid for pid in children if _alive(pid)]
+    assert not (tmp_path / "d" / "litestream.pid").exists()  # Litestream stopped (after its final sync)
+    llm_env.delay_s = 0.0
+    fleet = Fleet(tmp_path / "d", app_dir=TESTS_DIR)  # lock released; the agents resume where they stopped
+    fleet.launch("sample_agents:chat_calls", {f"s{i}": {"n": 10} for i in range(3)})
+    results = fleet.wait(timeout_s=120)
+    assert all(len(r) == 10 for r in results.values())
+    assert llm_env.request_count <= 30 + 3  # at most the three calls in flight at the SIGTERM were paid twice
