@@ -78,3 +78,11 @@ def kill_at_step(agent: agentshards.Agent, n: int) -> int:
             FIRST_NEW_STEP.append(time.perf_counter())
         agent.step("s", _payload, i)
     return n
+
+
+def periodic_llm(agent: agentshards.Agent, period: float, calls: int) -> int:
+    """One LLM step every ``period`` seconds, ``calls`` times (the fleet-density benchmark's load)."""
+    for i in range(calls):
+        agent.llm.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": f"tick {i}"}])
+        time.sleep(period)
+    return calls

@@ -1,0 +1,126 @@
+"""Fleet density: N live agents, one shard each, replicated by one Litestream to S3 behind a counting proxy.
+
+Each agent makes one LLM step (fake server, zero delay) every --period seconds. Sampled every 2 s while
+the fleet runs: summed PSS of supervisor + workers + Litestream (the S3 server reported separately),
+CPU, open file descriptors, replication lag per agent (local WAL write -> Litestream's last sync), and
+S3 requests per agent per minute counted at the proxy.
+
+    python scripts/bench_fleet.py [--agents 100 500 1000] [--per-worker 50] [--duration 60]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+import boto3
+from bench_replication import mem_kb, pct, start_moto
+
+import agentshards
+from agentshards._replication import _epoch
+
+from fault_proxy import FaultProxy
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def measure(agents: int, per_worker: int, period: float, duration: float, env: dict[str, str], proxy: FaultProxy,
+            moto_pid: int, work: Path) -> str:
+    data = work / f"fleet-{agents}-{per_worker}"
+    calls = max(1, int(duration / period))
+    with agentshards.FakeLLMServer() as llm:
+        run_env = dict(env, OPENAI_API_KEY="k", OPENAI_BASE_URL=llm.base_url)
+        fleet = agentshards.Fleet(data, f"s3://bench/fleet-{agents}-{per_worker}", env=run_env,
+                                  app_dir=Path(__file__).resolve().parent,
+                                  config=agentshards.SupervisorConfig(agents_per_worker=per_worker, concurrency=agents))
+        t0 = time.monotonic()
+        fleet.launch("_bench_agents:periodic_llm", {f"a{i:05d}": {"period": period, "calls": calls}
+                                                     for i in range(agents)})
+        launch_s = time.monotonic() - t0
+        results: dict[str, object] = {}
+        runner = threading.Thread(target=lambda: results.update(fleet.wait()))
+        runner.start()
+        time.sleep(min(10.0, duration / 3))  # warm-up: workers started, first snapshots uploaded
+        samples_pss, samples_fd, lags = [], [], []
+        requests0, cpu0, t_start = proxy.requests, None, time.monotonic()
+        pids: list[int] = []
+        while runner.is_alive() and time.monotonic() - t_start < duration - min(10.0, duration / 3):
+            litestream = fleet._replication.litestream.pid
+            pids = [os.getpid(), *fleet.worker_pids(), *([litestream] if litestream else [])]
+            try:
+                samples_pss.append(sum(mem_kb(p)[1] for p in pids))
+                samples_fd.append(sum(fds(p) for p in pids))
+                cpu = sum(cpu_seconds(p) for p in pids)
+            except OSError:
+                continue
+            cpu0 = cpu0 if cpu0 is not None else (cpu, time.monotonic())
+            now = time.time()
+            for db in fleet._replication.litestream.databases():
+                wal = Path(f"{db['path']}-wal")
+                synced = _epoch(db.get("last_sync_at"))
+                if wal.exists() and synced is not None:
+                    written = wal.stat().st_mtime
+                    lags.append(0.0 if synced >= written else now - written)
+            time.sleep(2)
+        window = time.monotonic() - t_start
+        requests = proxy.requests - requests0
+        cpu_pct = 0.0
+        if cpu0 is not None and pids:
+            cpu_pct = 100 * (sum(cpu_seconds(p) for p in pids if Path(f"/proc/{p}").exists()) - cpu0[0]) / (
+                time.monotonic() - cpu0[1])
+        moto_pss = mem_kb(moto_pid)[1]
+        runner.join()
+    ok = sum(1 for r in results.values() if r == calls)
+    pss_mb = max(samples_pss) / 1024
+    return (f"{agents:>5} agents, {per_worker:>3}/worker: launch {launch_s:5.1f} s; PSS {pss_mb:7.0f} MB "
+            f"(S3 server {moto_pss / 1024:.0f} MB); CPU {cpu_pct:5.0f} %; fds {max(samples_fd):5d}; "
+            f"lag p50 {pct(lags, 0.5):.2f} s p99 {pct(lags, 0.99):.2f} s; "
+            f"S3 {requests / agents / (window / 60):.2f} req/agent/min; finished {ok}/{agents}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--agents", type=int, nargs="+", default=[100, 500, 1000])
+    parser.add_argument("--per-worker", type=int, nargs="+", default=[50])
+    parser.add_argument("--period", type=float, default=5.0)
+    parser.add_argument("--duration", type=float, default=60.0)
+    args = parser.parse_args()
+    moto, port = start_moto()
+    proxy = FaultProxy(port)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_REGION="us-east-1",
+               AWS_ENDPOINT_URL_S3=proxy.endpoint)
+    boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1",
+                 aws_access_key_id="bench", aws_secret_access_key="bench").create_bucket(Bucket="bench")
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; one LLM step "
+          f"per agent every {args.period:.0f} s; Litestream defaults (1 s sync); S3 = moto on 127.0.0.1")
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            for agents in args.agents:
+                for per_worker in args.per_worker:
+                    print(measure(agents, per_worker, args.period, args.duration, env, proxy, moto.pid, Path(tmp)),
+                          flush=True)
+    finally:
+        proxy.close()
+        moto.terminate()
+        moto.wait()
+
+
+if __name__ == "__main__":
+    main()
