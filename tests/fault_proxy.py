@@ -32,6 +32,8 @@ class FaultProxy:
         return f"http://127.0.0.1:{self.port}"
 
     def resume(self) -> None:
+        if self._listener is not None:  # already accepting
+            return
         listener = socket.socket()
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listener.bind(("127.0.0.1", self.port))
@@ -86,3 +88,7 @@ class FaultProxy:
             for s in (src, dst):
                 with contextlib.suppress(OSError):
                     s.shutdown(socket.SHUT_RDWR)
+            with self._lock:  # each direction's thread closes its source: no descriptor outlives the connection
+                if src in self._conns:
+                    self._conns.remove(src)
+            src.close()
