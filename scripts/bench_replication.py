@@ -39,12 +39,12 @@ from agentshards._shard import open_shard
 from fault_proxy import FaultProxy
 
 
-def start_moto() -> tuple[subprocess.Popen[bytes], int]:
+def start_server(argv: list[str]) -> tuple[subprocess.Popen[bytes], int]:
+    """Start a loopback server whose argv contains ``{port}``; return it once the port accepts connections."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([a.format(port=port) for a in argv], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 30
     while True:
         try:
@@ -52,8 +52,13 @@ def start_moto() -> tuple[subprocess.Popen[bytes], int]:
             return proc, port
         except OSError:
             if time.monotonic() > deadline:
+                proc.kill()
                 raise
             time.sleep(0.05)
+
+
+def start_moto() -> tuple[subprocess.Popen[bytes], int]:
+    return start_server([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", "{port}"])
 
 
 def pct(values: list[float], q: float) -> float:

