@@ -159,11 +159,12 @@ class Fleet:
                            error_message=str(error.get("message", "")), agent_id=state.agent_id)
 
     def _on_tick(self) -> None:
-        """Renew the prefix lease when due (losing it stops the fleet), and keep Litestream running."""
+        """Renew the prefix lease when due (losing it stops the fleet); keep Litestream running and moving."""
         if self._lease is not None and self._lease.due():
             self._lease.renew()  # LeaseError ends wait(): close() stops workers and replication
         if self._replication is not None:
             self._replication.litestream.ensure_running()
+            self._replication.restart_if_stalled()
 
     def _on_final(self, state: AgentState) -> None:
         """Push the finished agent's shard to the replica and publish its manifest entry."""

@@ -37,7 +37,7 @@ from typing import Any
 
 from ._config import LitestreamConfig
 from ._errors import ReplicationError
-from ._proc import die_with_parent
+from ._proc import popen_from_long_lived_thread
 from ._replica import ReplicaTarget
 from ._shard import shard_path
 
@@ -168,11 +168,10 @@ class Litestream:
             self.socket_path.unlink()  # stale after a SIGKILL; Litestream would cope, we poll on it
         logf = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child, closed below
         try:
-            self._proc = subprocess.Popen(
+            self._proc = popen_from_long_lived_thread(
                 [str(self._binary), "replicate", "-config", str(self.config_path)],
                 stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT, env=self._env,
-                start_new_session=True,  # our own Ctrl-C must not stop it before the final sync
-                preexec_fn=die_with_parent)
+                start_new_session=True)  # our own Ctrl-C must not stop it before the final sync
         finally:
             logf.close()
         self.pid_path.write_text(f"{self._proc.pid}\n")
@@ -235,6 +234,15 @@ class Litestream:
             time.sleep(pause)
             self._spawn()
             return True
+
+    def restart(self, reason: str) -> None:
+        """Kill and start again (a stuck process gets no shutdown sync: its shards are safe on disk and
+        the new process picks up from the replica's position)."""
+        with self._lock:
+            log.warning("restarting litestream for %s: %s", self.data_dir, reason)
+            self._kill()
+            self._state.restarts += 1
+            self._spawn()
 
     def stop(self) -> None:
         """SIGTERM, a bounded wait for the shutdown sync, then SIGKILL."""
@@ -307,7 +315,8 @@ class Litestream:
             result = self._call("POST", "/sync", {"path": str(self._db(agent_id)), "wait": True,
                                                   "timeout": max(1, int(timeout))}, timeout=timeout + 5)
         except (OSError, ReplicationError) as exc:
-            raise ReplicationError(f"no sync confirmation within {timeout}s: {exc}", agent_id=agent_id,
+            detail = exc.message if isinstance(exc, ReplicationError) else str(exc)  # one hint, not two
+            raise ReplicationError(f"no sync confirmation within {timeout:.0f}s: {detail}", agent_id=agent_id,
                                    hint="is the replica reachable? the step is recorded locally; see "
                                         + str(self.log_path)) from exc
         return SyncResult(int(result.get("txid", 0)), int(result.get("replicated_txid", 0)))

@@ -5,6 +5,9 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 PR_SET_PDEATHSIG = 1
 
@@ -19,3 +22,23 @@ def die_with_parent(sig: int = signal.SIGTERM) -> None:
     libc.prctl(PR_SET_PDEATHSIG, sig)
     if os.getppid() == 1:  # the parent died before prctl took effect
         os._exit(1)
+
+
+_spawner: ThreadPoolExecutor | None = None
+
+
+def popen_from_long_lived_thread(args: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+    """``Popen`` with ``die_with_parent``, run on one thread that lives as long as the process.
+
+    A Litestream restart can be triggered from any thread (a replicated step's confirm, a fleet tick, a
+    user's thread pool); spawned from a thread that then exits, the child would get its parent-death
+    signal at once (measured: Litestream shut down right after a restart made by a short-lived thread).
+    """
+    global _spawner
+    if _spawner is None:
+        _spawner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="agentshards-spawner")
+
+    def spawn() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(args, preexec_fn=die_with_parent, **kwargs)
+
+    return _spawner.submit(spawn).result()

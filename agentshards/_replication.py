@@ -51,6 +51,8 @@ class Replication:
         self.target = target
         self._healthy_at: dict[str, float] = {}
         self._lock = threading.Lock()
+        self._stall_checked_at = self._stall_restarted_at = time.monotonic()
+        self._pending_since: dict[str, float] = {}  # agent -> mtime of the oldest write seen unsynced
 
     def snapshot_exists(self, agent_id: str) -> bool:
         keys = self.store.list(self.target.agent_key(agent_id) + "/")
@@ -61,7 +63,11 @@ class Replication:
         with self._lock:
             deadline = time.monotonic() + timeout_s
             self.litestream.ensure_running()
-            self._synced(agent_id, deadline)
+            try:
+                self._synced(agent_id, deadline)
+            except ReplicationError:
+                self.restart_if_stalled(force_check=True)  # a hung S3 connection: the next attempt can pass
+                raise
             checked = self._healthy_at.get(agent_id)
             if checked is not None and time.monotonic() - checked < self.health_ttl_s:
                 return
@@ -102,19 +108,62 @@ class Replication:
             self.litestream.start()
         self._healthy_at.clear()
 
-    def status(self) -> list[AgentReplicationStatus]:
-        """Per registered agent: Litestream's state, last sync, lag behind local writes, snapshot present."""
+    def restart_if_stalled(self, *, force_check: bool = False) -> bool:
+        """The watchdog: restart Litestream when some shard's local writes stay unsynced too long.
+
+        Litestream's S3 client has a 24 h timeout, so a connection that accepts and never answers stalls
+        replication while Litestream keeps reporting "replicating" (measured). Nothing in its logs says
+        so; the lag seen from outside does. Checked at most every few seconds (one control-socket call and
+        one stat per shard) and a restart at most once per ``stall_timeout_s``, so an S3 outage costs
+        one restart per interval, not a restart loop.
+        """
+        now = time.monotonic()
+        stall = self.litestream.config.stall_timeout_s
+        if not force_check and now - self._stall_checked_at < min(5.0, stall / 4):
+            return False
+        self._stall_checked_at = now
+        if now - self._stall_restarted_at < stall:
+            return False
+        lagging = [(s.agent_id, s.lag_s) for s in self.status(snapshots=False) if s.lag_s > stall]
+        if not lagging:
+            return False
+        worst = max(lagging, key=lambda item: item[1])
+        self._stall_restarted_at = now
+        self.litestream.restart(f"{len(lagging)} shard(s) with writes unsynced for more than {stall:.0f}s "
+                                f"(agent {worst[0]}: {worst[1]:.0f}s); a stuck S3 connection or an outage")
+        return True
+
+    def status(self, *, snapshots: bool = True) -> list[AgentReplicationStatus]:
+        """Per registered agent: Litestream's state, last sync, lag behind local writes, snapshot present
+        (one LIST per agent; ``snapshots=False`` skips it and reports ``snapshot=False``)."""
         listed = {Path(db["path"]).stem: db for db in self.litestream.databases()}
         out = []
         for agent_id in self.litestream.registered:
             db = listed.get(agent_id, {})
             synced = _epoch(db.get("last_sync_at"))
             wal = self.litestream.data_dir / f"{agent_id}.db-wal"
-            local = wal.stat().st_mtime if wal.exists() else None
-            lag = 0.0 if local is None or (synced is not None and synced >= local) else time.time() - local
+            try:
+                local: float | None = wal.stat().st_mtime
+            except FileNotFoundError:
+                local = None
+            lag = self._lag(agent_id, synced, local)
             out.append(AgentReplicationStatus(agent_id, str(db.get("status", "unregistered")), synced, local,
-                                              round(lag, 3), self.snapshot_exists(agent_id)))
+                                              round(lag, 3), snapshots and self.snapshot_exists(agent_id)))
         return out
+
+    def _lag(self, agent_id: str, synced: float | None, local: float | None) -> float:
+        """How long local writes have waited for a sync, from the WAL's mtime and Litestream's last sync.
+
+        The mtime is the *newest* write, so under steady writes it alone would always look fresh; the
+        first write seen pending is remembered until a sync passes it. Idle agents have no lag.
+        """
+        if local is None or (synced is not None and synced >= local):
+            self._pending_since.pop(agent_id, None)
+            return 0.0
+        since = self._pending_since.get(agent_id)
+        if since is None or (synced is not None and synced >= since):
+            since = self._pending_since[agent_id] = local
+        return max(0.0, time.time() - since)
 
     def publish(self, entry: ManifestEntry) -> None:
         try:

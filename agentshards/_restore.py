@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Mapping
@@ -50,7 +51,11 @@ def restore_agent(agent_id: str, data_dir: str | os.PathLike[str], replica: str 
     binary = find_binary(litestream or LitestreamConfig(), env)
     if check_replica:  # a missing bucket or bad credentials: a clear error, not a restore failure
         store_for(target, env).check()
-    workdir = Path(tempfile.mkdtemp(prefix=f".restore-{agent_id}-", dir=data))
+    prefix = f".restore-{agent_id}-"
+    for stale in data.glob(prefix + "*"):  # left by a killed restore of this agent (not of "<id>-x")
+        if re.fullmatch(r"[a-z0-9_]{8}", stale.name[len(prefix):]):
+            shutil.rmtree(stale, ignore_errors=True)
+    workdir = Path(tempfile.mkdtemp(prefix=prefix, dir=data))
     try:
         candidate = workdir / final.name
         if not restore(binary, target.litestream_url(agent_id), candidate, env):

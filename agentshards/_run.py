@@ -172,6 +172,10 @@ def _check_inputs(func: AgentFn, target: str, agent_id: str, inputs: dict[str, A
     except (TypeError, ValueError) as exc:
         raise InvalidInputs(f"inputs for {target} are not JSON-able: {exc}", agent_id=agent_id,
                             hint="pass str/int/float/bool/None/list/dict inputs") from exc
+    if len(text) > _codec.MAX_VALUE_CHARS:
+        raise InvalidInputs(f"inputs for {target} are {len(text):,} characters as JSON, over the "
+                            f"{_codec.MAX_VALUE_CHARS:,} limit", agent_id=agent_id,
+                            hint="pass a reference (a path, an object key) instead of the data itself")
     try:
         inspect.signature(func).bind(None, **inputs)
     except TypeError as exc:

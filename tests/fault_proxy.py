@@ -1,25 +1,57 @@
-"""A loopback TCP proxy that counts HTTP requests and can refuse connections (an S3 server "offline").
+"""A loopback TCP proxy in front of an S3 server that counts HTTP requests and injects faults.
 
-Used by the replication tests and by scripts/bench_replication.py (which counts idle requests with it).
+Faults, each switchable at any moment:
+
+* ``outage()``: connection refused, and every open connection dropped (an S3 server "offline").
+* ``errors(rate)``: that fraction of requests answered ``503 SlowDown`` / ``500 InternalError`` by the
+  proxy itself (the request never reaches the server) and the connection closed.
+* ``hang()``: every open connection and every new one becomes a black hole: bytes are read and
+  dropped, nothing ever comes back. ``resume()`` serves new connections again but the hung ones stay
+  hung, as a half-dead TCP connection does.
+
+Used by the replication tests, scripts/bench_replication.py, bench_fleet.py (request counts) and
+scripts/chaos.py (faults).
 """
 
 from __future__ import annotations
 
 import contextlib
+import random
 import socket
 import threading
 
-_METHODS = (b"GET ", b"PUT ", b"POST ", b"HEAD ", b"DELETE ")
+_ERRORS = (
+    (503, "Service Unavailable", "SlowDown", "Please reduce your request rate."),
+    (500, "Internal Server Error", "InternalError", "We encountered an internal error. Please try again."),
+)
+
+
+class _Conn:
+    """One proxied client connection: its two sockets and whether it is a black hole."""
+
+    def __init__(self, client: socket.socket, upstream: socket.socket | None) -> None:
+        self.client, self.upstream = client, upstream
+        self.hung = upstream is None
+
+    def close(self) -> None:
+        for s in (self.client, self.upstream):
+            if s is not None:
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
 
 
 class FaultProxy:
-    """Forwards 127.0.0.1:<port> to 127.0.0.1:<upstream>; ``outage()`` refuses and drops connections."""
+    """Forwards 127.0.0.1:<port> to 127.0.0.1:<upstream> (see the module docstring for the faults)."""
 
-    def __init__(self, upstream_port: int) -> None:
+    def __init__(self, upstream_port: int, *, seed: int = 0) -> None:
         self.upstream = upstream_port
         self.requests = 0
+        self.injected = 0          # requests answered with an injected 5xx
+        self.error_rate = 0.0
+        self._hanging = False
+        self._rng = random.Random(seed)
         self._lock = threading.Lock()
-        self._conns: list[socket.socket] = []
+        self._conns: list[_Conn] = []
         self._listener: socket.socket | None = None
         probe = socket.socket()
         probe.bind(("127.0.0.1", 0))
@@ -31,7 +63,12 @@ class FaultProxy:
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    # -- faults ------------------------------------------------------------------------------------------
+
     def resume(self) -> None:
+        """Accept and forward again; no injected errors. Connections that were hung stay hung."""
+        self.error_rate = 0.0
+        self._hanging = False
         if self._listener is not None:  # already accepting
             return
         listener = socket.socket()
@@ -51,12 +88,28 @@ class FaultProxy:
         with self._lock:
             conns, self._conns = self._conns, []
         for conn in conns:
-            with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
             conn.close()
+
+    def errors(self, rate: float) -> None:
+        """Answer ``rate`` of the requests from now on with an injected 503/500."""
+        self.error_rate = rate
+
+    def hang(self) -> None:
+        """Every open connection and each new one stops answering, for good."""
+        self._hanging = True
+        with self._lock:
+            for conn in self._conns:
+                conn.hung = True
+
+    @property
+    def hung_connections(self) -> int:
+        with self._lock:
+            return sum(conn.hung for conn in self._conns)
 
     def close(self) -> None:
         self.outage()
+
+    # -- plumbing ----------------------------------------------------------------------------------------
 
     def _accept(self, listener: socket.socket) -> None:
         while True:
@@ -64,31 +117,101 @@ class FaultProxy:
                 client, _ = listener.accept()
             except OSError:
                 return
-            try:
-                upstream = socket.create_connection(("127.0.0.1", self.upstream))
-            except OSError:
-                client.close()
-                continue
+            upstream = None
+            if not self._hanging:
+                try:
+                    upstream = socket.create_connection(("127.0.0.1", self.upstream))
+                except OSError:
+                    client.close()
+                    continue
+            conn = _Conn(client, upstream)
             with self._lock:
-                self._conns += [client, upstream]
-            threading.Thread(target=self._pipe, args=(client, upstream, True), daemon=True).start()
-            threading.Thread(target=self._pipe, args=(upstream, client, False), daemon=True).start()
+                self._conns.append(conn)
+            threading.Thread(target=self._from_client, args=(conn,), daemon=True).start()
+            if upstream is not None:
+                threading.Thread(target=self._from_server, args=(conn,), daemon=True).start()
 
-    def _pipe(self, src: socket.socket, dst: socket.socket, count: bool) -> None:
+    def _from_client(self, conn: _Conn) -> None:
+        """Forward requests, parsing just enough HTTP/1.1 (head, Content-Length) to see each one start."""
+        head, body_left, passthrough = b"", 0, False
         try:
-            while data := src.recv(65536):
-                if count:  # HTTP requests = request lines sent by the client (keep-alive carries many)
-                    hits = sum(data.count(b"\r\n" + m) for m in _METHODS) + data.startswith(_METHODS)
+            while data := conn.client.recv(65536):
+                if conn.hung or conn.upstream is None:
+                    continue  # a black hole reads and drops
+                out = bytearray()
+                while data:
+                    if passthrough:
+                        out += data
+                        break
+                    if body_left:
+                        out += data[:body_left]
+                        data, body_left = data[body_left:], max(0, body_left - len(data))
+                        continue
+                    head += data
+                    data = b""
+                    end = head.find(b"\r\n\r\n")
+                    if end < 0:
+                        break
+                    request, data, head = head[:end + 4], head[end + 4:], b""
                     with self._lock:
-                        self.requests += hits
-                dst.sendall(data)
+                        self.requests += 1
+                        fail = self.error_rate > 0 and self._rng.random() < self.error_rate
+                        self.injected += fail
+                    if fail:
+                        if out:
+                            conn.upstream.sendall(out)
+                        self._inject_error(conn)
+                        return
+                    out += request
+                    body_left, passthrough = _body_length(request)
+                if out:
+                    conn.upstream.sendall(out)
         except OSError:
             pass
         finally:
-            for s in (src, dst):
+            self._finish(conn)
+
+    def _from_server(self, conn: _Conn) -> None:
+        assert conn.upstream is not None
+        try:
+            while data := conn.upstream.recv(65536):
+                if not conn.hung:
+                    conn.client.sendall(data)
+        except OSError:
+            pass
+        finally:
+            self._finish(conn)
+
+    def _inject_error(self, conn: _Conn) -> None:
+        status, reason, code, message = self._rng.choice(_ERRORS)
+        body = (f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code><Message>{message}</Message>'
+                f"<RequestId>fault-proxy</RequestId></Error>").encode()
+        conn.client.sendall(f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/xml\r\n"
+                            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body)
+
+    def _finish(self, conn: _Conn) -> None:
+        """Either direction ending closes the connection: no descriptor outlives it."""
+        conn.close()
+        with self._lock:
+            if conn in self._conns:
+                self._conns.remove(conn)
+            else:
+                return
+        # the other direction's thread is woken by the shutdown above; closing here is safe after it
+        for s in (conn.client, conn.upstream):
+            if s is not None:
                 with contextlib.suppress(OSError):
-                    s.shutdown(socket.SHUT_RDWR)
-            with self._lock:  # each direction's thread closes its source: no descriptor outlives the connection
-                if src in self._conns:
-                    self._conns.remove(src)
-            src.close()
+                    s.close()
+
+
+def _body_length(head: bytes) -> tuple[int, bool]:
+    """(Content-Length, passthrough): a chunked body is not parsed, the rest of the connection is forwarded."""
+    length, chunked = 0, False
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        name = name.strip().lower()
+        if name == b"content-length":
+            length = int(value.strip() or 0)
+        elif name == b"transfer-encoding" and b"chunked" in value.lower():
+            chunked = True
+    return length, chunked

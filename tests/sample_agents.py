@@ -395,3 +395,7 @@ def _check_marker(marker: str) -> str:
     if not Path(marker).exists():
         raise RuntimeError(f"{marker} is missing")
     return "ok"
+
+
+def big_result(agent: agentshards.Agent, mb: int) -> None:
+    agent.step("big", lambda: "x" * (mb * 1024 * 1024))

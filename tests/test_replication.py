@@ -422,3 +422,69 @@ def test_wrong_credentials_fail_clearly_at_start_and_right_ones_replicate(
     run_agent(sample_agents.local_steps, agent_id="c", data_dir=tmp_path / "d", replica="s3://bkt/x", n=3)
     restore_agent("c", tmp_path / "back", "s3://bkt/x")
     assert len(inspect_agent(tmp_path / "back", "c").runs[0].steps) == 3
+
+
+def test_a_hung_s3_connection_is_detected_and_litestream_restarted(tmp_path: Path, moto_endpoint: str,
+                                                                    s3_env: dict[str, str], bucket: str) -> None:
+    """Litestream's S3 client waits 24 h on a connection that never answers; the watchdog restarts it."""
+    from agentshards._journal import Journal
+    from agentshards._run import start_replication
+    from agentshards._shard import open_shard
+
+    proxy = FaultProxy(int(moto_endpoint.rsplit(":", 1)[1]))
+    env = dict(s3_env, AWS_ENDPOINT_URL_S3=proxy.endpoint)
+    config = RunConfig(litestream=LitestreamConfig(stall_timeout_s=3.0))
+    replication = start_replication(tmp_path / "d", f"s3://{bucket}/hung", config, env)
+    try:
+        journal = Journal(open_shard(tmp_path / "d", "h", RunConfig().shard), "h")
+        replication.litestream.register("h")
+        run = journal.begin_run("m:f", "{}", "d")
+        journal.record_step(run.id, "before", "step", "1")
+        replication.confirm("h", 30)
+        first_pid = replication.litestream.pid
+        proxy.hang()
+        journal.record_step(run.id, "during", "step", "2")
+        deadline = time.monotonic() + 60
+        while not (proxy.hung_connections and replication.status(snapshots=False)[0].lag_s > 1.0):
+            assert time.monotonic() < deadline  # wait until the upload is stuck in the black hole
+            time.sleep(0.1)
+        proxy.resume()  # S3 is fine again, but the connections Litestream holds stay hung
+        assert not replication.restart_if_stalled(force_check=True)  # not stalled long enough yet
+        deadline = time.monotonic() + 60
+        while not replication.restart_if_stalled():
+            assert time.monotonic() < deadline, "the stall was never detected"
+            time.sleep(0.2)
+        assert replication.litestream.pid != first_pid
+        replication.confirm("h", 30)  # the restarted Litestream catches up
+        journal.close()
+    finally:
+        replication.litestream.stop()
+        proxy.close()
+    restore_agent("h", tmp_path / "back", f"s3://{bucket}/hung", env=s3_env)
+    assert len(inspect_agent(tmp_path / "back", "h").runs[0].steps) == 2
+
+
+def test_litestream_restarted_from_a_short_lived_thread_outlives_it(tmp_path: Path) -> None:
+    """The parent-death signal is tied to the spawning thread: restarts must not come from a dying thread."""
+    import threading
+
+    from agentshards._run import start_replication
+
+    replication = start_replication(tmp_path / "d", str(tmp_path / "r"), RunConfig(
+        litestream=LitestreamConfig(restart_backoff_s=0.0)), os.environ)
+    try:
+        pid = replication.litestream.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        replication.litestream._proc.wait()  # type: ignore[union-attr]
+        thread = threading.Thread(target=replication.litestream.ensure_running)
+        thread.start()
+        thread.join()
+        proc = replication.litestream._proc
+        assert proc is not None
+        deadline = time.monotonic() + 1.5
+        while time.monotonic() < deadline:  # with the bug it was SIGTERMed within milliseconds
+            assert proc.poll() is None, "litestream died with the thread that restarted it"
+            time.sleep(0.05)
+    finally:
+        replication.litestream.stop()
