@@ -8,7 +8,7 @@ supervisor can build them without touching ``os.environ``.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -36,12 +36,20 @@ class ShardConfig:
     vfs: str | None = None
     """A registered apsw VFS name; None is SQLite's default. Tests use a counting shim to prove each step
     costs exactly one commit and one sync."""
+    wal_autocheckpoint: int = 1000
+    """SQLite's automatic checkpoint threshold in WAL pages; 0 turns it off. Replicated shards use 0
+    (set by ``run_agent(replica=...)`` and ``Fleet(replica=...)``): Litestream owns their checkpoints,
+    because a checkpoint that resets the WAL while Litestream is down or restarting loses frames it never
+    read and Litestream 0.5.17 then uploads an incremental file missing those pages (measured: restores
+    failing integrity_check after a stuck Litestream was restarted twice)."""
 
     def __post_init__(self) -> None:
         if self.synchronous not in ("FULL", "NORMAL"):
             raise ValueError(f"synchronous must be 'FULL' or 'NORMAL', not {self.synchronous!r}")
         if self.busy_timeout_ms < 5000:
             raise ValueError("busy_timeout_ms must be at least 5000: Litestream shares the file")
+        if self.wal_autocheckpoint < 0:
+            raise ValueError("wal_autocheckpoint must be >= 0 (0 = off)")
 
 
 @dataclass(frozen=True)
@@ -128,6 +136,11 @@ class RunConfig:
             raise ValueError(f"in_flight must be 'retry' or 'fail', not {self.in_flight!r}")
         if self.durability not in ("local", "replicated"):
             raise ValueError(f"durability must be 'local' or 'replicated', not {self.durability!r}")
+
+
+def litestream_owned(config: RunConfig) -> RunConfig:
+    """The same settings for a shard Litestream replicates: no application-side checkpoints."""
+    return replace(config, shard=replace(config.shard, wal_autocheckpoint=0))
 
 
 def llm_config_from_env(env: Mapping[str, str]) -> LLMConfig:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from . import _codec
-from ._config import RunConfig, SupervisorConfig
+from ._config import RunConfig, SupervisorConfig, litestream_owned
 from ._errors import AgentFailed, AgentShardsError, BudgetExceeded, DataDirLocked, InvalidInputs, ShardError
 from ._journal import Journal
 from ._run import _check_inputs, code_fingerprint, start_replication
@@ -46,6 +46,8 @@ class Fleet:
         self.config = config or SupervisorConfig(agents_per_worker=agents_per_worker, concurrency=concurrency,
                                                  max_restarts=max_restarts)
         self.run_config = run_config or RunConfig()
+        if replica is not None:
+            self.run_config = litestream_owned(self.run_config)  # Litestream owns the shards' checkpoints
         self._env = dict(os.environ if env is None else env)  # read once, here at the edge
         self._lock_file: IO[str] | None = None
         self._replication: Any = None
@@ -103,7 +105,7 @@ class Fleet:
         except BaseException:
             self.close()
             raise
-        self._supervisor = Supervisor(self.data_dir, self.app_dir, self.config, self._env,
+        self._supervisor = Supervisor(self.data_dir, self.app_dir, self.config, self._env, self.run_config.shard,
                                       on_final=self._on_final, on_tick=self._on_tick)
         return self._supervisor
 

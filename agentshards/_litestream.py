@@ -321,8 +321,8 @@ class Litestream:
                                         + str(self.log_path)) from exc
         return SyncResult(int(result.get("txid", 0)), int(result.get("replicated_txid", 0)))
 
-    def databases(self) -> list[dict[str, Any]]:
-        result = self._call("GET", "/list", None)
+    def databases(self, timeout_s: float = 10.0) -> list[dict[str, Any]]:
+        result = self._call("GET", "/list", None, timeout=timeout_s)
         return list(result.get("databases", [])) if result else []
 
 

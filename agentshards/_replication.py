@@ -52,6 +52,7 @@ class Replication:
         self._healthy_at: dict[str, float] = {}
         self._lock = threading.Lock()
         self._stall_checked_at = self._stall_restarted_at = time.monotonic()
+        self._unanswered = 0  # control-socket calls in a row that timed out
         self._pending_since: dict[str, float] = {}  # agent -> mtime of the oldest write seen unsynced
 
     def snapshot_exists(self, agent_id: str) -> bool:
@@ -124,19 +125,35 @@ class Replication:
         self._stall_checked_at = now
         if now - self._stall_restarted_at < stall:
             return False
-        lagging = [(s.agent_id, s.lag_s) for s in self.status(snapshots=False) if s.lag_s > stall]
-        if not lagging:
+        try:
+            statuses = self.status(snapshots=False, timeout_s=3.0)
+        except (OSError, ReplicationError) as exc:
+            # a stuck Litestream can stop answering its control socket too (measured: /list timed out
+            # during a hung upload); twice in a row counts as a stall, once may be a busy machine
+            self._unanswered += 1
+            if self._unanswered < 2:
+                return False
+            reason = f"its control socket did not answer twice in a row ({exc})"
+        else:
+            self._unanswered = 0
+            lagging = [(s.agent_id, s.lag_s) for s in statuses if s.lag_s > stall]
+            if not lagging:
+                return False
+            worst = max(lagging, key=lambda item: item[1])
+            reason = (f"{len(lagging)} shard(s) with writes unsynced for more than {stall:.0f}s (agent {worst[0]}: "
+                      f"{worst[1]:.0f}s); a stuck S3 connection or an outage")
+        self._stall_restarted_at, self._unanswered = now, 0
+        try:
+            self.litestream.restart(reason)
+        except (OSError, ReplicationError) as exc:  # the next health check starts it again
+            log.warning("could not restart litestream for %s: %s", self.litestream.data_dir, exc)
             return False
-        worst = max(lagging, key=lambda item: item[1])
-        self._stall_restarted_at = now
-        self.litestream.restart(f"{len(lagging)} shard(s) with writes unsynced for more than {stall:.0f}s "
-                                f"(agent {worst[0]}: {worst[1]:.0f}s); a stuck S3 connection or an outage")
         return True
 
-    def status(self, *, snapshots: bool = True) -> list[AgentReplicationStatus]:
+    def status(self, *, snapshots: bool = True, timeout_s: float = 10.0) -> list[AgentReplicationStatus]:
         """Per registered agent: Litestream's state, last sync, lag behind local writes, snapshot present
         (one LIST per agent; ``snapshots=False`` skips it and reports ``snapshot=False``)."""
-        listed = {Path(db["path"]).stem: db for db in self.litestream.databases()}
+        listed = {Path(db["path"]).stem: db for db in self.litestream.databases(timeout_s)}
         out = []
         for agent_id in self.litestream.registered:
             db = listed.get(agent_id, {})

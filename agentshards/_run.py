@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import _codec
 from ._agent import Agent
-from ._config import RunConfig, llm_config_from_env
+from ._config import RunConfig, litestream_owned, llm_config_from_env
 from ._errors import (
     AgentFailed,
     AgentShardsError,
@@ -71,6 +71,7 @@ def run_agent(
     with contextlib.ExitStack() as stack:
         replication = None
         if replica is not None:
+            config = litestream_owned(config)
             replication = start_replication(Path(data_dir), replica, config, env)
             stack.callback(replication.litestream.stop)
         journal = Journal(open_shard(Path(data_dir), agent_id, config.shard), agent_id)

@@ -68,8 +68,10 @@ def open_connection(path: Path, config: ShardConfig, *, create: bool = True,
         conn.execute(f"PRAGMA synchronous={config.synchronous}")
         # Enforce the steps -> workflows reference.
         conn.execute("PRAGMA foreign_keys=ON")
-        # Deliberately NOT set: wal_autocheckpoint stays at SQLite's default PASSIVE 1000 pages, and we
-        # never run TRUNCATE/RESTART checkpoints; Litestream owns checkpointing of replicated files.
+        # Automatic PASSIVE checkpoints at SQLite's 1000 pages for local-only shards; 0 (off) for replicated
+        # ones, whose checkpoints Litestream owns (see ShardConfig.wal_autocheckpoint). We never run
+        # TRUNCATE/RESTART checkpoints ourselves.
+        conn.execute(f"PRAGMA wal_autocheckpoint={int(config.wal_autocheckpoint)}")
     except BaseException:
         conn.close()
         raise

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._config import SupervisorConfig
+from ._config import ShardConfig, SupervisorConfig
 from ._proc import die_with_parent
 
 log = logging.getLogger("agentshards")
@@ -60,6 +60,7 @@ class Supervisor:
     app_dir: Path
     config: SupervisorConfig
     env: Mapping[str, str]
+    shard: ShardConfig = field(default_factory=ShardConfig)  # how workers open shards (the fleet's settings)
     on_final: Callable[[AgentState], None] = lambda state: None
     on_tick: Callable[[], None] = lambda: None
     clock: Callable[[], float] = time.monotonic
@@ -172,7 +173,7 @@ class Supervisor:
         self._serial += 1
         self.fleet_dir.mkdir(parents=True, exist_ok=True)
         spec = {"data_dir": str(self.data_dir), "target": batch[0].target, "app_dir": str(self.app_dir),
-                "results_dir": str(self.results_dir),
+                "results_dir": str(self.results_dir), "shard": asdict(self.shard),
                 "agents": [{"agent_id": a.agent_id, "inputs": a.inputs} for a in batch]}
         fd, name = tempfile.mkstemp(dir=self.fleet_dir, prefix=f"worker-{self._serial}-", suffix=".json")
         with os.fdopen(fd, "w") as f:  # mkstemp: mode 0600

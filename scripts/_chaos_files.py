@@ -147,13 +147,15 @@ def interrupted_restore(rng: random.Random, kills: int, work: Path, s3: S3) -> R
 
 
 def _replicated_agent(data: Path, replica: str, agent_id: str, s3: S3, n: int) -> None:
+    from _chaos_s3 import OWNED
+
     from agentshards._journal import Journal
     from agentshards._run import start_replication
     from agentshards._shard import open_shard
 
     replication = start_replication(data, replica, agentshards.RunConfig(), s3.env)
     try:
-        journal = Journal(open_shard(data, agent_id, agentshards.RunConfig().shard), agent_id)
+        journal = Journal(open_shard(data, agent_id, OWNED), agent_id)
         replication.litestream.register(agent_id)
         run = journal.begin_run("chaos:big", "{}", "d")
         for i in range(n):
@@ -178,7 +180,7 @@ def interrupted_archive(rng: random.Random, kills: int, work: Path, s3: S3) -> R
         proc = subprocess.Popen([*CLI, "archive", agent_id, "--replica", replica, "--data-dir", str(data)],
                                 env=s3.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                 start_new_session=True)
-        time.sleep(rng.uniform(0.3, 1.2))
+        time.sleep(rng.uniform(0.2, 0.9))  # the CLI's own start takes ~0.3 s of this
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()

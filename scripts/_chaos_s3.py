@@ -18,6 +18,7 @@ from pathlib import Path
 from _chaos_common import S3, Row, shard_rows
 
 import agentshards
+from agentshards._config import litestream_owned
 from agentshards._journal import Journal
 from agentshards._replication import Replication
 from agentshards._run import start_replication
@@ -25,14 +26,16 @@ from agentshards._shard import open_shard
 
 from fault_proxy import FaultProxy
 
+OWNED = litestream_owned(agentshards.RunConfig()).shard  # how a fleet worker opens a replicated shard
+
 
 class _Writers:
-    """Agents writing local-durability steps (3 KB each) round-robin until stopped; the fleet's tick runs
-    beside them. Write errors would be agent-visible errors, so they are counted."""
+    """Agents writing local-durability steps (3 KB each) round-robin until stopped, with the shard settings
+    a fleet worker uses; the fleet's tick runs beside them. Write errors would reach agent code: counted."""
 
     def __init__(self, replication: Replication, data: Path, agents: list[str], pause_s: float) -> None:
         self.replication, self.agents, self.pause_s = replication, agents, pause_s
-        self.journals = {a: Journal(open_shard(data, a, agentshards.RunConfig().shard), a) for a in agents}
+        self.journals = {a: Journal(open_shard(data, a, OWNED), a) for a in agents}
         self.runs = {}
         for agent_id, journal in self.journals.items():
             replication.litestream.register(agent_id)

@@ -5,7 +5,9 @@ the fleet runs: summed PSS of supervisor + workers + Litestream (the S3 server r
 CPU, open file descriptors, replication lag per agent (local WAL write -> Litestream's last sync), and
 S3 requests per agent per minute counted at the proxy.
 
-    python scripts/bench_fleet.py [--agents 100 500 1000] [--per-worker 50] [--duration 60]
+    python scripts/bench_fleet.py [--agents 100 500 1000] [--per-worker 25 50 100] [--duration 60]
+
+Lag is measured per write: Litestream's last-sync time minus the WAL write time it covers (0.5 s polls).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import resource
 import sys
 import tempfile
 import threading
@@ -58,26 +61,38 @@ def measure(agents: int, per_worker: int, period: float, duration: float, env: d
         runner.start()
         time.sleep(min(10.0, duration / 3))  # warm-up: workers started, first snapshots uploaded
         samples_pss, samples_fd, lags = [], [], []
+        pending: dict[str, float] = {}  # shard -> mtime of a write seen not yet synced
         requests0, cpu0, t_start = proxy.requests, None, time.monotonic()
         pids: list[int] = []
+        tick = 0
         while runner.is_alive() and time.monotonic() - t_start < duration - min(10.0, duration / 3):
             litestream = fleet._replication.litestream.pid
             pids = [os.getpid(), *fleet.worker_pids(), *([litestream] if litestream else [])]
-            try:
-                samples_pss.append(sum(mem_kb(p)[1] for p in pids))
-                samples_fd.append(sum(fds(p) for p in pids))
-                cpu = sum(cpu_seconds(p) for p in pids)
-            except OSError:
-                continue
-            cpu0 = cpu0 if cpu0 is not None else (cpu, time.monotonic())
-            now = time.time()
+            if tick % 4 == 0:
+                try:
+                    samples_pss.append(sum(mem_kb(p)[1] for p in pids))
+                    samples_fd.append(sum(fds(p) for p in pids))
+                    cpu = sum(cpu_seconds(p) for p in pids)
+                except OSError:
+                    continue
+                cpu0 = cpu0 if cpu0 is not None else (cpu, time.monotonic())
+            tick += 1
             for db in fleet._replication.litestream.databases():
+                # lag of one write = Litestream's sync time - the write's time: a write is noted when seen
+                # unsynced, and measured at the first poll whose last sync covers it (0.5 s polls)
                 wal = Path(f"{db['path']}-wal")
                 synced = _epoch(db.get("last_sync_at"))
-                if wal.exists() and synced is not None:
+                try:
                     written = wal.stat().st_mtime
-                    lags.append(0.0 if synced >= written else now - written)
-            time.sleep(2)
+                except FileNotFoundError:
+                    continue
+                seen = pending.get(db["path"])
+                if seen is not None and synced is not None and synced >= seen:
+                    lags.append(synced - seen)
+                    del pending[db["path"]]
+                if synced is None or written > synced:
+                    pending.setdefault(db["path"], written)
+            time.sleep(0.5)
         window = time.monotonic() - t_start
         requests = proxy.requests - requests0
         cpu_pct = 0.0
@@ -101,6 +116,8 @@ def main() -> None:
     parser.add_argument("--period", type=float, default=5.0)
     parser.add_argument("--duration", type=float, default=60.0)
     args = parser.parse_args()
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # 1,000 shards: Litestream and workers need fds
     moto, port = start_moto()
     proxy = FaultProxy(port)
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}

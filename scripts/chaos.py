@@ -37,13 +37,13 @@ def scenarios(long_form: bool) -> dict[str, Scenario]:
     """Name -> scenario, sized for the short form (CI) or one round of the long form."""
     size = (lambda short, long: long) if long_form else (lambda short, long: short)
     return {
-        "kills": lambda r, w, s: worker_kills(r, size(50, 150), w, s),
+        "kills": lambda r, w, s: worker_kills(r, size(50, 300), w, s),
         "points": lambda r, w, s: crash_points(r, size(3, 10), w, s),
         "node": lambda r, w, s: node_loss(r, size(2, 3), w, s),
         "litestream": lambda r, w, s: litestream_kills(r, size(1, 2), w, s),
         "outage": lambda r, w, s: s3_fault("outage", size(10, 120), r, w, s, stall_s=size(30, 60)),
         "errors": lambda r, w, s: s3_fault("errors", size(20, 60), r, w, s, stall_s=size(30, 60)),
-        "hang": lambda r, w, s: s3_fault("hang", size(8, 30), r, w, s, stall_s=size(8, 20)),
+        "hang": lambda r, w, s: s3_fault("hang", size(10, 30), r, w, s, stall_s=size(4, 15)),
         "wipe": lambda r, w, s: s3_fault("wipe", 0, r, w, s, stall_s=30),
         "soak": lambda r, w, s: soak(r, size(20, 120), w, s),
         "reader": lambda r, w, s: long_reader(r, size(5, 30), w, s),

@@ -15,6 +15,7 @@ scripts/chaos.py (faults).
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import random
 import socket
@@ -46,6 +47,7 @@ class FaultProxy:
     def __init__(self, upstream_port: int, *, seed: int = 0) -> None:
         self.upstream = upstream_port
         self.requests = 0
+        self.request_lines: collections.deque[str] = collections.deque(maxlen=100_000)  # "GET /bucket?list-type=2"
         self.injected = 0          # requests answered with an injected 5xx
         self.error_rate = 0.0
         self._hanging = False
@@ -155,6 +157,7 @@ class FaultProxy:
                     request, data, head = head[:end + 4], head[end + 4:], b""
                     with self._lock:
                         self.requests += 1
+                        self.request_lines.append(request.split(b"\r\n", 1)[0].decode("latin-1").rsplit(" ", 1)[0])
                         fail = self.error_rate > 0 and self._rng.random() < self.error_rate
                         self.injected += fail
                     if fail:

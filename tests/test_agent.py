@@ -143,14 +143,14 @@ def test_bad_inputs(data_dir: Path) -> None:
         run_agent(sample_agents.two_steps, agent_id="b", data_dir=data_dir, x=float("nan"))
     with pytest.raises(InvalidInputs, match="does not accept"):
         run_agent(sample_agents.two_steps, agent_id="b", data_dir=data_dir, y=1)
-    with pytest.raises(InvalidInputs, match="over the .* limit") as info:
+    with pytest.raises(InvalidInputs, match=r"over the .* limit") as info:
         run_agent(sample_agents.echo_inputs, agent_id="b", data_dir=data_dir, a="x" * (33 * 1024 * 1024), b=1)
     assert "hint:" in str(info.value)
     assert not data_dir.exists()
 
 
 def test_oversized_step_result_is_refused_and_not_recorded(data_dir: Path) -> None:
-    with pytest.raises(ResultNotStorable, match="over the .* limit") as info:
+    with pytest.raises(ResultNotStorable, match=r"over the .* limit") as info:
         run_agent(sample_agents.big_result, agent_id="big", data_dir=data_dir, mb=33)
     assert "agent 'big'" in str(info.value) and "hint:" in str(info.value)
     assert inspect_agent(data_dir, "big").runs[0].steps == []

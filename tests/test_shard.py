@@ -119,3 +119,21 @@ def test_renamed_shard_is_refused(tmp_path: Path) -> None:
     (tmp_path / "a1.db").rename(tmp_path / "a2.db")
     with pytest.raises(ShardError, match="belongs to agent 'a1'"):
         open_shard(tmp_path, "a2", ShardConfig())
+
+
+def test_replicated_shards_leave_checkpoints_to_litestream(tmp_path: Path) -> None:
+    """A checkpoint that resets the WAL while Litestream is down loses frames it never read; replicated
+    shards therefore turn SQLite's automatic checkpoints off (run_agent with a replica, Fleet with one)."""
+    from agentshards._config import RunConfig, litestream_owned
+    from agentshards._sqlite import open_connection
+
+    local = open_connection(tmp_path / "l.db", RunConfig().shard)
+    owned = open_connection(tmp_path / "o.db", litestream_owned(RunConfig()).shard)
+    try:
+        assert local.execute("PRAGMA wal_autocheckpoint").fetchall() == [(1000,)]
+        assert owned.execute("PRAGMA wal_autocheckpoint").fetchall() == [(0,)]
+    finally:
+        local.close()
+        owned.close()
+    with pytest.raises(ValueError, match="wal_autocheckpoint"):
+        ShardConfig(wal_autocheckpoint=-1)
