@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _chaos_common import S3, Row, s3_env
 from _chaos_files import disk_full, hostile_input, interrupted_archive, interrupted_restore, long_reader
-from _chaos_fleet import crash_points, dual_owners, node_loss, worker_kills
+from _chaos_fleet import acked_node_loss, crash_points, dual_owners, node_loss, worker_kills
 from _chaos_s3 import litestream_kills, s3_fault, soak
 from bench_replication import start_moto
 
@@ -40,6 +40,7 @@ def scenarios(long_form: bool) -> dict[str, Scenario]:
         "kills": lambda r, w, s: worker_kills(r, size(50, 300), w, s),
         "points": lambda r, w, s: crash_points(r, size(3, 10), w, s),
         "node": lambda r, w, s: node_loss(r, size(2, 3), w, s),
+        "acked": lambda r, w, s: acked_node_loss(r, size(2, 4), w, s),
         "litestream": lambda r, w, s: litestream_kills(r, size(1, 2), w, s),
         "outage": lambda r, w, s: s3_fault("outage", size(10, 120), r, w, s, stall_s=size(30, 60)),
         "errors": lambda r, w, s: s3_fault("errors", size(20, 60), r, w, s, stall_s=size(30, 60)),

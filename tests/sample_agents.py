@@ -399,3 +399,11 @@ def _check_marker(marker: str) -> str:
 
 def big_result(agent: agentshards.Agent, mb: int) -> None:
     agent.step("big", lambda: "x" * (mb * 1024 * 1024))
+
+
+def acked_steps(agent: agentshards.Agent, n: int, durability: str = "replicated") -> int:
+    """n steps; prints "ack i" once step i has returned to agent code (what a crash test may rely on)."""
+    for i in range(n):
+        agent.options(durability=durability).step("ack", record_call, f"ack-{i}", {"i": i})
+        print(f"ack {i}", flush=True)
+    return n
