@@ -53,6 +53,7 @@ class Replication:
         self._lock = threading.Lock()
         self._stall_checked_at = self._stall_restarted_at = time.monotonic()
         self._unanswered = 0  # control-socket calls in a row that timed out
+        self._slow_logged_at = -1e9
         self._pending_since: dict[str, float] = {}  # agent -> mtime of the oldest write seen unsynced
 
     def snapshot_exists(self, agent_id: str) -> bool:
@@ -129,19 +130,17 @@ class Replication:
             statuses = self.status(snapshots=False, timeout_s=3.0)
         except (OSError, ReplicationError) as exc:
             # a stuck Litestream can stop answering its control socket too (measured: /list timed out
-            # during a hung upload); twice in a row counts as a stall, once may be a busy machine
+            # during a hung upload); three times in a row counts as a stall, once may be a busy machine
             self._unanswered += 1
-            if self._unanswered < 2:
+            if self._unanswered < 3:
                 return False
-            reason = f"its control socket did not answer twice in a row ({exc})"
+            reason = f"its control socket did not answer three times in a row ({exc})"
         else:
             self._unanswered = 0
-            lagging = [(s.agent_id, s.lag_s) for s in statuses if s.lag_s > stall]
-            if not lagging:
+            stuck = self._stalled(statuses, stall)
+            if stuck is None:
                 return False
-            worst = max(lagging, key=lambda item: item[1])
-            reason = (f"{len(lagging)} shard(s) with writes unsynced for more than {stall:.0f}s (agent {worst[0]}: "
-                      f"{worst[1]:.0f}s); a stuck S3 connection or an outage")
+            reason = stuck
         self._stall_restarted_at, self._unanswered = now, 0
         try:
             self.litestream.restart(reason)
@@ -149,6 +148,30 @@ class Replication:
             log.warning("could not restart litestream for %s: %s", self.litestream.data_dir, exc)
             return False
         return True
+
+    def _stalled(self, statuses: list[AgentReplicationStatus], stall: float) -> str | None:
+        """Why Litestream counts as stuck, or None. Slow is not stuck: on an overloaded machine every shard
+        lags but syncs still complete, and a restart (re-registering and re-reading every shard) would only
+        add load. Stuck is: no shard synced at all for ``stall`` seconds while writes wait, or one shard
+        waiting ten times longer than the typical waiting shard (one upload hung among many healthy ones).
+        """
+        waiting = sorted((s for s in statuses if s.lag_s > 0), key=lambda s: s.lag_s)
+        if not waiting or waiting[-1].lag_s <= stall:
+            return None
+        worst, typical = waiting[-1], waiting[len(waiting) // 2].lag_s
+        newest_sync = max((s.last_sync_at or 0.0) for s in statuses)
+        lagging = sum(s.lag_s > stall for s in waiting)
+        detail = (f"{lagging} shard(s) with writes unsynced for more than {stall:.0f}s "
+                  f"(agent {worst.agent_id}: {worst.lag_s:.0f}s)")
+        if time.time() - newest_sync > stall:
+            return f"{detail}, and no shard synced for {time.time() - newest_sync:.0f}s: a stuck S3 connection?"
+        if worst.lag_s > 10 * typical:
+            return f"{detail}, ten times the typical wait of {typical:.1f}s: one stuck upload?"
+        if time.monotonic() - self._slow_logged_at > 300:
+            self._slow_logged_at = time.monotonic()
+            log.warning("replication is behind: %s, typical wait %.1fs; Litestream is still syncing (an "
+                        "overloaded machine or a slow S3?), so it is not restarted", detail, typical)
+        return None
 
     def status(self, *, snapshots: bool = True, timeout_s: float = 10.0) -> list[AgentReplicationStatus]:
         """Per registered agent: Litestream's state, last sync, lag behind local writes, snapshot present

@@ -16,6 +16,7 @@ import argparse
 import os
 import platform
 import resource
+import shutil
 import sys
 import tempfile
 import threading
@@ -63,6 +64,7 @@ def measure(agents: int, per_worker: int, period: float, duration: float, env: d
         samples_pss, samples_fd, lags = [], [], []
         pending: dict[str, float] = {}  # shard -> mtime of a write seen not yet synced
         requests0, cpu0, t_start = proxy.requests, None, time.monotonic()
+        moto_cpu0 = (cpu_seconds(moto_pid), time.monotonic())
         pids: list[int] = []
         tick = 0
         while runner.is_alive() and time.monotonic() - t_start < duration - min(10.0, duration / 3):
@@ -100,11 +102,13 @@ def measure(agents: int, per_worker: int, period: float, duration: float, env: d
             cpu_pct = 100 * (sum(cpu_seconds(p) for p in pids if Path(f"/proc/{p}").exists()) - cpu0[0]) / (
                 time.monotonic() - cpu0[1])
         moto_pss = mem_kb(moto_pid)[1]
+        moto_cpu = 100 * (cpu_seconds(moto_pid) - moto_cpu0[0]) / (time.monotonic() - moto_cpu0[1])
         runner.join()
     ok = sum(1 for r in results.values() if r == calls)
     pss_mb = max(samples_pss) / 1024
     return (f"{agents:>5} agents, {per_worker:>3}/worker: launch {launch_s:5.1f} s; PSS {pss_mb:7.0f} MB "
-            f"(S3 server {moto_pss / 1024:.0f} MB); CPU {cpu_pct:5.0f} %; fds {max(samples_fd):5d}; "
+            f"(S3 server {moto_pss / 1024:.0f} MB, CPU {moto_cpu:.0f} %); CPU {cpu_pct:5.0f} %; "
+            f"fds {max(samples_fd):5d}; "
             f"lag p50 {pct(lags, 0.5):.2f} s p99 {pct(lags, 0.99):.2f} s; "
             f"S3 {requests / agents / (window / 60):.2f} req/agent/min; finished {ok}/{agents}")
 
@@ -115,28 +119,37 @@ def main() -> None:
     parser.add_argument("--per-worker", type=int, nargs="+", default=[50])
     parser.add_argument("--period", type=float, default=5.0)
     parser.add_argument("--duration", type=float, default=60.0)
+    parser.add_argument("--s3", choices=["moto", "rclone"], default="moto",
+                        help="loopback S3 server: moto (Python) or rclone serve s3 (Go, far less CPU)")
     args = parser.parse_args()
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # 1,000 shards: Litestream and workers need fds
-    moto, port = start_moto()
+    tmp_root = Path(tempfile.mkdtemp(prefix="bench-fleet-"))
+    if args.s3 == "moto":
+        moto, port = start_moto()
+    else:
+        from bench_scale import start_rclone
+
+        moto, port = start_rclone(tmp_root / "rclone")
     proxy = FaultProxy(port)
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     env.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_REGION="us-east-1",
                AWS_ENDPOINT_URL_S3=proxy.endpoint)
-    boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1",
-                 aws_access_key_id="bench", aws_secret_access_key="bench").create_bucket(Bucket="bench")
+    if args.s3 == "moto":
+        boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1",
+                     aws_access_key_id="bench", aws_secret_access_key="bench").create_bucket(Bucket="bench")
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; one LLM step "
-          f"per agent every {args.period:.0f} s; Litestream defaults (1 s sync); S3 = moto on 127.0.0.1")
+          f"per agent every {args.period:.0f} s; Litestream defaults (1 s sync); S3 = {args.s3} on 127.0.0.1")
     try:
-        with tempfile.TemporaryDirectory() as tmp:
-            for agents in args.agents:
-                for per_worker in args.per_worker:
-                    print(measure(agents, per_worker, args.period, args.duration, env, proxy, moto.pid, Path(tmp)),
-                          flush=True)
+        for agents in args.agents:
+            for per_worker in args.per_worker:
+                print(measure(agents, per_worker, args.period, args.duration, env, proxy, moto.pid, tmp_root),
+                      flush=True)
     finally:
         proxy.close()
         moto.terminate()
         moto.wait()
+        shutil.rmtree(tmp_root, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -488,3 +488,22 @@ def test_litestream_restarted_from_a_short_lived_thread_outlives_it(tmp_path: Pa
             time.sleep(0.05)
     finally:
         replication.litestream.stop()
+
+
+def test_the_watchdog_tells_a_stuck_litestream_from_a_slow_one() -> None:
+    from agentshards._replication import AgentReplicationStatus, Replication
+
+    now = time.time()
+    replication = Replication.__new__(Replication)  # _stalled reads only the statuses and its log throttle
+    replication._slow_logged_at = -1e9
+
+    def status(agent: str, lag: float, synced_ago: float) -> AgentReplicationStatus:
+        return AgentReplicationStatus(agent, "replicating", now - synced_ago, now, lag, False)
+
+    slow = [status(f"a{i}", 40 + i, 1) for i in range(20)] + [status("w", 70, 1)]
+    assert replication._stalled(slow, 60) is None  # overloaded: everyone waits, syncs still complete
+    nothing_syncs = [status(f"a{i}", 70, 80) for i in range(3)]
+    assert "no shard synced" in (replication._stalled(nothing_syncs, 60) or "")
+    one_hung = [status(f"a{i}", 0.5, 1) for i in range(20)] + [status("h", 90, 1)]
+    assert "agent h" in (replication._stalled(one_hung, 60) or "")
+    assert replication._stalled([status("a", 0.0, 500)], 60) is None  # idle, nothing waiting
