@@ -16,12 +16,21 @@ import fcntl
 import os
 import time
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from . import _codec
 from ._config import RunConfig, SupervisorConfig, litestream_owned
-from ._errors import AgentFailed, AgentShardsError, BudgetExceeded, DataDirLocked, InvalidInputs, ShardError
+from ._errors import (
+    AgentFailed,
+    AgentShardsError,
+    BudgetExceeded,
+    DataDirLocked,
+    InvalidInputs,
+    ReplicationError,
+    ShardError,
+)
 from ._journal import Journal
 from ._run import _check_inputs, code_fingerprint, start_replication
 from ._shard import open_shard, validate_agent_id
@@ -53,6 +62,7 @@ class Fleet:
         self._replication: Any = None
         self._supervisor: Supervisor | None = None
         self._fingerprints: dict[str, str | None] = {}
+        self._inputs_json: dict[str, str] = {}  # agent -> canonical inputs, published in its manifest entry
         self._lease: Lease | None = None
         self.take_over, self.lease_ttl_s = take_over, lease_ttl_s
         self.archive_finished = archive_finished
@@ -74,15 +84,20 @@ class Fleet:
             if not isinstance(inputs, Mapping):
                 raise InvalidInputs(f"inputs must be a mapping, not {type(inputs).__name__}", agent_id=agent_id,
                                     hint="{agent_id: {input: value}}")
-            digest = _codec.digest(_check_inputs(func, name, agent_id, dict(inputs)))
-            checked[agent_id] = (dict(inputs), digest)
+            input_json = _check_inputs(func, name, agent_id, dict(inputs))
+            self._inputs_json[agent_id] = input_json
+            checked[agent_id] = (dict(inputs), _codec.digest(input_json))
         supervisor = self._begin()
         self._fingerprints.setdefault(name, code_fingerprint(func))
-        for agent_id, (inputs, digest) in checked.items():
+        for agent_id in checked:
             open_shard(self.data_dir, agent_id, self.run_config.shard).close()  # exists before Litestream sees it
             if self._replication is not None:
                 self._replication.litestream.register(agent_id)
-                self._publish(agent_id, "running", name, digest, "", 0)  # a fresh node can find it from now on
+        if self._replication is not None:  # a fresh node can find them from now on; one PUT each, in parallel
+            with ThreadPoolExecutor(max_workers=8) as pool:
+                list(pool.map(lambda item: self._publish(item[0], "running", name, item[1][1], "", 0),
+                              checked.items()))
+        for agent_id, (inputs, _digest) in checked.items():
             supervisor.add(agent_id, name, inputs)
 
     def _begin(self) -> Supervisor:
@@ -195,7 +210,8 @@ class Fleet:
 
         self._replication.publish(ManifestEntry(
             agent_id=agent_id, status=status, target=target, input_digest=digest, run_id=run_id,
-            code_fingerprint=self._fingerprints.get(target), steps=steps, updated_at=time.time()))
+            code_fingerprint=self._fingerprints.get(target), steps=steps, updated_at=time.time(),
+            inputs_json=self._inputs_json.get(agent_id)))
 
     def _acquire_lock(self) -> None:
         """An fcntl lock on a file of its own (locking a .db file would break SQLite's own locks)."""
@@ -293,23 +309,38 @@ def recover(data_dir: str | os.PathLike[str], replica: str, *, take_over: bool =
         entries = [e for e in list_manifests(replication.store, replication.target) if e.status == "running"]
         restored = restore_agents([e.agent_id for e in entries], fleet.data_dir, replication.target, env=fleet._env)
         for entry in entries:
-            outcome = restored[entry.agent_id]
+            outcome: Path | Exception | None = restored[entry.agent_id]
             if isinstance(outcome, ShardError) and "already exists" in str(outcome):
                 log.info("agent %s: using the local shard already in %s", entry.agent_id, fleet.data_dir)
+            elif isinstance(outcome, ReplicationError) and "no replica" in str(outcome):
+                outcome = None  # killed before Litestream's first upload: nothing of it survived the node
             elif isinstance(outcome, Exception):
                 raise outcome
-            journal = _Journal(open_shard(fleet.data_dir, entry.agent_id, fleet.run_config.shard, create=False),
-                               entry.agent_id)
-            try:
-                run = journal.runs()[-1]
-            finally:
-                journal.close()
+            run = None
+            if outcome is not None:
+                journal = _Journal(open_shard(fleet.data_dir, entry.agent_id, fleet.run_config.shard, create=False),
+                                   entry.agent_id)
+                try:
+                    runs = journal.runs()
+                    run = runs[-1] if runs else None
+                finally:
+                    journal.close()
+            if run is None:  # its replica holds no run yet: start it from the beginning, from its manifest
+                if entry.inputs_json is None:
+                    raise ReplicationError(
+                        f"agent {entry.agent_id} has no replicated run and its manifest entry has no inputs",
+                        agent_id=entry.agent_id, hint="launch it again by hand (manifest from an older version)")
+                log.warning("agent %s: nothing of its run reached the replica before the node was lost; starting "
+                            "it from the beginning", entry.agent_id)
+                target, input_json = entry.target, entry.inputs_json
+            else:
+                target, input_json = run.target, run.input_json
             with _on_path(fleet.app_dir):
-                now = code_fingerprint(resolve(run.target))
+                now = code_fingerprint(resolve(target))
             if entry.code_fingerprint and now and now != entry.code_fingerprint:
                 log.warning("agent %s: the code of %s changed since it last ran; replay relies on non-determinism "
-                            "detection", entry.agent_id, run.target)
-            fleet.launch(run.target, {entry.agent_id: json.loads(run.input_json)})
+                            "detection", entry.agent_id, target)
+            fleet.launch(target, {entry.agent_id: json.loads(input_json)})
         if fleet._supervisor is None or not fleet._supervisor.agents:
             fleet.close()
             return {}

@@ -29,6 +29,9 @@ class ManifestEntry:
     archive_key: str | None = None
     archive_sha256: str | None = None
     cost_usd: float | None = None
+    inputs_json: str | None = None
+    """The run's inputs: a fresh node can start an agent whose replica holds no run yet (killed before
+    Litestream's first upload) from the beginning instead of failing the whole recovery."""
 
 
 def write_manifest(store: ObjectStore, target: ReplicaTarget, entry: ManifestEntry) -> None:

@@ -152,7 +152,8 @@ def _publisher(journal: Journal, replication: Replication | None, target: str,
                 replication.litestream.sync(journal.agent_id)
         replication.publish(ManifestEntry(
             agent_id=journal.agent_id, status=run.status, target=target, input_digest=run.input_digest,
-            run_id=run.id, code_fingerprint=fingerprint, steps=len(journal.steps(run.id)), updated_at=time.time()))
+            run_id=run.id, code_fingerprint=fingerprint, steps=len(journal.steps(run.id)), updated_at=time.time(),
+            inputs_json=run.input_json))
 
     return publish
 

@@ -94,6 +94,8 @@ def main() -> int:
                 rows.setdefault(name, Row(row.scenario)).add(row)
                 mark = "ok" if row.ok else "BROKEN"
                 print(f"[{time.monotonic() - started:7.1f} s] {name}: {mark} ({row.seconds:.1f} s)", flush=True)
+                if not row.ok:
+                    print("\n".join(f"    {note}" for note in row.notes), flush=True)
             if args.duration <= 0 or time.monotonic() - started > args.duration:
                 break
     finally:

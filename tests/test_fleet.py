@@ -230,3 +230,27 @@ def test_sigterm_stops_the_fleet_cleanly(tmp_path: Path, llm_env: FakeLLMServer)
     results = fleet.wait(timeout_s=120)
     assert all(len(r) == 10 for r in results.values())
     assert llm_env.request_count <= 30 + 3  # at most the three calls in flight at the SIGTERM were paid twice
+
+
+def test_recover_starts_over_an_agent_that_never_reached_the_replica(tmp_path: Path) -> None:
+    """Killed before Litestream's first upload: the manifest (written at launch, with the inputs) is all a
+    fresh node has; recovery starts that agent from the beginning instead of failing every agent."""
+    from agentshards import recover
+    from agentshards._manifest import ManifestEntry, write_manifest
+    from agentshards._objectstore import store_for
+    from agentshards._replica import parse_replica
+
+    replica = str(tmp_path / "replica")
+    fleet = Fleet(tmp_path / "a", replica=replica, app_dir=TESTS_DIR)
+    fleet.launch("sample_agents:two_steps", {"kept": {"x": 1}})
+    assert fleet.wait(timeout_s=120)["kept"]["b"]["v"] == 4
+    (entry,) = list_fleet(replica)
+    assert entry.inputs_json == '{"x":1}'
+    target = parse_replica(replica, os.environ)
+    store = store_for(target, os.environ)
+    write_manifest(store, target, ManifestEntry(  # as launch publishes it: "running", no replica files yet
+        agent_id="ghost", status="running", target="sample_agents:two_steps", input_digest="-", run_id="",
+        code_fingerprint=None, steps=0, updated_at=time.time(), inputs_json='{"x":3}'))
+    results = recover(tmp_path / "b", replica, take_over=True, app_dir=TESTS_DIR, lease_ttl_s=1)
+    assert results["ghost"]["b"]["v"] == 12 and "kept" not in results
+    assert [(e.agent_id, e.status) for e in list_fleet(replica)] == [("ghost", "succeeded"), ("kept", "succeeded")]
