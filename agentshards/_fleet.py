@@ -184,11 +184,16 @@ class Fleet:
             self._replication.restart_if_stalled()
 
     def _on_final(self, state: AgentState) -> None:
-        """Push the finished agent's shard to the replica and publish its manifest entry."""
+        """Push the finished agent's shard to the replica, publish its manifest entry, and stop replicating
+        it once the replica holds all of it (Litestream LISTs every registered shard's replica once per
+        compaction and retention interval even when nothing changed: a finished agent would cost that
+        forever)."""
         if self._replication is None:
             return
+        synced = False
         with contextlib.suppress(AgentShardsError, OSError):
-            self._replication.litestream.sync(state.agent_id)
+            result = self._replication.litestream.sync(state.agent_id)
+            synced = result.replicated_txid >= result.txid
         journal = Journal(open_shard(self.data_dir, state.agent_id, self.run_config.shard, create=False),
                           state.agent_id)
         try:
@@ -204,6 +209,9 @@ class Fleet:
 
             archive_agent(state.agent_id, self.data_dir, self._replication.target, env=self._env,
                           litestream=self._replication.litestream)
+        elif synced:  # otherwise it stays registered: Litestream keeps trying until the replica has it all
+            with contextlib.suppress(AgentShardsError, OSError):
+                self._replication.litestream.unregister(state.agent_id)
 
     def _publish(self, agent_id: str, status: str, target: str, digest: str, run_id: str, steps: int) -> None:
         from ._manifest import ManifestEntry

@@ -254,3 +254,31 @@ def test_recover_starts_over_an_agent_that_never_reached_the_replica(tmp_path: P
     results = recover(tmp_path / "b", replica, take_over=True, app_dir=TESTS_DIR, lease_ttl_s=1)
     assert results["ghost"]["b"]["v"] == 12 and "kept" not in results
     assert [(e.agent_id, e.status) for e in list_fleet(replica)] == [("ghost", "succeeded"), ("kept", "succeeded")]
+
+
+def test_a_finished_agent_stops_being_replicated_once_its_replica_is_complete(tmp_path: Path) -> None:
+    """Litestream LISTs every registered replica once per interval even when idle: finished agents leave."""
+    fleet = Fleet(tmp_path / "d", replica=str(tmp_path / "replica"), app_dir=TESTS_DIR, concurrency=2)
+    fleet.launch("sample_agents:two_steps", {"quick": {"x": 1}})
+    fleet.launch("sample_agents:slow_step", {"slow": {"seconds": 30.0, "timeout_s": 60.0}})
+    ended: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            fleet.wait(timeout_s=5.0)  # the slow agent is still running then: wait() ends with a timeout
+        except Exception as exc:
+            ended.append(exc)
+
+    runner = threading.Thread(target=run)
+    runner.start()
+    try:
+        deadline = time.monotonic() + 30
+        while "quick" in fleet._replication.litestream.registered:
+            assert time.monotonic() < deadline, "the finished agent is still registered with Litestream"
+            time.sleep(0.05)
+        assert "slow" in fleet._replication.litestream.registered
+        assert [(e.agent_id, e.status) for e in list_fleet(str(tmp_path / "replica"))] == [
+            ("quick", "succeeded"), ("slow", "running")]
+    finally:
+        runner.join()
+    assert len(ended) == 1 and isinstance(ended[0], TimeoutError)
