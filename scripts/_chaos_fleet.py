@@ -113,6 +113,9 @@ def node_loss(rng: random.Random, rounds: int, work: Path, s3: S3) -> Row:
                 row.steps_lost += 40
                 row.notes.append(f"recover failed: {out.stderr.strip()[-300:]}")
                 continue
+            for i in range(4):  # an agent that finished before the kill is not re-run: its replica must hold it
+                if not (node2 / f"n{i}.db").exists():
+                    agentshards.restore_agent(f"n{i}", node2, replica, env=s3.env)
             finished = sum(completed_steps(node2, f"n{i}") for i in range(4))
             row.steps_lost += 40 - finished
             row.notes.append(f"round {r}: {local} steps done locally at the kill; recovery made "
