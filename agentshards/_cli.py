@@ -82,7 +82,7 @@ def restore(agent_ids: tuple[str, ...], replica: str, data_dir: str, overwrite: 
 @click.option("--data-dir", required=True)
 @click.option("--replica", default=None, help="s3://bucket/prefix or a directory.")
 @click.option("--concurrency", default=16, show_default=True, type=click.IntRange(1, 10_000))
-@click.option("--agents-per-worker", default=1, show_default=True, type=click.IntRange(1, 1000))
+@click.option("--agents-per-worker", default=50, show_default=True, type=click.IntRange(1, 1000))
 @click.option("--app-dir", default=".", show_default=True, help="Put on sys.path to import TARGET.")
 @click.option("--lease-ttl", default=30.0, show_default=True, type=float, help="Replica prefix lease, seconds.")
 @click.option("--archive-finished", is_flag=True, help="Archive each agent to the replica when it finishes.")

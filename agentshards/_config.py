@@ -90,7 +90,7 @@ class LitestreamConfig:
 class SupervisorConfig:
     """How a Fleet runs its workers: agents per worker process, the cap on running agents, restarts."""
 
-    agents_per_worker: int = 1
+    agents_per_worker: int = 50
     concurrency: int = 16
     max_restarts: int = 5
     restart_backoff_s: float = 0.5

@@ -44,7 +44,7 @@ from ._target import AgentFn, target_of
 class Fleet:
     """A fleet of agents under one supervisor, one data dir and (optionally) one replica."""
 
-    def __init__(self, data_dir: str | os.PathLike[str], replica: str | None = None, *, agents_per_worker: int = 1,
+    def __init__(self, data_dir: str | os.PathLike[str], replica: str | None = None, *, agents_per_worker: int = 50,
                  concurrency: int = 16, max_restarts: int = 5, app_dir: str | os.PathLike[str] | None = None,
                  config: SupervisorConfig | None = None, run_config: RunConfig | None = None,
                  take_over: bool = False, lease_ttl_s: float = 30.0, env: Mapping[str, str] | None = None,
