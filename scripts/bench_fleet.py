@@ -62,6 +62,7 @@ def measure(agents: int, per_worker: int, period: float, duration: float, env: d
         runner.start()
         time.sleep(min(10.0, duration / 3))  # warm-up: workers started, first snapshots uploaded
         samples_pss, samples_fd, lags = [], [], []
+        breakdown: tuple[int, int, int] = (0, 0, 0)  # supervisor, workers, Litestream PSS at the peak
         pending: dict[str, float] = {}  # shard -> mtime of a write seen not yet synced
         requests0, cpu0, t_start = proxy.requests, None, time.monotonic()
         moto_cpu0 = (cpu_seconds(moto_pid), time.monotonic())
@@ -72,6 +73,10 @@ def measure(agents: int, per_worker: int, period: float, duration: float, env: d
             pids = [os.getpid(), *fleet.worker_pids(), *([litestream] if litestream else [])]
             if tick % 4 == 0:
                 try:
+                    parts = (mem_kb(os.getpid())[1], sum(mem_kb(p)[1] for p in fleet.worker_pids()),
+                             mem_kb(litestream)[1] if litestream else 0)
+                    if sum(parts) > sum(breakdown):
+                        breakdown = parts
                     samples_pss.append(sum(mem_kb(p)[1] for p in pids))
                     samples_fd.append(sum(fds(p) for p in pids))
                     cpu = sum(cpu_seconds(p) for p in pids)
@@ -110,7 +115,9 @@ def measure(agents: int, per_worker: int, period: float, duration: float, env: d
             f"(S3 server {moto_pss / 1024:.0f} MB, CPU {moto_cpu:.0f} %); CPU {cpu_pct:5.0f} %; "
             f"fds {max(samples_fd):5d}; "
             f"lag p50 {pct(lags, 0.5):.2f} s p99 {pct(lags, 0.99):.2f} s; "
-            f"S3 {requests / agents / (window / 60):.2f} req/agent/min; finished {ok}/{agents}")
+            f"S3 {requests / agents / (window / 60):.2f} req/agent/min; finished {ok}/{agents}\n"
+            f"       PSS at the peak: supervisor {breakdown[0] / 1024:.0f} MB (incl. the fake LLM server), "
+            f"{-(-agents // per_worker)} workers {breakdown[1] / 1024:.0f} MB, Litestream {breakdown[2] / 1024:.0f} MB")
 
 
 def main() -> None:
