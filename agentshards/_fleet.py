@@ -95,8 +95,7 @@ class Fleet:
                 self._replication.litestream.register(agent_id)
         if self._replication is not None:  # a fresh node can find them from now on; one PUT each, in parallel
             with ThreadPoolExecutor(max_workers=8) as pool:
-                list(pool.map(lambda item: self._publish(item[0], "running", name, item[1][1], "", 0),
-                              checked.items()))
+                list(pool.map(lambda a: self._publish(a, "running", name, checked[a][1], "", 0), checked))
         for agent_id, (inputs, _digest) in checked.items():
             supervisor.add(agent_id, name, inputs)
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import _codec
 from ._agent import Agent
-from ._config import RunConfig, litestream_owned, llm_config_from_env
+from ._config import RunConfig, ShardConfig, litestream_owned, llm_config_from_env
 from ._errors import (
     AgentFailed,
     AgentShardsError,
@@ -67,7 +67,7 @@ def run_agent(
     input_json = _check_inputs(func, target, agent_id, inputs)
     env = os.environ
     if config is None:
-        config = RunConfig(llm=llm_config_from_env(env), crash_plan=env.get(CRASH_ENV))
+        config = config_from_env(env)
     with contextlib.ExitStack() as stack:
         replication = None
         if replica is not None:
@@ -80,6 +80,12 @@ def run_agent(
             replication.litestream.register(agent_id)
         return _execute(journal, replication, func, target, input_json, new_run, config)
     raise AssertionError("unreachable")  # pragma: no cover - ExitStack does not swallow exceptions
+
+
+def config_from_env(env: Mapping[str, str], shard: ShardConfig | None = None) -> RunConfig:
+    """The default RunConfig of a process's edge (run_agent, a fleet worker): OpenAI settings and the
+    test-only crash plan from ``env``, the given shard settings."""
+    return RunConfig(shard=shard or ShardConfig(), llm=llm_config_from_env(env), crash_plan=env.get(CRASH_ENV))
 
 
 def start_replication(data_dir: Path, replica: str, config: RunConfig, env: Mapping[str, str]) -> Replication:

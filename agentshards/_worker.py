@@ -47,8 +47,8 @@ class _OneAgent(logging.Filter):
 
 
 def run_one(spec: dict[str, Any], agent_id: str, inputs: dict[str, Any]) -> None:
-    from ._config import RunConfig, ShardConfig, llm_config_from_env
-    from ._run import CRASH_ENV, run_agent
+    from ._config import ShardConfig
+    from ._run import config_from_env, run_agent
 
     results = Path(spec["results_dir"])
     logs = Path(spec["results_dir"]).parent / "logs"
@@ -58,8 +58,7 @@ def run_one(spec: dict[str, Any], agent_id: str, inputs: dict[str, Any]) -> None
     handler.addFilter(_OneAgent(agent_id))
     logging.getLogger().addHandler(handler)
     try:
-        config = RunConfig(shard=ShardConfig(**spec["shard"]), llm=llm_config_from_env(os.environ),
-                           crash_plan=os.environ.get(CRASH_ENV))  # this process's edge: its environment
+        config = config_from_env(os.environ, ShardConfig(**spec["shard"]))  # this process's edge
         result = run_agent(spec["target"], agent_id=agent_id, data_dir=spec["data_dir"], config=config, **inputs)
         write_result(results, agent_id, {"status": "succeeded", "result": result})
     except Exception as exc:
