@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -74,14 +73,6 @@ class S3:
         for key in keys:
             client.delete_object(Bucket=bucket, Key=key)
         return len(keys)
-
-
-def s3_env(port: int) -> dict[str, str]:
-    """The process environment without any real AWS settings, pointed at the loopback server."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    env.update(AWS_ACCESS_KEY_ID="chaos", AWS_SECRET_ACCESS_KEY="chaos", AWS_REGION="us-east-1",
-               AWS_ENDPOINT_URL_S3=f"http://127.0.0.1:{port}")
-    return env
 
 
 def repeats(log: list[Any], results: dict[str, list[dict[str, Any]]]) -> int:

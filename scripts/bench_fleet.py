@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 import boto3
-from bench_replication import mem_kb, pct, start_moto
+from bench_replication import loopback_s3_env, mem_kb, pct, start_moto
 
 import agentshards
 from agentshards._replication import _epoch
@@ -139,9 +139,7 @@ def main() -> None:
 
         moto, port = start_rclone(tmp_root / "rclone")
     proxy = FaultProxy(port)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    env.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_REGION="us-east-1",
-               AWS_ENDPOINT_URL_S3=proxy.endpoint)
+    env = loopback_s3_env(proxy.endpoint)
     if args.s3 == "moto":
         boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1",
                      aws_access_key_id="bench", aws_secret_access_key="bench").create_bucket(Bucket="bench")

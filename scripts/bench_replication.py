@@ -57,6 +57,14 @@ def start_server(argv: list[str]) -> tuple[subprocess.Popen[bytes], int]:
             time.sleep(0.05)
 
 
+def loopback_s3_env(endpoint: str, key: str = "bench") -> dict[str, str]:
+    """This process's environment with every real AWS setting removed, pointed at a loopback S3 server
+    with the throwaway credentials ``key``/``key`` (what the servers started here accept)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(AWS_ACCESS_KEY_ID=key, AWS_SECRET_ACCESS_KEY=key, AWS_REGION="us-east-1", AWS_ENDPOINT_URL_S3=endpoint)
+    return env
+
+
 def start_moto() -> tuple[subprocess.Popen[bytes], int]:
     return start_server([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", "{port}"])
 
@@ -228,9 +236,7 @@ def main() -> None:
 
     moto, port = start_moto()
     proxy = FaultProxy(port)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    env.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_REGION="us-east-1",
-               AWS_ENDPOINT_URL_S3=f"http://127.0.0.1:{port}")
+    env = loopback_s3_env(f"http://127.0.0.1:{port}")
     s3 = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL_S3"], region_name="us-east-1",
                       aws_access_key_id="bench", aws_secret_access_key="bench")
     s3.create_bucket(Bucket="bench")

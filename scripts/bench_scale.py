@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_replication import start_moto, start_server
+from bench_replication import loopback_s3_env, start_moto, start_server
 
 import agentshards
 from agentshards._journal import Journal
@@ -147,9 +147,7 @@ def main() -> None:
               f"{replay:.1f} ms; {peer}")
         server, port = start_moto() if args.s3 == "moto" else start_rclone(work / "rclone")
         try:
-            env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-            env.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_REGION="us-east-1",
-                       AWS_ENDPOINT_URL_S3=f"http://127.0.0.1:{port}")
+            env = loopback_s3_env(f"http://127.0.0.1:{port}")
             if args.s3 == "moto":
                 import boto3
 

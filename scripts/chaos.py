@@ -24,11 +24,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _chaos_common import S3, Row, s3_env
+from _chaos_common import S3, Row
 from _chaos_files import disk_full, hostile_input, interrupted_archive, interrupted_restore, long_reader
 from _chaos_fleet import acked_node_loss, crash_points, dual_owners, node_loss, worker_kills
 from _chaos_s3 import litestream_kills, s3_fault, soak
-from bench_replication import start_moto
+from bench_replication import loopback_s3_env, start_moto
 
 Scenario = Callable[[random.Random, Path, S3], Row]
 
@@ -80,7 +80,7 @@ def main() -> int:
     if unknown:
         parser.error(f"unknown scenarios {sorted(unknown)}; choose from {', '.join(table)}")
     moto, port = start_moto()
-    s3 = S3(port, s3_env(port))
+    s3 = S3(port, loopback_s3_env(f"http://127.0.0.1:{port}", "chaos"))
     os.environ.update({k: v for k, v in s3.env.items() if k.startswith("AWS_")})  # for library calls' defaults
     rows: dict[str, Row] = {}
     started = time.monotonic()
