@@ -507,3 +507,15 @@ def test_the_watchdog_tells_a_stuck_litestream_from_a_slow_one() -> None:
     one_hung = [status(f"a{i}", 0.5, 1) for i in range(20)] + [status("h", 90, 1)]
     assert "agent h" in (replication._stalled(one_hung, 60) or "")
     assert replication._stalled([status("a", 0.0, 500)], 60) is None  # idle, nothing waiting
+
+
+def test_a_restore_removes_the_temp_dir_a_killed_restore_of_that_agent_left(tmp_path: Path) -> None:
+    replica = str(tmp_path / "r")
+    run_agent(sample_agents.two_steps, agent_id="a", data_dir=tmp_path / "src", replica=replica, x=1)
+    data = tmp_path / "dst"
+    (data / ".restore-a-k9x_2abc").mkdir(parents=True)   # a killed restore of agent "a"
+    (data / ".restore-a-b-k9x_2abc").mkdir()             # one of agent "a-b", maybe still running
+    restore_agent("a", data, replica)
+    assert not (data / ".restore-a-k9x_2abc").exists()
+    assert (data / ".restore-a-b-k9x_2abc").exists()
+    assert (data / "a.db").exists()
