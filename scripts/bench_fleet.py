@@ -44,8 +44,45 @@ def fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
+class LockWatch(threading.Thread):
+    """Diagnostic: how long each process held a shard's WAL write lock, sampled from /proc/locks.
+
+    SQLite's WAL write lock is a POSIX lock on byte 120 of the -shm file; a writer that waits longer than
+    busy_timeout gets SQLITE_BUSY, so the longest continuous hold per holder names the culprit.
+    """
+
+    def __init__(self, interval: float = 0.1) -> None:
+        super().__init__(daemon=True)
+        self.interval, self.stopped = interval, threading.Event()
+        self.longest: dict[int, float] = {}  # pid -> longest continuous hold seen, s
+        self.holds: dict[int, int] = {}  # pid -> holds seen
+
+    def run(self) -> None:
+        since: dict[tuple[int, str], float] = {}
+        while not self.stopped.wait(self.interval):
+            now, held = time.monotonic(), set()
+            for line in Path("/proc/locks").read_text().splitlines():
+                f = line.split()
+                if len(f) >= 8 and f[1] == "POSIX" and f[3] == "WRITE" and f[6] == "120" and f[7] == "120":
+                    held.add((int(f[4]), f[5]))
+            for key in held - since.keys():
+                since[key] = now
+                self.holds[key[0]] = self.holds.get(key[0], 0) + 1
+            for key in list(since):
+                if key not in held:
+                    del since[key]
+                else:
+                    self.longest[key[0]] = max(self.longest.get(key[0], 0.0), now - since[key])
+
+    def report(self, litestream: int | None) -> str:
+        def role(pid: int) -> str:
+            return "Litestream" if pid == litestream else f"pid {pid}"
+        top = sorted(self.longest.items(), key=lambda kv: -kv[1])[:5]
+        return "; ".join(f"{role(pid)}: longest {s:.1f} s ({self.holds[pid]} holds seen)" for pid, s in top)
+
+
 def measure(agents: int, per_worker: int, period: float, duration: float, env: dict[str, str], proxy: FaultProxy,
-            moto_pid: int, work: Path) -> str:
+            moto_pid: int, work: Path, locks: bool = False) -> str:
     data = work / f"fleet-{agents}-{per_worker}"
     calls = max(1, int(duration / period))
     with agentshards.FakeLLMServer() as llm:
@@ -60,11 +97,16 @@ def measure(agents: int, per_worker: int, period: float, duration: float, env: d
         results: dict[str, object] = {}
         runner = threading.Thread(target=lambda: results.update(fleet.wait()))
         runner.start()
+        watch = LockWatch() if locks else None
+        if watch:
+            watch.start()
         time.sleep(min(10.0, duration / 3))  # warm-up: workers started, first snapshots uploaded
         samples_pss, samples_fd, lags = [], [], []
         breakdown: tuple[int, int, int] = (0, 0, 0)  # supervisor, workers, Litestream PSS at the peak
         pending: dict[str, float] = {}  # shard -> mtime of a write seen not yet synced
         requests0, cpu0, t_start = proxy.requests, None, time.monotonic()
+        roles0: tuple[tuple[float, float, float], float] | None = None
+        roles1 = roles0
         moto_cpu0 = (cpu_seconds(moto_pid), time.monotonic())
         pids: list[int] = []
         tick = 0
@@ -80,9 +122,13 @@ def measure(agents: int, per_worker: int, period: float, duration: float, env: d
                     samples_pss.append(sum(mem_kb(p)[1] for p in pids))
                     samples_fd.append(sum(fds(p) for p in pids))
                     cpu = sum(cpu_seconds(p) for p in pids)
+                    roles = (cpu_seconds(os.getpid()), sum(cpu_seconds(p) for p in fleet.worker_pids()),
+                             cpu_seconds(litestream) if litestream else 0.0)
                 except OSError:
                     continue
                 cpu0 = cpu0 if cpu0 is not None else (cpu, time.monotonic())
+                roles0 = roles0 if roles0 is not None else (roles, time.monotonic())
+                roles1 = (roles, time.monotonic())
             tick += 1
             for db in fleet._replication.litestream.databases():
                 # lag of one write = Litestream's sync time - the write's time: a write is noted when seen
@@ -109,6 +155,16 @@ def measure(agents: int, per_worker: int, period: float, duration: float, env: d
         moto_pss = mem_kb(moto_pid)[1]
         moto_cpu = 100 * (cpu_seconds(moto_pid) - moto_cpu0[0]) / (time.monotonic() - moto_cpu0[1])
         runner.join()
+        lock_report = watch.report(fleet._replication.litestream.pid) if watch else ""
+        if watch:
+            watch.stopped.set()
+    role_cpu = ""
+    if roles0 is not None and roles1 is not None and roles1[1] > roles0[1]:
+        span = roles1[1] - roles0[1]
+        role_cpu = (f"; CPU supervisor {100 * (roles1[0][0] - roles0[0][0]) / span:.0f} % (incl. the S3 proxy and "
+                    f"fake LLM), workers {100 * (roles1[0][1] - roles0[0][1]) / span:.0f} %, Litestream "
+                    f"{100 * (roles1[0][2] - roles0[0][2]) / span:.0f} %")
+    errors = sorted({str(r)[:160] for r in results.values() if r != calls})[:3]
     ok = sum(1 for r in results.values() if r == calls)
     pss_mb = max(samples_pss) / 1024
     return (f"{agents:>5} agents, {per_worker:>3}/worker: launch {launch_s:5.1f} s; PSS {pss_mb:7.0f} MB "
@@ -117,7 +173,10 @@ def measure(agents: int, per_worker: int, period: float, duration: float, env: d
             f"lag p50 {pct(lags, 0.5):.2f} s p99 {pct(lags, 0.99):.2f} s; "
             f"S3 {requests / agents / (window / 60):.2f} req/agent/min; finished {ok}/{agents}\n"
             f"       PSS at the peak: supervisor {breakdown[0] / 1024:.0f} MB (incl. the fake LLM server), "
-            f"{-(-agents // per_worker)} workers {breakdown[1] / 1024:.0f} MB, Litestream {breakdown[2] / 1024:.0f} MB")
+            f"{-(-agents // per_worker)} workers {breakdown[1] / 1024:.0f} MB, "
+            f"Litestream {breakdown[2] / 1024:.0f} MB{role_cpu}"
+            + (f"\n       WAL write lock: {lock_report}" if lock_report else "")
+            + "".join(f"\n       not finished: {e}" for e in errors))
 
 
 def main() -> None:
@@ -128,6 +187,9 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=60.0)
     parser.add_argument("--s3", choices=["moto", "rclone"], default="moto",
                         help="loopback S3 server: moto (Python) or rclone serve s3 (Go, far less CPU)")
+    parser.add_argument("--locks", action="store_true",
+                        help="diagnostic: sample /proc/locks for the longest WAL write-lock hold per process")
+    parser.add_argument("--keep", action="store_true", help="keep the data dirs and worker logs; print where")
     args = parser.parse_args()
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # 1,000 shards: Litestream and workers need fds
@@ -148,13 +210,16 @@ def main() -> None:
     try:
         for agents in args.agents:
             for per_worker in args.per_worker:
-                print(measure(agents, per_worker, args.period, args.duration, env, proxy, moto.pid, tmp_root),
-                      flush=True)
+                print(measure(agents, per_worker, args.period, args.duration, env, proxy, moto.pid, tmp_root,
+                              args.locks), flush=True)
     finally:
         proxy.close()
         moto.terminate()
         moto.wait()
-        shutil.rmtree(tmp_root, ignore_errors=True)
+        if args.keep:
+            print(f"kept: {tmp_root}")
+        else:
+            shutil.rmtree(tmp_root, ignore_errors=True)
 
 
 if __name__ == "__main__":
