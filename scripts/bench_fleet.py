@@ -107,11 +107,13 @@ def measure(agents: int, per_worker: int, period: float, duration: float, env: d
         requests0, cpu0, t_start = proxy.requests, None, time.monotonic()
         roles0: tuple[tuple[float, float, float], float] | None = None
         roles1 = roles0
+        litestream_pid: int | None = None
         moto_cpu0 = (cpu_seconds(moto_pid), time.monotonic())
         pids: list[int] = []
         tick = 0
         while runner.is_alive() and time.monotonic() - t_start < duration - min(10.0, duration / 3):
             litestream = fleet._replication.litestream.pid
+            litestream_pid = litestream or litestream_pid
             pids = [os.getpid(), *fleet.worker_pids(), *([litestream] if litestream else [])]
             if tick % 4 == 0:
                 try:
@@ -155,7 +157,7 @@ def measure(agents: int, per_worker: int, period: float, duration: float, env: d
         moto_pss = mem_kb(moto_pid)[1]
         moto_cpu = 100 * (cpu_seconds(moto_pid) - moto_cpu0[0]) / (time.monotonic() - moto_cpu0[1])
         runner.join()
-        lock_report = watch.report(fleet._replication.litestream.pid) if watch else ""
+        lock_report = watch.report(litestream_pid) if watch else ""
         if watch:
             watch.stopped.set()
     role_cpu = ""
