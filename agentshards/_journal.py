@@ -7,6 +7,7 @@ the recorder then returns the *stored* value, never its own, so every caller agr
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import uuid
@@ -17,6 +18,12 @@ import apsw
 from ._errors import RunMismatch, ShardError
 from ._ledger import Spend, Usage
 from ._sqlite import query, write_transaction
+
+log = logging.getLogger("agentshards")
+
+BUSY_RETRIES = 2
+"""Extra busy_timeout waits for the write lock before a journal write gives up. What is about to be
+written may be an LLM answer already paid for: waiting longer is cheaper than paying for it again."""
 
 RUNNING, SUCCEEDED, FAILED, SUPERSEDED = "running", "succeeded", "failed", "superseded"
 BUDGET_EXCEEDED, CANCELLED = "budget_exceeded", "cancelled"
@@ -87,7 +94,15 @@ class _JournalWrite:
     def __enter__(self) -> None:
         self._journal._lock.acquire()
         try:
-            self._tx.__enter__()
+            for retry in range(BUSY_RETRIES + 1):
+                try:
+                    self._tx.__enter__()
+                    return
+                except apsw.BusyError:
+                    if retry == BUSY_RETRIES:
+                        raise
+                    log.warning("agent %s: the shard's write lock was held past the busy timeout; waiting again "
+                                "(%d/%d) to %s", self._journal.agent_id, retry + 1, BUSY_RETRIES, self._what)
         except BaseException as exc:
             self._journal._lock.release()
             self._raise_storage(exc)
@@ -105,6 +120,14 @@ class _JournalWrite:
             self._raise_storage(exc)
 
     def _raise_storage(self, exc: BaseException) -> None:
+        if isinstance(exc, (apsw.BusyError, apsw.LockedError)):
+            # Not the agent's outcome: another process (normally Litestream checkpointing, on a starved
+            # machine) held the write lock past busy_timeout. The run stays open, so a restart resumes it.
+            raise ShardError(f"could not {self._what}: the shard stayed locked past its busy timeout ({exc})",
+                             agent_id=self._journal.agent_id, step=self._step,
+                             hint="another process held the write lock (Litestream's checkpoint or a reader "
+                                  "tool); the step was not recorded, re-run to resume; if it recurs, the "
+                                  "machine is overloaded or ShardConfig.busy_timeout_ms is too low") from exc
         if isinstance(exc, (apsw.FullError, apsw.IOError, apsw.ReadOnlyError, apsw.CantOpenError)):
             raise ShardError(f"could not {self._what}: {exc}", agent_id=self._journal.agent_id, step=self._step,
                              hint="free disk space or make the data dir writable, then re-run: the step was not "

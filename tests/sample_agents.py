@@ -407,3 +407,23 @@ def acked_steps(agent: agentshards.Agent, n: int, durability: str = "replicated"
         agent.options(durability=durability).step("ack", record_call, f"ack-{i}", {"i": i})
         print(f"ack {i}", flush=True)
     return n
+
+
+LOCKED: list[str] = []  # names of the steps whose function ran, across executions
+
+
+def write_locked_once(agent: agentshards.Agent, shard: str) -> int:
+    """Another connection holds the shard's write lock while the second step records (first execution only)."""
+    import apsw
+
+    first = agent.step("first", lambda: LOCKED.append("first") or 1)
+    if "held" in LOCKED:
+        return first + agent.step("second", lambda: LOCKED.append("second") or 2)
+    LOCKED.append("held")
+    other = apsw.Connection(shard)
+    other.execute("BEGIN IMMEDIATE")  # what a checkpointing Litestream holds, here for longer than busy_timeout
+    try:
+        return first + agent.step("second", lambda: LOCKED.append("second") or 2)
+    finally:
+        other.execute("ROLLBACK")
+        other.close()

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import apsw
 import pytest
 
-from agentshards import ShardConfig, ShardError, inspect_agent, run_agent
+from agentshards import RunConfig, ShardConfig, ShardError, _journal, inspect_agent, run_agent
 from agentshards._schema import MIGRATIONS, SCHEMA_VERSION
 from agentshards._shard import open_shard
 
@@ -131,3 +133,40 @@ def test_read_only_storage_is_a_clear_error(tmp_path: Path) -> None:
             assert _digest(data_dir / "ro.db") == before
         finally:
             subprocess.run(["mount", "-o", "remount,rw", str(mnt)], check=True)
+
+
+def test_a_write_lock_held_past_busy_timeout_leaves_the_run_open_to_resume(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Seen at 1,000 agents on 2 cores: Litestream held a shard's lock past busy_timeout. That is the
+    # environment failing, not the agent: the run must stay open (not be recorded as failed) and resume.
+    monkeypatch.setattr(_journal, "BUSY_RETRIES", 0)  # give up after one busy_timeout (5 s), not three
+    sample_agents.LOCKED.clear()
+    shard, config = str(tmp_path / "busy.db"), RunConfig(shard=ShardConfig(busy_timeout_ms=5000))  # the minimum
+    with pytest.raises(ShardError, match="busy timeout") as info:
+        run_agent(sample_agents.write_locked_once, agent_id="busy", data_dir=tmp_path, config=config, shard=shard)
+    assert "step 'second'" in str(info.value) and "re-run to resume" in str(info.value)
+    report = inspect_agent(tmp_path, "busy").runs[0]
+    assert report.run.status == "running" and [s.name for s in report.steps] == ["first"]
+    assert run_agent(sample_agents.write_locked_once, agent_id="busy", data_dir=tmp_path, shard=shard) == 3
+    assert sample_agents.LOCKED == ["first", "held", "second", "second"]  # "first" replayed, not re-run
+
+
+def test_a_journal_write_waits_again_when_the_lock_outlasts_one_busy_timeout(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # The write that waits may hold an LLM answer already paid for: one more wait beats paying twice.
+    run_agent(sample_agents.two_steps, agent_id="slow", data_dir=tmp_path, x=1)
+    journal = _journal.Journal(open_shard(tmp_path, "slow", ShardConfig(busy_timeout_ms=5000)), "slow")
+    other = apsw.Connection(str(tmp_path / "slow.db"))
+    other.execute("BEGIN IMMEDIATE")
+    released = threading.Timer(6.0, lambda: other.execute("ROLLBACK"))  # past one busy timeout, not two
+    released.start()
+    try:
+        run_id = journal.runs()[0].id
+        with caplog.at_level(logging.WARNING, logger="agentshards"):
+            journal.record_step(run_id, "late", "step", "1")
+        assert [s.name for s in journal.steps(run_id)][-1] == "late"
+        assert "waiting again (1/2) to record the step" in caplog.text and "slow" in caplog.text
+    finally:
+        released.join()
+        other.close()
+        journal.close()
