@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
+import threading
 import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -40,6 +42,8 @@ if TYPE_CHECKING:
     from ._lease import Lease
 from ._target import AgentFn, target_of
 
+log = logging.getLogger("agentshards")
+
 
 class Fleet:
     """A fleet of agents under one supervisor, one data dir and (optionally) one replica."""
@@ -64,6 +68,8 @@ class Fleet:
         self._fingerprints: dict[str, str | None] = {}
         self._inputs_json: dict[str, str] = {}  # agent -> canonical inputs, published in its manifest entry
         self._lease: Lease | None = None
+        self._watchdog: threading.Thread | None = None
+        self._watchdog_stop = threading.Event()
         self.take_over, self.lease_ttl_s = take_over, lease_ttl_s
         self.archive_finished = archive_finished
         if archive_finished and replica is None:
@@ -126,6 +132,10 @@ class Fleet:
     def wait(self, timeout_s: float | None = None) -> dict[str, Any]:
         """Run the fleet to the end; return ``agent_id -> result`` (or the exception that ended the agent)."""
         supervisor = self._require()
+        if self._replication is not None and self._watchdog is None:
+            self._watchdog = threading.Thread(target=self._watch, args=(self._replication,), daemon=True,
+                                              name="agentshards-watchdog")
+            self._watchdog.start()
         try:
             supervisor.run(timeout_s)
         finally:
@@ -143,6 +153,10 @@ class Fleet:
         prefix lease and the data-dir lock."""
         if self._supervisor is not None:
             self._supervisor.stop()
+        if self._watchdog is not None:
+            self._watchdog_stop.set()
+            self._watchdog.join()
+            self._watchdog = None
         if self._replication is not None:
             self._replication.litestream.stop()
             self._replication = None
@@ -180,7 +194,15 @@ class Fleet:
             self._lease.renew()  # LeaseError ends wait(): close() stops workers and replication
         if self._replication is not None:
             self._replication.litestream.ensure_running()
-            self._replication.restart_if_stalled()
+
+    def _watch(self, replication: Any) -> None:
+        """The stall watchdog, in its own thread: asking an overloaded Litestream how far it got can take
+        seconds (measured at 1,000 shards), and the supervisor loop must keep noticing dead workers."""
+        while not self._watchdog_stop.wait(1.0):
+            try:
+                replication.restart_if_stalled()
+            except Exception:  # never let the watchdog die silently; the next round tries again
+                log.exception("the litestream watchdog for %s failed", self.data_dir)
 
     def _on_final(self, state: AgentState) -> None:
         """Push the finished agent's shard to the replica, publish its manifest entry, and stop replicating

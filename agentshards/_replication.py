@@ -127,7 +127,7 @@ class Replication:
         if now - self._stall_restarted_at < stall:
             return False
         try:
-            statuses = self.status(snapshots=False, timeout_s=3.0)
+            statuses = self.status(snapshots=False, timeout_s=min(10.0, max(1.0, stall / 6)))
         except (OSError, ReplicationError) as exc:
             # a stuck Litestream can stop answering its control socket too (measured: /list timed out
             # during a hung upload). An overloaded one answers late as well (measured at 1,000 shards on

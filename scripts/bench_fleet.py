@@ -132,7 +132,11 @@ def measure(agents: int, per_worker: int, period: float, duration: float, env: d
                 roles0 = roles0 if roles0 is not None else (roles, time.monotonic())
                 roles1 = (roles, time.monotonic())
             tick += 1
-            for db in fleet._replication.litestream.databases():
+            try:
+                listed = fleet._replication.litestream.databases()
+            except (OSError, agentshards.AgentShardsError):  # slow or restarting Litestream: next poll
+                listed = []
+            for db in listed:
                 # lag of one write = Litestream's sync time - the write's time: a write is noted when seen
                 # unsynced, and measured at the first poll whose last sync covers it (0.5 s polls)
                 wal = Path(f"{db['path']}-wal")
