@@ -14,7 +14,6 @@ import logging
 import os
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping
@@ -23,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from ._config import ShardConfig, SupervisorConfig
-from ._proc import die_with_parent
+from ._errors import AgentShardsError
+from ._zygote import ForkedWorker, Zygote
 
 log = logging.getLogger("agentshards")
 
@@ -49,7 +49,7 @@ class AgentState:
 
 @dataclass
 class _Worker:
-    proc: subprocess.Popen[bytes]
+    proc: ForkedWorker
     agent_ids: list[str]
     spec_path: Path
 
@@ -68,6 +68,7 @@ class Supervisor:
     agents: dict[str, AgentState] = field(default_factory=dict)
     _workers: list[_Worker] = field(default_factory=list)
     _serial: int = 0
+    _zygote: Zygote | None = None
 
     @property
     def fleet_dir(self) -> Path:
@@ -178,13 +179,15 @@ class Supervisor:
         fd, name = tempfile.mkstemp(dir=self.fleet_dir, prefix=f"worker-{self._serial}-", suffix=".json")
         with os.fdopen(fd, "w") as f:  # mkstemp: mode 0600
             json.dump(spec, f)
-        env = {k: v for k, v in self.env.items() if k not in _WORKER_SECRETS}  # workers need no AWS secret
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(self.app_dir), env.get("PYTHONPATH")) if p)
-        log_path = self.fleet_dir / "workers.log"
-        with open(log_path, "ab") as logf:
-            proc = subprocess.Popen([sys.executable, "-m", "agentshards._worker", name], stdin=subprocess.DEVNULL,
-                                    stdout=logf, stderr=subprocess.STDOUT, env=env, cwd=str(self.app_dir),
-                                    preexec_fn=die_with_parent)
+        if self._zygote is None:
+            env = {k: v for k, v in self.env.items() if k not in _WORKER_SECRETS}  # workers need no AWS secret
+            env["PYTHONPATH"] = os.pathsep.join(p for p in (str(self.app_dir), env.get("PYTHONPATH")) if p)
+            self._zygote = Zygote(env, self.app_dir, self.fleet_dir / "workers.log")
+        try:
+            proc = self._zygote.spawn(Path(name))
+        except AgentShardsError as exc:  # the zygote died (its workers with it): one fresh start, then give up
+            log.warning("worker zygote for %s: %s; starting a new one", self.data_dir, exc)
+            proc = self._zygote.spawn(Path(name))
         self._workers.append(_Worker(proc, [a.agent_id for a in batch], Path(name)))
         for state in batch:
             state.status, state.worker_pid = RUNNING, proc.pid
@@ -205,6 +208,9 @@ class Supervisor:
                 worker.proc.wait()
             worker.spec_path.unlink(missing_ok=True)
         self._workers = []
+        if self._zygote is not None:
+            self._zygote.stop()
+            self._zygote = None
 
     def _publish(self) -> None:
         self.fleet_dir.mkdir(parents=True, exist_ok=True)

@@ -282,3 +282,44 @@ def test_a_finished_agent_stops_being_replicated_once_its_replica_is_complete(tm
     finally:
         runner.join()
     assert len(ended) == 1 and isinstance(ended[0], TimeoutError)
+
+
+def _ppid(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def test_workers_are_forked_from_one_zygote_and_a_killed_zygote_costs_only_restarts(
+        tmp_path: Path, llm_env: FakeLLMServer) -> None:
+    # Workers fork from one preloaded process (shared memory); if that process dies, its workers die
+    # with it, the supervisor restarts their agents on a new zygote, and no completed call is repeated.
+    agents = {f"z-{i:02d}": {"n": 10} for i in range(6)}
+    fleet = Fleet(tmp_path / "fleet", app_dir=TESTS_DIR,
+                  config=SupervisorConfig(agents_per_worker=2, concurrency=6, restart_backoff_s=0.05))
+    fleet.launch("sample_agents:chat_calls", agents)
+    outcome: dict[str, object] = {}
+    runner = threading.Thread(target=lambda: outcome.update(fleet.wait(timeout_s=180)))
+    runner.start()
+    deadline = time.monotonic() + 60
+    while (len(fleet.worker_pids()) < 3 or llm_env.request_count < 12) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    workers = fleet.worker_pids()
+    zygotes = {_ppid(pid) for pid in workers}
+    assert len(workers) == 3 and len(zygotes) == 1
+    (zygote,) = zygotes
+    assert zygote != os.getpid() and _ppid(zygote) == os.getpid()
+    os.kill(zygote, signal.SIGKILL)
+    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not any(_alive(pid) for pid in workers)  # the workers died with their zygote
+    runner.join()
+    assert all(not isinstance(r, Exception) for r in outcome.values()), outcome
+    assert sum(s.restarts for s in fleet.status().values()) == 6
+    log = llm_env.requests
+    for agent_id, result in outcome.items():
+        assert [r["i"] for r in result] == list(range(10))  # type: ignore[attr-defined]
+        for entry in result:  # type: ignore[attr-defined]
+            key = (agent_id, f"call {entry['i']} of 10")
+            later = [r.serial for r in log if r.serial > serial_of(entry["id"])
+                     and (r.body["user"], r.body["messages"][0]["content"]) == key]
+            assert later == [], f"{agent_id} paid again for call {entry['i']}: {later}"
+    assert len(log) <= 60 + 6  # at most the one call in flight per agent was sent twice
