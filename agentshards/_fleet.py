@@ -336,7 +336,11 @@ def recover(data_dir: str | os.PathLike[str], replica: str, *, take_over: bool =
     try:
         replication = fleet._replication
         entries = [e for e in list_manifests(replication.store, replication.target) if e.status == "running"]
+        started = time.monotonic()
         restored = restore_agents([e.agent_id for e in entries], fleet.data_dir, replication.target, env=fleet._env)
+        log.info("recover: %d agents restored and verified in %.1fs", len(entries), time.monotonic() - started)
+        batches: dict[str, dict[str, Any]] = {}  # target -> {agent: inputs}: one launch per target, not per agent
+        fingerprints: dict[str, str | None] = {}
         for entry in entries:
             outcome: Path | Exception | None = restored[entry.agent_id]
             if isinstance(outcome, ShardError) and "already exists" in str(outcome):
@@ -364,12 +368,18 @@ def recover(data_dir: str | os.PathLike[str], replica: str, *, take_over: bool =
                 target, input_json = entry.target, entry.inputs_json
             else:
                 target, input_json = run.target, run.input_json
-            with _on_path(fleet.app_dir):
-                now = code_fingerprint(resolve(target))
+            if target not in fingerprints:
+                with _on_path(fleet.app_dir):
+                    fingerprints[target] = code_fingerprint(resolve(target))
+            now = fingerprints[target]
             if entry.code_fingerprint and now and now != entry.code_fingerprint:
                 log.warning("agent %s: the code of %s changed since it last ran; replay relies on non-determinism "
                             "detection", entry.agent_id, target)
-            fleet.launch(target, {entry.agent_id: json.loads(input_json)})
+            batches.setdefault(target, {})[entry.agent_id] = json.loads(input_json)
+        for target, agents in batches.items():
+            fleet.launch(target, agents)
+        log.info("recover: %d agents registered with Litestream and queued in %.1fs", len(entries),
+                 time.monotonic() - started)
         if fleet._supervisor is None or not fleet._supervisor.agents:
             fleet.close()
             return {}

@@ -126,9 +126,11 @@ class LocalStore:
 
     def list(self, prefix: str) -> list[str]:
         base = self.root.resolve()
-        if not base.exists():
+        # walk only the folder the prefix names: walking the whole store made archiving N agents O(N^2)
+        folder = self._path(prefix.rsplit("/", 1)[0]) if "/" in prefix else base
+        if not folder.is_dir():
             return []
-        keys = (p.relative_to(base).as_posix() for p in base.rglob("*") if p.is_file())
+        keys = (p.relative_to(base).as_posix() for p in folder.rglob("*") if p.is_file())
         return sorted(k for k in keys if k.startswith(prefix) and not k.rsplit("/", 1)[-1].startswith("."))
 
     def delete(self, key: str) -> None:

@@ -1,7 +1,8 @@
 """Fleet density: N live agents, one shard each, replicated by one Litestream to S3 behind a counting proxy.
 
 Each agent makes one LLM step (fake server, zero delay) every --period seconds. Sampled every 2 s while
-the fleet runs: summed PSS of supervisor + workers + Litestream (the S3 server reported separately),
+the fleet runs: summed PSS of supervisor + workers + Litestream (the S3 server, and the fake LLM server
+with the counting S3 proxy, run in processes of their own and are reported separately),
 CPU, open file descriptors, replication lag per agent (local WAL write -> Litestream's last sync), and
 S3 requests per agent per minute counted at the proxy.
 
@@ -13,6 +14,7 @@ Lag is measured per write: Litestream's last-sync time minus the WAL write time 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import platform
 import resource
@@ -21,7 +23,10 @@ import sys
 import tempfile
 import threading
 import time
+from multiprocessing.connection import Connection
+from multiprocessing.sharedctypes import Synchronized
 from pathlib import Path
+from threading import Event as EventType
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
@@ -81,104 +86,143 @@ class LockWatch(threading.Thread):
         return "; ".join(f"{role(pid)}: longest {s:.1f} s ({self.holds[pid]} holds seen)" for pid, s in top)
 
 
-def measure(agents: int, per_worker: int, period: float, duration: float, env: dict[str, str], proxy: FaultProxy,
+def _harness_main(s3_port: int, conn: Connection, requests: Synchronized[int], stop: EventType) -> None:
+    with agentshards.FakeLLMServer() as llm:
+        proxy = FaultProxy(s3_port)
+        conn.send((llm.base_url, proxy.endpoint))
+        while not stop.wait(0.1):
+            requests.value = proxy.requests
+        requests.value = proxy.requests
+        proxy.close()
+
+
+class Harness:
+    """The fake LLM server and the counting S3 proxy, in a process of their own: they are the benchmark's
+    load and instruments, not agentshards, so their memory and CPU are reported apart (like the S3 server)."""
+
+    def __init__(self, s3_port: int) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        parent, child = ctx.Pipe()
+        self._requests, self._stop = ctx.Value("q", 0), ctx.Event()
+        self._proc = ctx.Process(target=_harness_main, args=(s3_port, child, self._requests, self._stop),
+                                 daemon=True)
+        self._proc.start()
+        self.llm_url, self.s3_endpoint = parent.recv()
+
+    @property
+    def pid(self) -> int:
+        assert self._proc.pid is not None
+        return self._proc.pid
+
+    @property
+    def requests(self) -> int:
+        return int(self._requests.value)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._proc.join(10)
+
+
+def measure(agents: int, per_worker: int, period: float, duration: float, env: dict[str, str], harness: Harness,
             moto_pid: int, work: Path, locks: bool = False) -> str:
     data = work / f"fleet-{agents}-{per_worker}"
     calls = max(1, int(duration / period))
-    with agentshards.FakeLLMServer() as llm:
-        run_env = dict(env, OPENAI_API_KEY="k", OPENAI_BASE_URL=llm.base_url)
-        fleet = agentshards.Fleet(data, f"s3://bench/fleet-{agents}-{per_worker}", env=run_env,
-                                  app_dir=Path(__file__).resolve().parent,
-                                  config=agentshards.SupervisorConfig(agents_per_worker=per_worker, concurrency=agents))
-        t0 = time.monotonic()
-        fleet.launch("_bench_agents:periodic_llm", {f"a{i:05d}": {"period": period, "calls": calls}
-                                                     for i in range(agents)})
-        launch_s = time.monotonic() - t0
-        results: dict[str, object] = {}
-        runner = threading.Thread(target=lambda: results.update(fleet.wait()))
-        runner.start()
-        watch = LockWatch() if locks else None
-        if watch:
-            watch.start()
-        time.sleep(min(10.0, duration / 3))  # warm-up: workers started, first snapshots uploaded
-        samples_pss, samples_fd, lags = [], [], []
-        breakdown: tuple[int, int, int] = (0, 0, 0)  # supervisor, workers, Litestream PSS at the peak
-        pending: dict[str, float] = {}  # shard -> mtime of a write seen not yet synced
-        requests0, cpu0, t_start = proxy.requests, None, time.monotonic()
-        roles0: tuple[tuple[float, float, float], float] | None = None
-        roles1 = roles0
-        litestream_pid: int | None = None
-        moto_cpu0 = (cpu_seconds(moto_pid), time.monotonic())
-        pids: list[int] = []
-        tick = 0
-        while runner.is_alive() and time.monotonic() - t_start < duration - min(10.0, duration / 3):
-            litestream = fleet._replication.litestream.pid
-            litestream_pid = litestream or litestream_pid
-            pids = [os.getpid(), *fleet.worker_pids(), *([litestream] if litestream else [])]
-            if tick % 4 == 0:
-                try:
-                    parts = (mem_kb(os.getpid())[1], sum(mem_kb(p)[1] for p in fleet.worker_pids()),
-                             mem_kb(litestream)[1] if litestream else 0)
-                    if sum(parts) > sum(breakdown):
-                        breakdown = parts
-                    samples_pss.append(sum(mem_kb(p)[1] for p in pids))
-                    samples_fd.append(sum(fds(p) for p in pids))
-                    cpu = sum(cpu_seconds(p) for p in pids)
-                    roles = (cpu_seconds(os.getpid()), sum(cpu_seconds(p) for p in fleet.worker_pids()),
-                             cpu_seconds(litestream) if litestream else 0.0)
-                except OSError:
-                    continue
-                cpu0 = cpu0 if cpu0 is not None else (cpu, time.monotonic())
-                roles0 = roles0 if roles0 is not None else (roles, time.monotonic())
-                roles1 = (roles, time.monotonic())
-            tick += 1
+    run_env = dict(env, OPENAI_API_KEY="k", OPENAI_BASE_URL=harness.llm_url)
+    fleet = agentshards.Fleet(data, f"s3://bench/fleet-{agents}-{per_worker}", env=run_env,
+                              app_dir=Path(__file__).resolve().parent,
+                              config=agentshards.SupervisorConfig(agents_per_worker=per_worker, concurrency=agents))
+    t0 = time.monotonic()
+    fleet.launch("_bench_agents:periodic_llm", {f"a{i:05d}": {"period": period, "calls": calls}
+                                                 for i in range(agents)})
+    launch_s = time.monotonic() - t0
+    results: dict[str, object] = {}
+    runner = threading.Thread(target=lambda: results.update(fleet.wait()))
+    runner.start()
+    watch = LockWatch() if locks else None
+    if watch:
+        watch.start()
+    time.sleep(min(10.0, duration / 3))  # warm-up: workers started, first snapshots uploaded
+    samples_pss, samples_fd, lags = [], [], []
+    breakdown: tuple[int, int, int] = (0, 0, 0)  # supervisor, workers, Litestream PSS at the peak
+    pending: dict[str, float] = {}  # shard -> mtime of a write seen not yet synced
+    requests0, cpu0, t_start = harness.requests, None, time.monotonic()
+    roles0: tuple[tuple[float, float, float], float] | None = None
+    roles1 = roles0
+    litestream_pid: int | None = None
+    moto_cpu0 = (cpu_seconds(moto_pid), time.monotonic())
+    harness_cpu0 = cpu_seconds(harness.pid)
+    pids: list[int] = []
+    tick = 0
+    while runner.is_alive() and time.monotonic() - t_start < duration - min(10.0, duration / 3):
+        litestream = fleet._replication.litestream.pid
+        litestream_pid = litestream or litestream_pid
+        pids = [os.getpid(), *fleet.worker_pids(), *([litestream] if litestream else [])]
+        if tick % 4 == 0:
             try:
-                listed = fleet._replication.litestream.databases()
-            except (OSError, agentshards.AgentShardsError):  # slow or restarting Litestream: next poll
-                listed = []
-            for db in listed:
-                # lag of one write = Litestream's sync time - the write's time: a write is noted when seen
-                # unsynced, and measured at the first poll whose last sync covers it (0.5 s polls)
-                wal = Path(f"{db['path']}-wal")
-                synced = _epoch(db.get("last_sync_at"))
-                try:
-                    written = wal.stat().st_mtime
-                except FileNotFoundError:
-                    continue
-                seen = pending.get(db["path"])
-                if seen is not None and synced is not None and synced >= seen:
-                    lags.append(synced - seen)
-                    del pending[db["path"]]
-                if synced is None or written > synced:
-                    pending.setdefault(db["path"], written)
-            time.sleep(0.5)
-        window = time.monotonic() - t_start
-        requests = proxy.requests - requests0
-        cpu_pct = 0.0
-        if cpu0 is not None and pids:
-            cpu_pct = 100 * (sum(cpu_seconds(p) for p in pids if Path(f"/proc/{p}").exists()) - cpu0[0]) / (
-                time.monotonic() - cpu0[1])
-        moto_pss = mem_kb(moto_pid)[1]
-        moto_cpu = 100 * (cpu_seconds(moto_pid) - moto_cpu0[0]) / (time.monotonic() - moto_cpu0[1])
-        runner.join()
-        lock_report = watch.report(litestream_pid) if watch else ""
-        if watch:
-            watch.stopped.set()
+                parts = (mem_kb(os.getpid())[1], sum(mem_kb(p)[1] for p in fleet.worker_pids()),
+                         mem_kb(litestream)[1] if litestream else 0)
+                if sum(parts) > sum(breakdown):
+                    breakdown = parts
+                samples_pss.append(sum(mem_kb(p)[1] for p in pids))
+                samples_fd.append(sum(fds(p) for p in pids))
+                cpu = sum(cpu_seconds(p) for p in pids)
+                roles = (cpu_seconds(os.getpid()), sum(cpu_seconds(p) for p in fleet.worker_pids()),
+                         cpu_seconds(litestream) if litestream else 0.0)
+            except OSError:
+                continue
+            cpu0 = cpu0 if cpu0 is not None else (cpu, time.monotonic())
+            roles0 = roles0 if roles0 is not None else (roles, time.monotonic())
+            roles1 = (roles, time.monotonic())
+        tick += 1
+        try:
+            listed = fleet._replication.litestream.databases()
+        except (OSError, agentshards.AgentShardsError):  # slow or restarting Litestream: next poll
+            listed = []
+        for db in listed:
+            # lag of one write = Litestream's sync time - the write's time: a write is noted when seen
+            # unsynced, and measured at the first poll whose last sync covers it (0.5 s polls)
+            wal = Path(f"{db['path']}-wal")
+            synced = _epoch(db.get("last_sync_at"))
+            try:
+                written = wal.stat().st_mtime
+            except FileNotFoundError:
+                continue
+            seen = pending.get(db["path"])
+            if seen is not None and synced is not None and synced >= seen:
+                lags.append(synced - seen)
+                del pending[db["path"]]
+            if synced is None or written > synced:
+                pending.setdefault(db["path"], written)
+        time.sleep(0.5)
+    window = time.monotonic() - t_start
+    requests = harness.requests - requests0
+    cpu_pct = 0.0
+    if cpu0 is not None and pids:
+        cpu_pct = 100 * (sum(cpu_seconds(p) for p in pids if Path(f"/proc/{p}").exists()) - cpu0[0]) / (
+            time.monotonic() - cpu0[1])
+    moto_pss, harness_pss = mem_kb(moto_pid)[1], mem_kb(harness.pid)[1]
+    harness_cpu = 100 * (cpu_seconds(harness.pid) - harness_cpu0) / (time.monotonic() - moto_cpu0[1])
+    moto_cpu = 100 * (cpu_seconds(moto_pid) - moto_cpu0[0]) / (time.monotonic() - moto_cpu0[1])
+    runner.join()
+    lock_report = watch.report(litestream_pid) if watch else ""
+    if watch:
+        watch.stopped.set()
     role_cpu = ""
     if roles0 is not None and roles1 is not None and roles1[1] > roles0[1]:
         span = roles1[1] - roles0[1]
-        role_cpu = (f"; CPU supervisor {100 * (roles1[0][0] - roles0[0][0]) / span:.0f} % (incl. the S3 proxy and "
-                    f"fake LLM), workers {100 * (roles1[0][1] - roles0[0][1]) / span:.0f} %, Litestream "
+        role_cpu = (f"; CPU supervisor {100 * (roles1[0][0] - roles0[0][0]) / span:.0f} % (with the benchmark's "
+                    f"sampling), workers {100 * (roles1[0][1] - roles0[0][1]) / span:.0f} %, Litestream "
                     f"{100 * (roles1[0][2] - roles0[0][2]) / span:.0f} %")
     errors = sorted({str(r)[:160] for r in results.values() if r != calls})[:3]
     ok = sum(1 for r in results.values() if r == calls)
     pss_mb = max(samples_pss) / 1024
     return (f"{agents:>5} agents, {per_worker:>3}/worker: launch {launch_s:5.1f} s; PSS {pss_mb:7.0f} MB "
-            f"(S3 server {moto_pss / 1024:.0f} MB, CPU {moto_cpu:.0f} %); CPU {cpu_pct:5.0f} %; "
+            f"(S3 server {moto_pss / 1024:.0f} MB, CPU {moto_cpu:.0f} %; fake LLM + S3 proxy {harness_pss / 1024:.0f} "
+            f"MB, CPU {harness_cpu:.0f} %); CPU {cpu_pct:5.0f} %; "
             f"fds {max(samples_fd):5d}; "
             f"lag p50 {pct(lags, 0.5):.2f} s p99 {pct(lags, 0.99):.2f} s; "
             f"S3 {requests / agents / (window / 60):.2f} req/agent/min; finished {ok}/{agents}\n"
-            f"       PSS at the peak: supervisor {breakdown[0] / 1024:.0f} MB (incl. the fake LLM server), "
+            f"       PSS at the peak: supervisor {breakdown[0] / 1024:.0f} MB, "
             f"{-(-agents // per_worker)} workers {breakdown[1] / 1024:.0f} MB, "
             f"Litestream {breakdown[2] / 1024:.0f} MB{role_cpu}"
             + (f"\n       WAL write lock: {lock_report}" if lock_report else "")
@@ -206,8 +250,8 @@ def main() -> None:
         from bench_scale import start_rclone
 
         moto, port = start_rclone(tmp_root / "rclone")
-    proxy = FaultProxy(port)
-    env = loopback_s3_env(proxy.endpoint)
+    harness = Harness(port)
+    env = loopback_s3_env(harness.s3_endpoint)
     if args.s3 == "moto":
         boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1",
                      aws_access_key_id="bench", aws_secret_access_key="bench").create_bucket(Bucket="bench")
@@ -216,10 +260,10 @@ def main() -> None:
     try:
         for agents in args.agents:
             for per_worker in args.per_worker:
-                print(measure(agents, per_worker, args.period, args.duration, env, proxy, moto.pid, tmp_root,
+                print(measure(agents, per_worker, args.period, args.duration, env, harness, moto.pid, tmp_root,
                               args.locks), flush=True)
     finally:
-        proxy.close()
+        harness.close()
         moto.terminate()
         moto.wait()
         if args.keep:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import platform
 import shutil
@@ -102,10 +103,16 @@ def recovery(env: dict[str, str], agents: int, work: Path) -> tuple[float, float
         replication.litestream.stop()
     setup = time.perf_counter() - t0
     shutil.rmtree(data)
+    phases = logging.StreamHandler(sys.stdout)
+    phases.addFilter(lambda record: record.getMessage().startswith("recover:"))  # the phase timings only
+    logger = logging.getLogger("agentshards")
+    logger.addHandler(phases)
+    logger.setLevel(logging.INFO)
     t0 = time.perf_counter()
     results = agentshards.recover(work / "node2", replica, app_dir=SCRIPTS, env=env,
                                   config=agentshards.SupervisorConfig(agents_per_worker=50, concurrency=agents))
     elapsed = time.perf_counter() - t0
+    logger.removeHandler(phases)
     assert len(results) == agents and all(r == 10 for r in results.values()), "every agent must finish"
     return setup, elapsed
 
