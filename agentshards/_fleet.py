@@ -18,7 +18,7 @@ import os
 import threading
 import time
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -69,6 +69,8 @@ class Fleet:
         self._inputs_json: dict[str, str] = {}  # agent -> canonical inputs, published in its manifest entry
         self._lease: Lease | None = None
         self._watchdog: threading.Thread | None = None
+        self._finals: ThreadPoolExecutor | None = None  # _on_final's work, off the supervisor loop
+        self._final_futures: list[Future[None]] = []
         self._watchdog_stop = threading.Event()
         self.take_over, self.lease_ttl_s = take_over, lease_ttl_s
         self.archive_finished = archive_finished
@@ -138,6 +140,7 @@ class Fleet:
             self._watchdog.start()
         try:
             supervisor.run(timeout_s)
+            self._drain_finals()
         finally:
             self.close()
         return {agent_id: self._outcome(state) for agent_id, state in supervisor.agents.items()}
@@ -153,6 +156,9 @@ class Fleet:
         prefix lease and the data-dir lock."""
         if self._supervisor is not None:
             self._supervisor.stop()
+        if self._finals is not None:  # they need Litestream and the store: finish them before those stop
+            self._finals.shutdown(wait=True)
+            self._finals = None
         if self._watchdog is not None:
             self._watchdog_stop.set()
             self._watchdog.join()
@@ -194,6 +200,13 @@ class Fleet:
             self._lease.renew()  # LeaseError ends wait(): close() stops workers and replication
         if self._replication is not None:
             self._replication.litestream.ensure_running()
+        pending = []
+        for future in self._final_futures:  # a failed finalisation ends wait(), as it did when run inline
+            if not future.done():
+                pending.append(future)
+            elif future.exception() is not None:
+                future.result()
+        self._final_futures = pending
 
     def _watch(self, replication: Any) -> None:
         """The stall watchdog, in its own thread: asking an overloaded Litestream how far it got can take
@@ -205,12 +218,28 @@ class Fleet:
                 log.exception("the litestream watchdog for %s failed", self.data_dir)
 
     def _on_final(self, state: AgentState) -> None:
+        """Hand the finished agent to a small thread pool: its sync, manifest PUT and unregister take ~20 ms,
+        which, run inline in the supervisor loop, added ~20 s to a 1,000-agent recovery (measured)."""
+        if self._replication is None:
+            return
+        if self._finals is None:
+            self._finals = ThreadPoolExecutor(max_workers=8, thread_name_prefix="agentshards-final")
+        self._final_futures.append(self._finals.submit(self._finalize, state))
+
+    def _drain_finals(self) -> None:
+        """Wait for every finalisation; raise the first that failed."""
+        if self._finals is not None:
+            self._finals.shutdown(wait=True)
+            self._finals = None
+        futures, self._final_futures = self._final_futures, []
+        for future in futures:
+            future.result()
+
+    def _finalize(self, state: AgentState) -> None:
         """Push the finished agent's shard to the replica, publish its manifest entry, and stop replicating
         it once the replica holds all of it (Litestream LISTs every registered shard's replica once per
         compaction and retention interval even when nothing changed: a finished agent would cost that
         forever)."""
-        if self._replication is None:
-            return
         synced = False
         with contextlib.suppress(AgentShardsError, OSError):
             result = self._replication.litestream.sync(state.agent_id)
