@@ -15,6 +15,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import resource
 import threading
 import time
 from collections.abc import Mapping
@@ -340,6 +341,11 @@ def read_agents_file(path: str) -> dict[str, dict[str, Any]]:
     return agents
 
 
+def _children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def recover(data_dir: str | os.PathLike[str], replica: str, *, take_over: bool = False,
             app_dir: str | os.PathLike[str] | None = None, config: SupervisorConfig | None = None,
             lease_ttl_s: float = 30.0, timeout_s: float | None = None,
@@ -365,9 +371,10 @@ def recover(data_dir: str | os.PathLike[str], replica: str, *, take_over: bool =
     try:
         replication = fleet._replication
         entries = [e for e in list_manifests(replication.store, replication.target) if e.status == "running"]
-        started = time.monotonic()
+        started, children = time.monotonic(), _children_cpu_s()
         restored = restore_agents([e.agent_id for e in entries], fleet.data_dir, replication.target, env=fleet._env)
-        log.info("recover: %d agents restored and verified in %.1fs", len(entries), time.monotonic() - started)
+        log.info("recover: %d agents restored and verified in %.1fs (litestream restore processes: %.1fs CPU)",
+                 len(entries), time.monotonic() - started, _children_cpu_s() - children)
         batches: dict[str, dict[str, Any]] = {}  # target -> {agent: inputs}: one launch per target, not per agent
         fingerprints: dict[str, str | None] = {}
         for entry in entries:
