@@ -201,12 +201,26 @@ def _reap(out: IO[bytes], live: set[int]) -> None:
         out.flush()
 
 
+def _warm_openai() -> None:
+    """Build and drop one client (no key, no connection) and touch its lazily imported resources: the ~80
+    modules a worker's first LLM call would import (HTTP stack, TLS trust store, chat and responses
+    resources) are then loaded once, here, and shared."""
+    import openai
+
+    client = openai.OpenAI(api_key="unused-by-the-zygote", base_url="http://127.0.0.1:9/v1", max_retries=0)
+    try:
+        _ = (client.chat.completions, client.responses)
+    finally:
+        client.close()
+
+
 def main() -> int:
     import gc
     import importlib
 
     for name in PRELOAD:
         importlib.import_module(name)
+    _warm_openai()
     gc.collect()
     gc.freeze()  # the preloaded objects stay out of collections: their pages stay shared with the workers
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C is the supervisor's to handle, not ours
