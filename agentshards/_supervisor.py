@@ -182,9 +182,6 @@ class Supervisor:
         if self._zygote is None:
             env = {k: v for k, v in self.env.items() if k not in _WORKER_SECRETS}  # workers need no AWS secret
             env["PYTHONPATH"] = os.pathsep.join(p for p in (str(self.app_dir), env.get("PYTHONPATH")) if p)
-            # 50 agent threads per worker would otherwise get up to 8 glibc malloc arenas per core, each
-            # holding freed memory of its own; 2 keeps a worker's heap compact (override in env if needed)
-            env.setdefault("MALLOC_ARENA_MAX", "2")
             self._zygote = Zygote(env, self.app_dir, self.fleet_dir / "workers.log")
         try:
             proc = self._zygote.spawn(Path(name))
