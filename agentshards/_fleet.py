@@ -140,8 +140,12 @@ class Fleet:
                                               name="agentshards-watchdog")
             self._watchdog.start()
         try:
+            started = time.monotonic()
             supervisor.run(timeout_s)
+            ran = time.monotonic()
             self._drain_finals()
+            log.info("fleet: %d agents final after %.1fs; their finalisation ended %.1fs later", len(supervisor.agents),
+                     ran - started, time.monotonic() - ran)
         finally:
             self.close()
         return {agent_id: self._outcome(state) for agent_id, state in supervisor.agents.items()}

@@ -104,7 +104,7 @@ def recovery(env: dict[str, str], agents: int, work: Path) -> tuple[float, float
     setup = time.perf_counter() - t0
     shutil.rmtree(data)
     phases = logging.StreamHandler(sys.stdout)
-    phases.addFilter(lambda record: record.getMessage().startswith("recover:"))  # the phase timings only
+    phases.addFilter(lambda record: record.getMessage().startswith(("recover:", "fleet:")))  # phase timings only
     logger = logging.getLogger("agentshards")
     logger.addHandler(phases)
     logger.setLevel(logging.INFO)
