@@ -98,13 +98,15 @@ class Fleet:
             checked[agent_id] = (dict(inputs), _codec.digest(input_json))
         supervisor = self._begin()
         self._fingerprints.setdefault(name, code_fingerprint(func))
-        for agent_id in checked:
+        def prepare(agent_id: str) -> None:
             open_shard(self.data_dir, agent_id, self.run_config.shard).close()  # exists before Litestream sees it
             if self._replication is not None:
                 self._replication.litestream.register(agent_id)
-        if self._replication is not None:  # a fresh node can find them from now on; one PUT each, in parallel
-            with ThreadPoolExecutor(max_workers=8) as pool:
-                list(pool.map(lambda a: self._publish(a, "running", name, checked[a][1], "", 0), checked))
+                # a fresh node can find it from now on
+                self._publish(agent_id, "running", name, checked[agent_id][1], "", 0)
+
+        with ThreadPoolExecutor(max_workers=8) as pool:  # per agent: a file check, a socket call, a PUT
+            list(pool.map(prepare, checked))
         for agent_id, (inputs, _digest) in checked.items():
             supervisor.add(agent_id, name, inputs)
 

@@ -128,6 +128,7 @@ class Litestream:
         self._proc: subprocess.Popen[bytes] | None = None
         self._state = _State()
         self._lock = threading.RLock()
+        self._spawns = 0  # Litestream processes started so far: tells a registration that raced a restart
 
     # -- lifecycle ----------------------------------------------------------------------------------
 
@@ -164,6 +165,7 @@ class Litestream:
         os.chmod(self.config_path, 0o600)
 
     def _spawn(self) -> None:
+        self._spawns += 1
         with contextlib.suppress(FileNotFoundError):
             self.socket_path.unlink()  # stale after a SIGKILL; Litestream would cope, we poll on it
         logf = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child, closed below
@@ -293,16 +295,37 @@ class Litestream:
         return json.loads(payload) if payload.strip() else None
 
     def register(self, agent_id: str) -> None:
+        """Register one shard. The socket call runs outside the lock, so a fleet registers many at once
+        (serialised, 1,000 registrations took seconds of a recovery); a (re)start that raced with the call
+        is detected by the spawn count, and the registration is then repeated under the lock."""
         url = self.target.litestream_url(agent_id)
+        body = {"path": str(self._db(agent_id)), "replica_url": url}
         with self._lock:
-            self._call("POST", "/register", {"path": str(self._db(agent_id)), "replica_url": url})
-            self._state.registered[agent_id] = url
+            spawns = self._spawns
+        try:
+            self._call("POST", "/register", body)
+        except (OSError, ReplicationError):
+            with self._lock:
+                if self._spawns == spawns:
+                    raise
+        with self._lock:
+            self._state.registered[agent_id] = url  # from now on every (re)start registers it too
+            if self._spawns != spawns:
+                self._call("POST", "/register", body)
 
     def unregister(self, agent_id: str) -> None:
+        """Stop replicating one shard after Litestream's final sync of it (up to 30 s), outside the lock so
+        that finished agents are let go in parallel. A restart meanwhile has dropped it anyway."""
         with self._lock:
-            if self._state.registered.pop(agent_id, None) is not None:
-                self._call("POST", "/unregister", {"path": str(self._db(agent_id)), "timeout": 30},
-                           timeout=40)
+            if self._state.registered.pop(agent_id, None) is None:
+                return
+            spawns = self._spawns
+        try:
+            self._call("POST", "/unregister", {"path": str(self._db(agent_id)), "timeout": 30}, timeout=40)
+        except (OSError, ReplicationError):
+            with self._lock:
+                if self._spawns == spawns:
+                    raise
 
     @property
     def registered(self) -> list[str]:
