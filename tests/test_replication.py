@@ -519,3 +519,37 @@ def test_a_restore_removes_the_temp_dir_a_killed_restore_of_that_agent_left(tmp_
     assert not (data / ".restore-a-k9x_2abc").exists()
     assert (data / ".restore-a-b-k9x_2abc").exists()
     assert (data / "a.db").exists()
+
+
+def test_a_registration_that_races_a_restart_reaches_the_new_litestream(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    # register() talks to Litestream outside its lock (so a fleet registers agents in parallel): a restart
+    # landing between the old process's answer and the bookkeeping must not leave the agent unreplicated.
+    from agentshards._shard import open_shard
+
+    data = tmp_path / "d"
+    litestream = Litestream(data, parse_replica(str(tmp_path / "r")), LitestreamConfig(), os.environ)
+    litestream.start()
+    try:
+        for agent_id in ("before", "raced"):
+            open_shard(data, agent_id, RunConfig().shard).close()
+        litestream.register("before")
+        real_call = litestream._call
+        restarted: list[int | None] = []
+
+        def call_then_restart(method: str, path: str, body: object, **kw: object) -> object:
+            answer = real_call(method, path, body, **kw)  # type: ignore[arg-type]
+            if path == "/register" and not restarted:
+                restarted.append(litestream.pid)
+                litestream.restart("test: a restart right after the old process registered the agent")
+            return answer
+
+        monkeypatch.setattr(litestream, "_call", call_then_restart)
+        litestream.register("raced")
+        monkeypatch.setattr(litestream, "_call", real_call)
+        assert restarted and restarted[0] != litestream.pid  # a new process answers now
+        listed = {Path(db["path"]).name for db in litestream.databases()}
+        assert listed == {"before.db", "raced.db"}
+        assert litestream.registered == ["before", "raced"]
+    finally:
+        litestream.stop()
