@@ -323,3 +323,29 @@ def test_workers_are_forked_from_one_zygote_and_a_killed_zygote_costs_only_resta
                      and (r.body["user"], r.body["messages"][0]["content"]) == key]
             assert later == [], f"{agent_id} paid again for call {entry['i']}: {later}"
     assert len(log) <= 60 + 6  # at most the one call in flight per agent was sent twice
+
+
+def test_the_stall_watchdog_thread_survives_a_failing_check_and_stops_with_the_fleet(tmp_path: Path) -> None:
+    # The watchdog runs beside the supervisor loop (a slow Litestream must not stall the loop); one failed
+    # check must not end it, and close() must end it.
+    fleet = Fleet(tmp_path / "d", app_dir=TESTS_DIR)
+    calls: list[float] = []
+
+    class Replication:
+        def restart_if_stalled(self) -> bool:
+            calls.append(time.monotonic())
+            if len(calls) == 1:
+                raise OSError("control socket refused")
+            return False
+
+    fleet._watchdog = threading.Thread(target=fleet._watch, args=(Replication(),), daemon=True)
+    fleet._watchdog.start()
+    deadline = time.monotonic() + 10
+    while len(calls) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(calls) >= 3  # it went on after the failure
+    fleet.close()
+    assert fleet._watchdog is None
+    seen = len(calls)
+    time.sleep(1.5)
+    assert len(calls) == seen  # and stopped with the fleet
