@@ -97,7 +97,8 @@ class Fleet:
             self._inputs_json[agent_id] = input_json
             checked[agent_id] = (dict(inputs), _codec.digest(input_json))
         supervisor = self._begin()
-        self._fingerprints.setdefault(name, code_fingerprint(func))
+        if name not in self._fingerprints:  # hashing the module source once per target, not per launch
+            self._fingerprints[name] = code_fingerprint(func)
         def prepare(agent_id: str) -> None:
             open_shard(self.data_dir, agent_id, self.run_config.shard).close()  # exists before Litestream sees it
             if self._replication is not None:
@@ -379,10 +380,10 @@ def recover(data_dir: str | os.PathLike[str], replica: str, *, take_over: bool =
         entries = [e for e in list_manifests(replication.store, replication.target) if e.status == "running"]
         started, children = time.monotonic(), _children_cpu_s()
         restored = restore_agents([e.agent_id for e in entries], fleet.data_dir, replication.target, env=fleet._env)
+        restored_at = time.monotonic()
         log.info("recover: %d agents restored and verified in %.1fs (litestream restore processes: %.1fs CPU)",
-                 len(entries), time.monotonic() - started, _children_cpu_s() - children)
+                 len(entries), restored_at - started, _children_cpu_s() - children)
         batches: dict[str, dict[str, Any]] = {}  # target -> {agent: inputs}: one launch per target, not per agent
-        fingerprints: dict[str, str | None] = {}
         for entry in entries:
             outcome: Path | Exception | None = restored[entry.agent_id]
             if isinstance(outcome, ShardError) and "already exists" in str(outcome):
@@ -410,18 +411,18 @@ def recover(data_dir: str | os.PathLike[str], replica: str, *, take_over: bool =
                 target, input_json = entry.target, entry.inputs_json
             else:
                 target, input_json = run.target, run.input_json
-            if target not in fingerprints:
+            if target not in fleet._fingerprints:  # the fleet's cache: launch below reuses it
                 with _on_path(fleet.app_dir):
-                    fingerprints[target] = code_fingerprint(resolve(target))
-            now = fingerprints[target]
+                    fleet._fingerprints[target] = code_fingerprint(resolve(target))
+            now = fleet._fingerprints[target]
             if entry.code_fingerprint and now and now != entry.code_fingerprint:
                 log.warning("agent %s: the code of %s changed since it last ran; replay relies on non-determinism "
                             "detection", entry.agent_id, target)
             batches.setdefault(target, {})[entry.agent_id] = json.loads(input_json)
         for target, agents in batches.items():
             fleet.launch(target, agents)
-        log.info("recover: %d agents registered with Litestream and queued in %.1fs", len(entries),
-                 time.monotonic() - started)
+        log.info("recover: %d agents registered with Litestream and queued in %.1fs more", len(entries),
+                 time.monotonic() - restored_at)
         if fleet._supervisor is None or not fleet._supervisor.agents:
             fleet.close()
             return {}

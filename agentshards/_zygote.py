@@ -84,7 +84,7 @@ class Zygote:
         self._lock = threading.Lock()
         self._spawned: queue.Queue[int] = queue.Queue()
         self._exits: dict[int, int] = {}
-        self._live: set[int] = set()
+        self._live: set[int] = set()  # the current zygote's unreaped workers (a new set per zygote process)
 
     def exit_code(self, pid: int) -> int | None:
         return self._exits.get(pid)
@@ -127,12 +127,12 @@ class Zygote:
             proc.wait()
 
     def _start(self) -> None:
-        self._spawned = queue.Queue()
+        self._spawned, self._live = queue.Queue(), set()
         with open(self.log_path, "ab") as logf:
             self._proc = subprocess.Popen([sys.executable, "-m", "agentshards._zygote"], stdin=subprocess.PIPE,
                                           stdout=subprocess.PIPE, stderr=logf, env=self.env, cwd=str(self.cwd),
                                           preexec_fn=die_with_parent)
-        threading.Thread(target=self._read, args=(self._proc, self._spawned), daemon=True,
+        threading.Thread(target=self._read, args=(self._proc, self._spawned, self._live), daemon=True,
                          name="agentshards-zygote-reader").start()
 
     def _send(self, line: str) -> None:
@@ -140,7 +140,9 @@ class Zygote:
         self._proc.stdin.write(line.encode() + b"\n")
         self._proc.stdin.flush()
 
-    def _read(self, proc: subprocess.Popen[bytes], spawned: queue.Queue[int]) -> None:
+    def _read(self, proc: subprocess.Popen[bytes], spawned: queue.Queue[int], live: set[int]) -> None:
+        """One per zygote process, with that process's queue and worker set: a late cleanup of a dead zygote
+        never touches the workers of its successor."""
         assert proc.stdout is not None
         for raw in proc.stdout:
             word, *rest = raw.decode().split()
@@ -149,15 +151,15 @@ class Zygote:
             elif word == "exit":
                 pid, code = int(rest[0]), int(rest[1])
                 self._exits[pid] = code
-                self._live.discard(pid)
+                live.discard(pid)
         # The zygote is gone: its workers got their parent-death signal. Make sure, then report them dead.
         proc.wait()
         spawned.put(-1)
-        for pid in list(self._live):
+        for pid in list(live):
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
             self._exits.setdefault(pid, -signal.SIGKILL)
-            self._live.discard(pid)
+            live.discard(pid)
 
 
 # -- the zygote process -------------------------------------------------------------------------------------
