@@ -145,32 +145,30 @@ def measure(agents: int, per_worker: int, period: float, duration: float, env: d
     samples_pss, samples_fd, lags = [], [], []
     breakdown: tuple[int, int, int] = (0, 0, 0)  # supervisor, workers, Litestream PSS at the peak
     pending: dict[str, float] = {}  # shard -> mtime of a write seen not yet synced
-    requests0, cpu0, t_start = harness.requests, None, time.monotonic()
-    roles0: tuple[tuple[float, float, float], float] | None = None
+    requests0, t_start = harness.requests, time.monotonic()
+    roles0: tuple[tuple[float, float, float], float] | None = None  # (CPU s of each role, when), first sample
     roles1 = roles0
     litestream_pid: int | None = None
     moto_cpu0 = (cpu_seconds(moto_pid), time.monotonic())
     harness_cpu0 = cpu_seconds(harness.pid)
-    pids: list[int] = []
     tick = 0
     while runner.is_alive() and time.monotonic() - t_start < duration - min(10.0, duration / 3):
         litestream = fleet._replication.litestream.pid
         litestream_pid = litestream or litestream_pid
-        pids = [os.getpid(), *fleet.worker_pids(), *([litestream] if litestream else [])]
+        workers = fleet.worker_pids()
+        pids = [os.getpid(), *workers, *([litestream] if litestream else [])]
         if tick % 4 == 0:
-            try:
-                parts = (mem_kb(os.getpid())[1], sum(mem_kb(p)[1] for p in fleet.worker_pids()),
+            try:  # one read per process: the totals are the sums of the roles
+                parts = (mem_kb(os.getpid())[1], sum(mem_kb(p)[1] for p in workers),
                          mem_kb(litestream)[1] if litestream else 0)
-                if sum(parts) > sum(breakdown):
-                    breakdown = parts
-                samples_pss.append(sum(mem_kb(p)[1] for p in pids))
                 samples_fd.append(sum(fds(p) for p in pids))
-                cpu = sum(cpu_seconds(p) for p in pids)
-                roles = (cpu_seconds(os.getpid()), sum(cpu_seconds(p) for p in fleet.worker_pids()),
+                roles = (cpu_seconds(os.getpid()), sum(cpu_seconds(p) for p in workers),
                          cpu_seconds(litestream) if litestream else 0.0)
             except OSError:
                 continue
-            cpu0 = cpu0 if cpu0 is not None else (cpu, time.monotonic())
+            if sum(parts) > sum(breakdown):
+                breakdown = parts
+            samples_pss.append(sum(parts))
             roles0 = roles0 if roles0 is not None else (roles, time.monotonic())
             roles1 = (roles, time.monotonic())
         tick += 1
@@ -196,10 +194,6 @@ def measure(agents: int, per_worker: int, period: float, duration: float, env: d
         time.sleep(0.5)
     window = time.monotonic() - t_start
     requests = harness.requests - requests0
-    cpu_pct = 0.0
-    if cpu0 is not None and pids:
-        cpu_pct = 100 * (sum(cpu_seconds(p) for p in pids if Path(f"/proc/{p}").exists()) - cpu0[0]) / (
-            time.monotonic() - cpu0[1])
     moto_pss, harness_pss = mem_kb(moto_pid)[1], mem_kb(harness.pid)[1]
     harness_cpu = 100 * (cpu_seconds(harness.pid) - harness_cpu0) / (time.monotonic() - moto_cpu0[1])
     moto_cpu = 100 * (cpu_seconds(moto_pid) - moto_cpu0[0]) / (time.monotonic() - moto_cpu0[1])
@@ -207,9 +201,10 @@ def measure(agents: int, per_worker: int, period: float, duration: float, env: d
     lock_report = watch.report(litestream_pid) if watch else ""
     if watch:
         watch.stopped.set()
-    role_cpu = ""
+    role_cpu, cpu_pct = "", 0.0
     if roles0 is not None and roles1 is not None and roles1[1] > roles0[1]:
         span = roles1[1] - roles0[1]
+        cpu_pct = 100 * (sum(roles1[0]) - sum(roles0[0])) / span
         role_cpu = (f"; CPU supervisor {100 * (roles1[0][0] - roles0[0][0]) / span:.0f} % (with the benchmark's "
                     f"sampling), workers {100 * (roles1[0][1] - roles0[0][1]) / span:.0f} %, Litestream "
                     f"{100 * (roles1[0][2] - roles0[0][2]) / span:.0f} %")
