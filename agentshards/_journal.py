@@ -94,19 +94,27 @@ class _JournalWrite:
     def __enter__(self) -> None:
         self._journal._lock.acquire()
         try:
-            for retry in range(BUSY_RETRIES + 1):
-                try:
-                    self._tx.__enter__()
-                    return
-                except apsw.BusyError:
-                    if retry == BUSY_RETRIES:
-                        raise
-                    log.warning("agent %s: the shard's write lock was held past the busy timeout; waiting again "
-                                "(%d/%d) to %s", self._journal.agent_id, retry + 1, BUSY_RETRIES, self._what)
+            try:
+                self._tx.__enter__()
+            except apsw.BusyError:
+                if not self._waited_again():
+                    raise
         except BaseException as exc:
             self._journal._lock.release()
             self._raise_storage(exc)
             raise
+
+    def _waited_again(self) -> bool:
+        """Off the hot path: up to BUSY_RETRIES more busy_timeout waits for the write lock; True once taken."""
+        for retry in range(1, BUSY_RETRIES + 1):
+            log.warning("agent %s: the shard's write lock was held past the busy timeout; waiting again "
+                        "(%d/%d) to %s", self._journal.agent_id, retry, BUSY_RETRIES, self._what)
+            try:
+                self._tx.__enter__()
+                return True
+            except apsw.BusyError:
+                continue
+        return False
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
         try:
