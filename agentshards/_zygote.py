@@ -204,6 +204,15 @@ def _reap(out: IO[bytes], live: set[int]) -> None:
         out.flush()
 
 
+def preload() -> None:
+    """Import what every worker needs (PRELOAD, and what an OpenAI client imports lazily)."""
+    import importlib
+
+    for name in PRELOAD:
+        importlib.import_module(name)
+    _warm_openai()
+
+
 def _warm_openai() -> None:
     """Build and drop one client (no key, no connection) and touch its lazily imported resources: the ~80
     modules a worker's first LLM call would import (HTTP stack, TLS trust store, chat and responses
@@ -219,11 +228,8 @@ def _warm_openai() -> None:
 
 def main() -> int:
     import gc
-    import importlib
 
-    for name in PRELOAD:
-        importlib.import_module(name)
-    _warm_openai()
+    preload()
     gc.collect()
     gc.freeze()  # the preloaded objects stay out of collections: their pages stay shared with the workers
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C is the supervisor's to handle, not ours

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import importlib
 import os
 import platform
 import signal
@@ -25,14 +24,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_replication import mem_kb
 
-from agentshards._zygote import PRELOAD, _warm_openai
+from agentshards._zygote import preload
 
 CHILD = """
-import importlib, sys, time
-from agentshards._zygote import PRELOAD, _warm_openai
-for name in PRELOAD:
-    importlib.import_module(name)
-_warm_openai()
+import time
+from agentshards._zygote import preload
+preload()
 print("ready", flush=True)
 time.sleep(600)
 """
@@ -56,9 +53,7 @@ def fresh(n: int) -> tuple[float, float]:
 
 def forked(n: int) -> tuple[float, float, float]:
     """(mean PSS MB of the children, PSS MB of the parent, mean seconds per fork) after preloading here."""
-    for name in PRELOAD:
-        importlib.import_module(name)
-    _warm_openai()
+    preload()
     gc.collect()
     gc.freeze()
     t0 = time.perf_counter()
