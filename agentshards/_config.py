@@ -81,6 +81,9 @@ class LitestreamConfig:
     """L0 retention check and level-1 compaction interval: what keeps idle agents at 0 S3 requests."""
     health_check_interval_s: float = 30.0
     """How long a replica's snapshot check stays valid for ``replicated`` steps (one LIST per agent)."""
+    native_restore: bool = True
+    """Restore by reading the replica's LTX files in-process (False: one ``litestream restore`` process per
+    agent, 56-83 ms of CPU each; formats the reader does not know use the binary either way)."""
     stall_timeout_s: float = 60.0
     """Local writes unsynced for this long restart Litestream: its S3 client waits 24 h on a connection
     that accepts and never answers, and it still reports "replicating" meanwhile (measured)."""

@@ -378,11 +378,12 @@ def recover(data_dir: str | os.PathLike[str], replica: str, *, take_over: bool =
     try:
         replication = fleet._replication
         entries = [e for e in list_manifests(replication.store, replication.target) if e.status == "running"]
-        started, children = time.monotonic(), _children_cpu_s()
-        restored = restore_agents([e.agent_id for e in entries], fleet.data_dir, replication.target, env=fleet._env)
+        started, cpu, children = time.monotonic(), time.process_time(), _children_cpu_s()
+        restored = restore_agents([e.agent_id for e in entries], fleet.data_dir, replication.target, env=fleet._env,
+                                  litestream=replication.litestream.config)
         restored_at = time.monotonic()
-        log.info("recover: %d agents restored and verified in %.1fs (litestream restore processes: %.1fs CPU)",
-                 len(entries), restored_at - started, _children_cpu_s() - children)
+        log.info("recover: %d agents restored and verified in %.1fs (CPU: %.1fs here, %.1fs in child processes)",
+                 len(entries), restored_at - started, time.process_time() - cpu, _children_cpu_s() - children)
         batches: dict[str, dict[str, Any]] = {}  # target -> {agent: inputs}: one launch per target, not per agent
         for entry in entries:
             outcome: Path | Exception | None = restored[entry.agent_id]

@@ -38,6 +38,10 @@ class ReplicaTarget:
         """Key prefix (relative to the bucket or root) of one agent's Litestream replica."""
         return self._join("agents", validate_agent_id(agent_id))
 
+    def agents_prefix(self) -> str:
+        """Key prefix under which every agent's replica lives (one LIST here sees the whole fleet)."""
+        return self._join("agents") + "/"
+
     def manifest_key(self, agent_id: str) -> str:
         return self._join("manifest", f"{validate_agent_id(agent_id)}.json")
 

@@ -1,9 +1,10 @@
 """Restore: bring agents back from their replicas onto this machine, verified, never half-written.
 
-Each file is restored into a temporary directory beside its final path, checked there (full
-``PRAGMA integrity_check``, the shard schema, the agent id it belongs to) and only then renamed into
-place, so the final path only ever holds a complete, checked file. A local shard is never overwritten
-unless asked.
+The newest state is read from the replica's LTX files in this process (``_ltx``; the ``litestream``
+binary only for formats that module does not know). Each file is restored into a temporary directory
+beside its final path, checked there (full ``PRAGMA integrity_check``, the shard schema, the agent id it
+belongs to) and only then renamed into place, so the final path only ever holds a complete, checked
+file. A local shard is never overwritten unless asked.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ from pathlib import Path
 from ._config import LitestreamConfig, ShardConfig
 from ._errors import ReplicationError, ShardError
 from ._litestream import find_binary, restore
+from ._ltx import DamagedLtx, UnsupportedLtx, decode, parse_key, restore_plan, write_database
 from ._manifest import ManifestEntry, list_manifests
-from ._objectstore import store_for
+from ._objectstore import ObjectNotFound, ObjectStore, store_for
 from ._replica import ReplicaTarget, parse_replica
 from ._schema import check_file
 from ._shard import shard_path, validate_agent_id
@@ -35,22 +37,28 @@ def restore_agent(agent_id: str, data_dir: str | os.PathLike[str], replica: str 
                   litestream: LitestreamConfig | None = None, check_replica: bool = True) -> Path:
     """Restore ``agent_id``'s shard from ``replica`` into ``data_dir``; return its path.
 
-    Raises ReplicationError("no replica for agent X") when there is none, ShardError when the restored
-    file fails its checks (nothing is written at the final path) or a local shard exists and
+    Raises ReplicationError("no replica for agent X") when there is none, ShardError when the replica or
+    the restored file fails its checks (nothing is written at the final path) or a local shard exists and
     ``overwrite`` is false.
     """
     env = os.environ if env is None else env
-    agent_id = validate_agent_id(agent_id)
     target = parse_replica(replica, env) if isinstance(replica, str) else replica
-    data = Path(data_dir).resolve()
+    store = store_for(target, env)
+    if check_replica:  # a missing bucket or bad credentials: a clear error, not a restore failure
+        store.check()
+    return _restore_one(validate_agent_id(agent_id), Path(data_dir).resolve(), target, store,
+                        litestream or LitestreamConfig(), env, None, overwrite)
+
+
+def _restore_one(agent_id: str, data: Path, target: ReplicaTarget, store: ObjectStore, config: LitestreamConfig,
+                 env: Mapping[str, str], keys: list[str] | None, overwrite: bool) -> Path:
+    """Restore into a temp dir beside the final path, verify, rename. ``keys``: the agent's replica keys
+    when the caller listed them already (one LIST for a whole fleet), else None."""
     final = shard_path(data, agent_id)
     if final.exists() and not overwrite:
         raise ShardError(f"a local shard already exists at {final}", agent_id=agent_id,
                          hint="resume it as it is, or pass overwrite=True (--overwrite) to replace it")
     data.mkdir(parents=True, exist_ok=True)
-    binary = find_binary(litestream or LitestreamConfig(), env)
-    if check_replica:  # a missing bucket or bad credentials: a clear error, not a restore failure
-        store_for(target, env).check()
     prefix = f".restore-{agent_id}-"
     for stale in data.glob(prefix + "*"):  # left by a killed restore of this agent (not of "<id>-x")
         if re.fullmatch(r"[a-z0-9_]{8}", stale.name[len(prefix):]):
@@ -58,7 +66,7 @@ def restore_agent(agent_id: str, data_dir: str | os.PathLike[str], replica: str 
     workdir = Path(tempfile.mkdtemp(prefix=prefix, dir=data))
     try:
         candidate = workdir / final.name
-        if not restore(binary, target.litestream_url(agent_id), candidate, env):
+        if not _fetch(agent_id, target, store, config, env, keys, candidate):
             raise ReplicationError(f"no replica for agent {agent_id} at {target.describe()}", agent_id=agent_id,
                                    hint="check the replica URL; `agentshards fleet` lists what is there")
         verify_restored(candidate, agent_id)
@@ -71,6 +79,49 @@ def restore_agent(agent_id: str, data_dir: str | os.PathLike[str], replica: str 
         return final
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _fetch(agent_id: str, target: ReplicaTarget, store: ObjectStore, config: LitestreamConfig,
+           env: Mapping[str, str], keys: list[str] | None, out: Path) -> bool:
+    """Write the replica's newest state to ``out``; False when the agent has no replica.
+
+    Read here from the LTX files (no process per agent; see ``_ltx``); a format this version does not
+    know goes to ``litestream restore`` instead, and so does everything with ``native_restore=False``.
+    """
+    if config.native_restore:
+        try:
+            return _fetch_native(agent_id, target, store, keys, out)
+        except UnsupportedLtx as exc:
+            log.info("agent %s: %s; restoring it with the litestream binary", agent_id, exc)
+            out.unlink(missing_ok=True)
+        except DamagedLtx as exc:
+            raise ShardError(f"the replica is damaged: {exc}", agent_id=agent_id,
+                             hint="nothing was overwritten; an older copy may exist (`litestream ltx`)") from None
+    return restore(find_binary(config, env), target.litestream_url(agent_id), out, env)
+
+
+def _fetch_native(agent_id: str, target: ReplicaTarget, store: ObjectStore, keys: list[str] | None,
+                  out: Path) -> bool:
+    root = target.agent_key(agent_id) + "/"
+    for attempt in range(3):
+        if keys is None:
+            keys = store.list(root)
+        if any(k.startswith(root + "generations/") for k in keys):
+            raise UnsupportedLtx("its replica holds Litestream 0.3 generations")
+        plan = restore_plan(f for f in (parse_key(k, root) for k in keys) if f is not None)
+        if not plan:
+            return False
+        try:
+            with open(out, "wb") as fh:
+                write_database((decode(store.get(f.key), f) for f in plan), fh.fileno())
+                os.fsync(fh.fileno())
+            return True
+        except ObjectNotFound as exc:  # compacted away between the LIST and the GET: plan again
+            log.info("agent %s: %s went away during the restore (attempt %d); listing again", agent_id, exc,
+                     attempt + 1)
+            keys = None
+    raise ReplicationError(f"the replica of agent {agent_id} kept changing during the restore", agent_id=agent_id,
+                           hint="is another node still replicating this agent? check the prefix lease")
 
 
 def verify_restored(path: Path, agent_id: str) -> None:
@@ -117,25 +168,39 @@ def list_fleet(replica: str | ReplicaTarget, *, env: Mapping[str, str] | None = 
 
 
 def restore_agents(agent_ids: list[str], data_dir: str | os.PathLike[str], replica: str | ReplicaTarget, *,
-                   overwrite: bool = False, env: Mapping[str, str] | None = None,
-                   parallelism: int = 8) -> dict[str, Path | Exception]:
+                   overwrite: bool = False, env: Mapping[str, str] | None = None, parallelism: int = 8,
+                   litestream: LitestreamConfig | None = None) -> dict[str, Path | Exception]:
     """Restore several agents in parallel; each entry is its path or the error that stopped it.
 
-    The replica is checked once for all of them (building an S3 client per agent costs more than the
-    restore itself); each restore is a ``litestream restore`` process plus the checks.
+    The replica is checked once for all of them and, for more than a few agents, listed once (building an
+    S3 client or sending a LIST per agent costs more than a small agent's restore).
     """
     env = os.environ if env is None else env
     target = parse_replica(replica, env) if isinstance(replica, str) else replica
-    store_for(target, env).check()
+    config = litestream or LitestreamConfig()
+    store = store_for(target, env)
+    store.check()
+    listed: dict[str, list[str]] | None = None
+    if config.native_restore and len(agent_ids) >= _LIST_ONCE_FROM:
+        root = target.agents_prefix()
+        listed = {}
+        for key in store.list(root):
+            listed.setdefault(key[len(root):].split("/", 1)[0], []).append(key)
     results: dict[str, Path | Exception] = {}
+    data = Path(data_dir).resolve()
 
     def one(agent_id: str) -> None:
         try:
-            results[agent_id] = restore_agent(agent_id, data_dir, target, overwrite=overwrite, env=env,
-                                              check_replica=False)
+            agent_id = validate_agent_id(agent_id)
+            keys = None if listed is None else listed.get(agent_id, [])
+            results[agent_id] = _restore_one(agent_id, data, target, store, config, env, keys, overwrite)
         except Exception as exc:
             results[agent_id] = exc
 
     with ThreadPoolExecutor(max_workers=max(1, parallelism)) as pool:
         list(pool.map(one, agent_ids))
     return results
+
+
+_LIST_ONCE_FROM = 8
+"""From this many agents, restore_agents lists the whole fleet prefix once instead of once per agent."""

@@ -103,6 +103,7 @@ def recovery(env: dict[str, str], agents: int, work: Path) -> tuple[float, float
         replication.litestream.stop()
     setup = time.perf_counter() - t0
     shutil.rmtree(data)
+    restore_only(env, replica, [f"a{i:05d}" for i in range(agents)], work)
     phases = logging.StreamHandler(sys.stdout)
     phases.addFilter(lambda record: record.getMessage().startswith(("recover:", "fleet:")))  # phase timings only
     logger = logging.getLogger("agentshards")
@@ -115,6 +116,32 @@ def recovery(env: dict[str, str], agents: int, work: Path) -> tuple[float, float
     logger.removeHandler(phases)
     assert len(results) == agents and all(r == 10 for r in results.values()), "every agent must finish"
     return setup, elapsed
+
+
+def restore_only(env: dict[str, str], replica: str, ids: list[str], work: Path) -> None:
+    """The restore phase alone, both ways on the same replicas in this run: one `litestream restore`
+    process per agent (the baseline) and the in-process LTX reader (the default)."""
+    figures = {}
+    for name, config in (("litestream restore processes", agentshards.LitestreamConfig(native_restore=False)),
+                         ("in-process LTX reader", agentshards.LitestreamConfig())):
+        into = work / "restore-only"
+        t0, cpu, children = time.perf_counter(), time.process_time(), _children_cpu_s()
+        results = agentshards.restore_agents(ids, into, replica, env=env, litestream=config)
+        elapsed = time.perf_counter() - t0
+        bad = [r for r in results.values() if not isinstance(r, Path)]
+        assert not bad, bad[:3]
+        figures[name] = elapsed
+        print(f"restore + verify of {len(ids)} agents, {name}: {elapsed:.1f} s wall, CPU "
+              f"{time.process_time() - cpu:.1f} s in this process + {_children_cpu_s() - children:.1f} s in children")
+        shutil.rmtree(into)
+    base, ours = figures.values()
+    print(f"restore phase: the in-process reader takes {ours / base:.2f}x the time of litestream processes "
+          f"({base / ours:.1f}x faster)")
+
+
+def _children_cpu_s() -> float:
+    usage = os.times()
+    return usage.children_user + usage.children_system
 
 
 def archive_rate(agents: int, work: Path) -> float:
