@@ -68,6 +68,10 @@ class Fleet:
         self._supervisor: Supervisor | None = None
         self._fingerprints: dict[str, str | None] = {}
         self._inputs_json: dict[str, str] = {}  # agent -> canonical inputs, published in its manifest entry
+        # set by recover: manifest entries already in the replica (not written again when unchanged) and
+        # the files its restore has just verified (not examined again before they open)
+        self._manifest_known: dict[str, tuple[str, str, str | None]] = {}
+        self._verified: set[str] = set()
         self._lease: Lease | None = None
         self._watchdog: threading.Thread | None = None
         self._finals: ThreadPoolExecutor | None = None  # _on_final's work, off the supervisor loop
@@ -100,11 +104,13 @@ class Fleet:
         if name not in self._fingerprints:  # hashing the module source once per target, not per launch
             self._fingerprints[name] = code_fingerprint(func)
         def prepare(agent_id: str) -> None:
-            open_shard(self.data_dir, agent_id, self.run_config.shard).close()  # exists before Litestream sees it
+            # the file exists before Litestream sees it
+            open_shard(self.data_dir, agent_id, self.run_config.shard, verified=agent_id in self._verified).close()
             if self._replication is not None:
                 self._replication.litestream.register(agent_id)
-                # a fresh node can find it from now on
-                self._publish(agent_id, "running", name, checked[agent_id][1], "", 0)
+                entry = (name, checked[agent_id][1], self._fingerprints.get(name))
+                if self._manifest_known.pop(agent_id, None) != entry:  # a fresh node can find it from now on
+                    self._publish(agent_id, "running", name, checked[agent_id][1], "", 0)
 
         with ThreadPoolExecutor(max_workers=8) as pool:  # per agent: a file check, a socket call, a PUT
             list(pool.map(prepare, checked))
@@ -393,10 +399,13 @@ def recover(data_dir: str | os.PathLike[str], replica: str, *, take_over: bool =
                 outcome = None  # killed before Litestream's first upload: nothing of it survived the node
             elif isinstance(outcome, Exception):
                 raise outcome
+            else:
+                fleet._verified.add(entry.agent_id)
+            fleet._manifest_known[entry.agent_id] = (entry.target, entry.input_digest, entry.code_fingerprint)
             run = None
             if outcome is not None:
-                journal = _Journal(open_shard(fleet.data_dir, entry.agent_id, fleet.run_config.shard, create=False),
-                                   entry.agent_id)
+                journal = _Journal(open_shard(fleet.data_dir, entry.agent_id, fleet.run_config.shard, create=False,
+                                              verified=entry.agent_id in fleet._verified), entry.agent_id)
                 try:
                     runs = journal.runs()
                     run = runs[-1] if runs else None

@@ -36,16 +36,19 @@ def shard_path(data_dir: Path, agent_id: str) -> Path:
     return Path(data_dir) / f"{validate_agent_id(agent_id)}{SHARD_SUFFIX}"
 
 
-def open_shard(data_dir: Path, agent_id: str, config: ShardConfig, *, create: bool = True) -> apsw.Connection:
+def open_shard(data_dir: Path, agent_id: str, config: ShardConfig, *, create: bool = True,
+               verified: bool = False) -> apsw.Connection:
     """Open (creating if asked) the agent's file, checked, migrated to the current schema and bound to its id.
 
     An existing file is first examined through a read-only connection, so a file we refuse (not SQLite,
-    damaged, newer schema, someone else's tables) is left byte-for-byte untouched.
+    damaged, newer schema, someone else's tables) is left byte-for-byte untouched. ``verified``: the caller
+    has just run that examination and more (a restore's ``verify_restored``), so it is not repeated.
     """
     require_sqlite()
     path = shard_path(data_dir, agent_id)
     if path.exists():
-        _check_existing(path, agent_id, config)
+        if not verified:
+            _check_existing(path, agent_id, config)
     elif create:
         Path(data_dir).mkdir(parents=True, exist_ok=True)
     else:

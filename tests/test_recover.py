@@ -6,15 +6,25 @@ Runs the real CLI (`agentshards run` / `recover`) in subprocesses against moto S
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
-from agentshards import FakeLLMServer, inspect_agent, list_fleet
+import pytest
+
+from agentshards import FakeLLMServer, Fleet, RunConfig, inspect_agent, list_fleet, recover
+from agentshards._codec import digest
 from agentshards._fakellm import serial_of
+from agentshards._journal import Journal
+from agentshards._manifest import ManifestEntry
+from agentshards._run import code_fingerprint, start_replication
+from agentshards._shard import open_shard
+from agentshards._target import resolve
 
 from agent_process import TESTS_DIR
 
@@ -84,3 +94,38 @@ def test_fleet_node_loss_and_recovery(tmp_path: Path, s3_env: dict[str, str], bu
     assert 0 <= repeats <= sum(local_steps.values()) + AGENTS
     assert [(e.agent_id, e.status) for e in list_fleet(replica, env=s3_env)] == [
         (f"n{i}", "succeeded") for i in range(AGENTS)]
+
+
+def test_recover_rewrites_a_manifest_entry_only_when_it_changed(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A recovered agent's entry already says "running" with its target and inputs: writing it again is one
+    PUT per agent for nothing (a third of the re-launch phase at 1,000 agents). An entry whose code
+    fingerprint is out of date is written again."""
+    replica, data, target = str(tmp_path / "replica"), tmp_path / "node1", "sample_agents:local_steps"
+    fingerprint = code_fingerprint(resolve(target))
+    replication = start_replication(data, replica, RunConfig(), os.environ)
+    try:
+        for agent_id, recorded in (("same", fingerprint), ("changed", "an-older-fingerprint")):
+            journal = Journal(open_shard(data, agent_id, RunConfig().shard), agent_id)
+            replication.litestream.register(agent_id)
+            inputs = json.dumps({"n": 2}, sort_keys=True, separators=(",", ":"))
+            run = journal.begin_run(target, inputs, digest(inputs))
+            journal.close()
+            replication.publish(ManifestEntry(agent_id, "running", target, run.input_digest, run.id, recorded, 0,
+                                              time.time(), inputs_json=inputs))
+            replication.litestream.sync(agent_id, 30)
+    finally:
+        replication.litestream.stop()
+    shutil.rmtree(data)  # the node is gone
+    published: list[tuple[str, str]] = []
+    real = Fleet._publish
+
+    def spy(self: Fleet, agent_id: str, status: str, *rest: Any) -> None:
+        published.append((agent_id, status))
+        real(self, agent_id, status, *rest)
+
+    monkeypatch.setattr(Fleet, "_publish", spy)
+    assert recover(tmp_path / "node2", replica, app_dir=TESTS_DIR) == {"same": 2, "changed": 2}
+    assert ("same", "running") not in published and ("changed", "running") in published
+    assert sorted((e.agent_id, e.status, e.code_fingerprint == fingerprint) for e in list_fleet(replica)) == [
+        ("changed", "succeeded", True), ("same", "succeeded", True)]
