@@ -34,7 +34,7 @@ from ._errors import (
     ReplicationError,
     ShardError,
 )
-from ._journal import Journal
+from ._journal import Journal, Run
 from ._run import _check_inputs, code_fingerprint, start_replication
 from ._shard import open_shard, validate_agent_id
 from ._supervisor import BUDGET_EXCEEDED, SUCCEEDED, AgentState, Supervisor
@@ -372,7 +372,6 @@ def recover(data_dir: str | os.PathLike[str], replica: str, *, take_over: bool =
     import json
     import logging
 
-    from ._journal import Journal as _Journal
     from ._manifest import list_manifests
     from ._restore import restore_agents
     from ._target import resolve
@@ -390,27 +389,35 @@ def recover(data_dir: str | os.PathLike[str], replica: str, *, take_over: bool =
         restored_at = time.monotonic()
         log.info("recover: %d agents restored and verified in %.1fs (CPU: %.1fs here, %.1fs in child processes)",
                  len(entries), restored_at - started, time.process_time() - cpu, _children_cpu_s() - children)
-        batches: dict[str, dict[str, Any]] = {}  # target -> {agent: inputs}: one launch per target, not per agent
+        on_disk = []  # agents with a shard here (restored or already local)
         for entry in entries:
             outcome: Path | Exception | None = restored[entry.agent_id]
             if isinstance(outcome, ShardError) and "already exists" in str(outcome):
                 log.info("agent %s: using the local shard already in %s", entry.agent_id, fleet.data_dir)
+                on_disk.append(entry.agent_id)
             elif isinstance(outcome, ReplicationError) and "no replica" in str(outcome):
-                outcome = None  # killed before Litestream's first upload: nothing of it survived the node
+                pass  # killed before Litestream's first upload: nothing of it survived the node
             elif isinstance(outcome, Exception):
                 raise outcome
             else:
                 fleet._verified.add(entry.agent_id)
+                on_disk.append(entry.agent_id)
             fleet._manifest_known[entry.agent_id] = (entry.target, entry.input_digest, entry.code_fingerprint)
-            run = None
-            if outcome is not None:
-                journal = _Journal(open_shard(fleet.data_dir, entry.agent_id, fleet.run_config.shard, create=False,
-                                              verified=entry.agent_id in fleet._verified), entry.agent_id)
-                try:
-                    runs = journal.runs()
-                    run = runs[-1] if runs else None
-                finally:
-                    journal.close()
+
+        def last_run(agent_id: str) -> tuple[str, Run | None]:
+            journal = Journal(open_shard(fleet.data_dir, agent_id, fleet.run_config.shard, create=False,
+                                         verified=agent_id in fleet._verified), agent_id)
+            try:
+                runs = journal.runs()
+                return agent_id, runs[-1] if runs else None
+            finally:
+                journal.close()
+
+        with ThreadPoolExecutor(max_workers=8) as pool:  # opening a restored file makes its WAL: I/O, GIL free
+            last_runs = dict(pool.map(last_run, on_disk))
+        batches: dict[str, dict[str, Any]] = {}  # target -> {agent: inputs}: one launch per target, not per agent
+        for entry in entries:
+            run = last_runs.get(entry.agent_id)
             if run is None:  # its replica holds no run yet: start it from the beginning, from its manifest
                 if entry.inputs_json is None:
                     raise ReplicationError(
