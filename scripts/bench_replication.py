@@ -159,7 +159,9 @@ def step_costs(env: dict[str, str], replica: str, work: Path, n: int = 50) -> tu
         replication.litestream.stop()
 
 
-def restore_times(env: dict[str, str], replica: str, work: Path, size: int) -> tuple[float, float]:
+def restore_times(env: dict[str, str], replica: str, work: Path, size: int) -> tuple[float, float, float]:
+    """Medians of 5: copying the file, restoring it (in-process LTX reader), restoring it with one
+    `litestream restore` process (the other way, as the baseline)."""
     data = work / f"restore-src-{size}"
     replication = start_replication(data, replica, RunConfig(), env)
     agent_id = f"r{size}"
@@ -175,7 +177,7 @@ def restore_times(env: dict[str, str], replica: str, work: Path, size: int) -> t
     finally:
         replication.litestream.stop()
     src = data / f"{agent_id}.db"
-    copies, restores = [], []
+    copies, restores, binary = [], [], []
     for i in range(5):
         t0 = time.perf_counter()
         shutil.copyfile(src, work / f"copy-{size}-{i}.db")
@@ -183,7 +185,11 @@ def restore_times(env: dict[str, str], replica: str, work: Path, size: int) -> t
         t0 = time.perf_counter()
         restore_agent(agent_id, work / f"restored-{size}-{i}", replica, env=env)
         restores.append(time.perf_counter() - t0)
-    return statistics.median(copies) * 1000, statistics.median(restores) * 1000
+        t0 = time.perf_counter()
+        restore_agent(agent_id, work / f"binary-{size}-{i}", replica, env=env,
+                      litestream=LitestreamConfig(native_restore=False))
+        binary.append(time.perf_counter() - t0)
+    return tuple(statistics.median(x) * 1000 for x in (copies, restores, binary))  # type: ignore[return-value]
 
 
 def idle_requests(env: dict[str, str], bucket: str, proxy: FaultProxy, agents: int, seconds: float,
@@ -232,6 +238,7 @@ def main() -> None:
     parser.add_argument("--idle-interval", default=LitestreamConfig().idle_check_interval,
                         help="Litestream L0-retention-check / level-1 interval to measure idle traffic with")
     parser.add_argument("--only-idle", action="store_true", help="skip everything but the idle measurement")
+    parser.add_argument("--only-restore", action="store_true", help="skip everything but the restore times")
     args = parser.parse_args()
 
     moto, port = start_moto()
@@ -245,19 +252,22 @@ def main() -> None:
     try:
         with tempfile.TemporaryDirectory() as tmp:
             work = Path(tmp)
-            for kind, replica in () if args.only_idle else (("file", str(work / "file-replica")),
+            for kind, replica in () if args.only_idle or args.only_restore else (("file", str(work / "file-replica")),
                                                              ("s3", "s3://bench/cost")):
                 local, replicated = step_costs(env, replica, work)
                 print(f"step cost [{kind}]: local {local:.2f} ms, replicated {replicated:.2f} ms "
                       f"({replicated / local:.1f}x local)")
             for size, label in () if args.only_idle else ((100_000, "100 KB"), (10_000_000, "10 MB")):
-                copy, restored = restore_times(env, f"s3://bench/restore{size}", work, size)
-                print(f"restore {label} from S3: {restored:.0f} ms (copying the same file: {copy:.1f} ms)")
-            for n in [] if args.only_idle else args.agents:
+                copy, restored, binary = restore_times(env, f"s3://bench/restore{size}", work, size)
+                print(f"restore {label} from S3: {restored:.0f} ms; with a litestream restore process "
+                      f"{binary:.0f} ms ({binary / restored:.1f}x); copying the same file: {copy:.1f} ms")
+            for n in [] if args.only_idle or args.only_restore else args.agents:
                 lags, (rss, pss) = lag_and_memory(env, f"s3://bench/lag{n}", n, args.interval, args.rounds, work)
                 print(f"{n:>4} agents, one commit each per {args.interval:.0f} s: commit->replica lag "
                       f"p50 {pct(lags, 0.5):.2f} s, p99 {pct(lags, 0.99):.2f} s ({len(lags)} commits); "
                       f"litestream RSS {rss / 1024:.0f} MB, PSS {pss / 1024:.0f} MB")
+            if args.only_restore:
+                return
             per_min, wake = idle_requests(env, "bench", proxy, args.idle_agents, args.idle_seconds, work,
                                           args.idle_interval)
             print(f"idle: {per_min:.2f} S3 requests per agent per minute ({args.idle_agents} agents registered, "
