@@ -132,8 +132,10 @@ def decode(data: bytes, file: LtxFile) -> Decoded:
     import fastcrc
     import lz4.block
 
-    if len(data) < _HEADER_SIZE + _FRAME.size + 8 + _TRAILER_SIZE or data[:4] != _MAGIC:
-        raise UnsupportedLtx(f"{file.key} is not an LTX1 file ({len(data)} bytes)")
+    if data[:4] != _MAGIC:
+        raise UnsupportedLtx(f"{file.key} is not an LTX1 file (starts {data[:4]!r})")
+    if len(data) < _HEADER_SIZE + _END.size + 8 + _TRAILER_SIZE:
+        raise DamagedLtx(f"{file.key}: truncated ({len(data)} bytes)")
     (_, flags, page_size, commit, min_txid, max_txid, _, _, _, _, _, _, _) = _HEADER.unpack_from(data)
     if flags & ~_FLAG_NO_CHECKSUM:
         raise UnsupportedLtx(f"{file.key} has header flags {flags:#x} this version does not read")
