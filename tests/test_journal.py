@@ -69,3 +69,31 @@ def test_begin_run_resumes_refuses_and_supersedes(tmp_path: Path) -> None:
     second = j.begin_run("m:f", '{"a":2}', "d2", new_run=True)
     assert second.id != first.id and second.status == RUNNING
     assert [r.status for r in j.runs()] == [SUPERSEDED, RUNNING]
+
+
+def test_the_step_path_stays_in_a_small_statement_cache(tmp_path: Path) -> None:
+    """A shard connection keeps STATEMENT_CACHE prepared statements (apsw's 100 kept every one-off statement
+    of the open-time checks: ~75 KB per shard). Once warm, a plain step and an LLM step (intent, answer,
+    ledger, step) prepare nothing again: the hot set fits."""
+    from agentshards._ledger import Usage
+    from agentshards._sqlite import STATEMENT_CACHE
+
+    conn = open_shard(tmp_path, "a", ShardConfig())
+    journal = Journal(conn, "a")
+    run = journal.begin_run("m:f", "{}", "d")
+    usage = Usage("m", 10, 0, 5)
+
+    def steps(first: int, last: int) -> None:
+        for i in range(first, last):
+            journal.record_step(run.id, f"plain#{i}", "step", json.dumps(i))
+            attempt = journal.begin_attempt(run.id, f"llm#{i}", "h")
+            journal.record_answer(run.id, f"llm#{i}", attempt, 1, usage, 0.01, None)
+            journal.record_step(run.id, f"llm#{i}", "llm", json.dumps({"answer": i}))
+
+    steps(0, 3)
+    warm = conn.cache_stats()
+    steps(3, 53)
+    after = conn.cache_stats()
+    assert after["size"] == STATEMENT_CACHE
+    assert after["misses"] == warm["misses"] and after["hits"] > warm["hits"] + 300
+    journal.close()
