@@ -96,7 +96,8 @@ def _fetch(agent_id: str, target: ReplicaTarget, store: ObjectStore, config: Lit
             out.unlink(missing_ok=True)
         except DamagedLtx as exc:
             raise ShardError(f"the replica is damaged: {exc}", agent_id=agent_id,
-                             hint="nothing was overwritten; an older copy may exist (`litestream ltx`)") from None
+                             hint=f"nothing was overwritten; `litestream ltx {target.litestream_url(agent_id)}` "
+                                  "lists its files, `litestream restore -txid` can restore an earlier point") from None
     return restore(find_binary(config, env), target.litestream_url(agent_id), out, env)
 
 

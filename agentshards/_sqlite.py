@@ -50,8 +50,9 @@ def open_connection(path: Path, config: ShardConfig, *, create: bool = True,
     # No URI filenames (plain path only), and extension loading stays disabled (apsw's default):
     # shard files may arrive from a replica or an archive.
     # 32 prepared statements kept, not apsw's 100: the per-step path uses 7 (BEGIN, the step row, COMMIT;
-    # an LLM step 4 more), while an open prepares ~40 once (checks, migrations) that would otherwise stay
-    # cached for the connection's life: ~75 KB per open shard (apsw.memory_used), 75 MB at 1,000 agents.
+    # an LLM step 4 more), while creating a shard prepares ~40 once (schema, migrations) that would
+    # otherwise stay cached for the connection's life: ~75 KB per new shard (apsw.memory_used). A fleet's
+    # workers open shards the supervisor created, so their memory did not move (723 vs 727 MB, 1,000 agents).
     conn = apsw.Connection(str(path), flags=flags, vfs=config.vfs, statementcachesize=STATEMENT_CACHE)
     try:
         # First, before any other statement: Litestream holds locks briefly; without a busy timeout a

@@ -73,8 +73,8 @@ def test_begin_run_resumes_refuses_and_supersedes(tmp_path: Path) -> None:
 
 def test_the_step_path_stays_in_a_small_statement_cache(tmp_path: Path) -> None:
     """A shard connection keeps STATEMENT_CACHE prepared statements (apsw's 100 kept every one-off statement
-    of the open-time checks: ~75 KB per shard). Once warm, a plain step and an LLM step (intent, answer,
-    ledger, step) prepare nothing again: the hot set fits."""
+    of a new shard's schema and migrations: ~75 KB). Once warm, a plain step and an LLM step (intent,
+    answer, ledger, step) prepare nothing again: the hot set fits."""
     from agentshards._ledger import Usage
     from agentshards._sqlite import STATEMENT_CACHE
 
