@@ -71,10 +71,11 @@ def kill_at_step(agent: agentshards.Agent, n: int) -> int:
     import os
     import signal
 
+    recorded = len(agent.completed_step_names)  # once: the property copies the names on every call
     for i in range(n):
         if KILL_AT and i == KILL_AT[0]:
             os.kill(os.getpid(), signal.SIGKILL)
-        if not FIRST_NEW_STEP and agent.completed_step_names and i >= len(agent.completed_step_names):
+        if not FIRST_NEW_STEP and recorded and i >= recorded:
             FIRST_NEW_STEP.append(time.perf_counter())
         agent.step("s", _payload, i)
     return n

@@ -6,6 +6,8 @@
    bench extra; "not measured" otherwise).
 2. Node-loss recovery: N agents with open runs, replicated to S3 (moto on loopback) with their manifests,
    and an empty data dir: time for `agentshards.recover` to restore, verify and run them all to the end.
+   Before it, the restore phase alone, both ways on the same replicas: one `litestream restore` process
+   per agent (the baseline) and the in-process LTX reader (the default).
 3. Archive throughput: finished agents archived (VACUUM INTO, upload, read back, verify) per second.
 
     python scripts/bench_scale.py [--agents 200] [--reps 3] [--s3 moto|rclone]
