@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ._config import LitestreamConfig, ShardConfig
-from ._errors import ReplicationError, ShardError
+from ._errors import AgentShardsError, ReplicationError, ShardError
 from ._litestream import find_binary, restore
 from ._ltx import DamagedLtx, UnsupportedLtx, decode, parse_key, restore_plan, write_database
 from ._manifest import ManifestEntry, list_manifests
@@ -98,6 +98,12 @@ def _fetch(agent_id: str, target: ReplicaTarget, store: ObjectStore, config: Lit
             raise ShardError(f"the replica is damaged: {exc}", agent_id=agent_id,
                              hint=f"nothing was overwritten; `litestream ltx {target.litestream_url(agent_id)}` "
                                   "lists its files, `litestream restore -txid` can restore an earlier point") from None
+        except AgentShardsError:
+            raise
+        except Exception as exc:  # the store's own errors (botocore, OSError): one error root for callers
+            raise ReplicationError(f"could not read the replica of agent {agent_id}: {exc}", agent_id=agent_id,
+                                   hint="check the endpoint, the credentials and the network; nothing was "
+                                        "overwritten") from exc
     return restore(find_binary(config, env), target.litestream_url(agent_id), out, env)
 
 
@@ -184,8 +190,13 @@ def restore_agents(agent_ids: list[str], data_dir: str | os.PathLike[str], repli
     listed: dict[str, list[str]] | None = None
     if config.native_restore and len(agent_ids) >= _LIST_ONCE_FROM:
         root = target.agents_prefix()
+        try:
+            keys = store.list(root)
+        except Exception as exc:  # botocore / OSError: one error root for callers
+            raise ReplicationError(f"could not list the fleet at {target.describe()}: {exc}",
+                                   hint="check the endpoint, the credentials and the network") from exc
         listed = {}
-        for key in store.list(root):
+        for key in keys:
             listed.setdefault(key[len(root):].split("/", 1)[0], []).append(key)
     results: dict[str, Path | Exception] = {}
     data = Path(data_dir).resolve()

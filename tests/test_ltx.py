@@ -192,3 +192,20 @@ def test_no_flipped_byte_or_truncation_changes_a_page_silently(tmp_path: Path) -
     for cut in [0, 3, 99, 100, 150, len(data) - 17, len(data) - 1, *rng.sample(range(len(data)), 40)]:
         with pytest.raises(LtxError):
             decode(data[:cut], file)
+
+
+def test_a_store_failure_mid_restore_is_a_replication_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The object store's own exceptions (botocore, OSError) do not leak out of a restore: callers catch
+    one error root, with the agent's id, and nothing is written."""
+    from agentshards._objectstore import LocalStore
+
+    replica = _replicated(tmp_path)
+
+    def unreadable(self: LocalStore, key: str) -> bytes:
+        raise OSError(f"I/O error reading {key}")
+
+    monkeypatch.setattr(LocalStore, "get", unreadable)
+    with pytest.raises(ReplicationError, match="could not read the replica of agent a: I/O error") as caught:
+        restore_agent("a", tmp_path / "n2", str(replica))
+    assert caught.value.agent_id == "a"
+    assert not (tmp_path / "n2" / "a.db").exists()
