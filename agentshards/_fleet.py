@@ -370,13 +370,11 @@ def recover(data_dir: str | os.PathLike[str], replica: str, *, take_over: bool =
     logged, and non-determinism detection guards its replay. Returns ``agent_id -> result or exception``.
     """
     import json
-    import logging
 
     from ._manifest import list_manifests
     from ._restore import restore_agents
     from ._target import resolve
 
-    log = logging.getLogger("agentshards")
     fleet = Fleet(data_dir, replica, app_dir=app_dir, config=config, take_over=take_over, lease_ttl_s=lease_ttl_s,
                   env=env)
     fleet._begin()

@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_replication import loopback_s3_env, start_moto, start_server
 
 import agentshards
+from agentshards._fleet import _children_cpu_s
 from agentshards._journal import Journal
 from agentshards._manifest import ManifestEntry
 from agentshards._run import start_replication
@@ -139,11 +140,6 @@ def restore_only(env: dict[str, str], replica: str, ids: list[str], work: Path) 
     base, ours = figures.values()
     print(f"restore phase: the in-process reader takes {ours / base:.2f}x the time of litestream processes "
           f"({base / ours:.1f}x faster)")
-
-
-def _children_cpu_s() -> float:
-    usage = os.times()
-    return usage.children_user + usage.children_system
 
 
 def archive_rate(agents: int, work: Path) -> float:
