@@ -8,9 +8,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ._agent import Agent, StepOptions
-from ._config import LitestreamConfig, LLMConfig, RunConfig, ShardConfig, SupervisorConfig
-from ._errors import (
+from ._base.config import LitestreamConfig, LLMConfig, RunConfig, ShardConfig, SupervisorConfig
+from ._base.errors import (
     AgentFailed,
     AgentShardsError,
     BudgetExceeded,
@@ -32,18 +31,27 @@ from ._errors import (
     ShardError,
     StepTimeout,
 )
-from ._ledger import ModelPrice, Spend
-from ._report import AgentReport, RunReport, SpendReport, inspect_agent, spend_report
-from ._run import cancel_agent, fork_run, retry_agent, run_agent
-from ._shard import validate_agent_id
+from ._base.prices import ModelPrice
+from ._core.agent import Agent, StepOptions
+from ._core.ledger import Spend
+from ._core.shard import validate_agent_id
+from ._fleet.report import AgentReport, RunReport, SpendReport, inspect_agent, spend_report
+from ._fleet.run import cancel_agent, fork_run, retry_agent, run_agent
 
 if TYPE_CHECKING:
-    from ._archive import ArchiveEntry, archive_agent, delete_agent, expire_archives, fetch_archive, list_archives
-    from ._fakellm import FakeLLMServer
-    from ._fleet import Fleet, recover
-    from ._manifest import ManifestEntry
-    from ._query import QueryResult, query_fleet
-    from ._restore import list_fleet, restore_agent, restore_agents
+    from ._fleet.fleet import Fleet, recover
+    from ._fleet.query import QueryResult, query_fleet
+    from ._replication.archive import (
+        ArchiveEntry,
+        archive_agent,
+        delete_agent,
+        expire_archives,
+        fetch_archive,
+        list_archives,
+    )
+    from ._replication.manifest import ManifestEntry
+    from ._replication.restore import list_fleet, restore_agent, restore_agents
+    from .testing._fakellm import FakeLLMServer
 
 __version__ = "0.1.0"
 
@@ -107,21 +115,21 @@ __all__ = [
 
 
 _LAZY = {
-    "ArchiveEntry": "._archive",
-    "archive_agent": "._archive",
-    "delete_agent": "._archive",
-    "expire_archives": "._archive",
-    "fetch_archive": "._archive",
-    "list_archives": "._archive",
-    "FakeLLMServer": "._fakellm",
-    "Fleet": "._fleet",
-    "recover": "._fleet",
-    "query_fleet": "._query",
-    "QueryResult": "._query",
-    "ManifestEntry": "._manifest",
-    "list_fleet": "._restore",
-    "restore_agent": "._restore",
-    "restore_agents": "._restore",
+    "ArchiveEntry": "._replication.archive",
+    "archive_agent": "._replication.archive",
+    "delete_agent": "._replication.archive",
+    "expire_archives": "._replication.archive",
+    "fetch_archive": "._replication.archive",
+    "list_archives": "._replication.archive",
+    "FakeLLMServer": ".testing._fakellm",
+    "Fleet": "._fleet.fleet",
+    "recover": "._fleet.fleet",
+    "query_fleet": "._fleet.query",
+    "QueryResult": "._fleet.query",
+    "ManifestEntry": "._replication.manifest",
+    "list_fleet": "._replication.restore",
+    "restore_agent": "._replication.restore",
+    "restore_agents": "._replication.restore",
 }
 
 

@@ -78,7 +78,7 @@ class S3:
 def repeats(log: list[Any], results: dict[str, list[dict[str, Any]]]) -> int:
     """Completed calls requested again: a request for the same prompt after the one whose answer (by the
     fake server's serial number) the agent recorded."""
-    from agentshards._fakellm import serial_of
+    from agentshards.testing._fakellm import serial_of
 
     repeated = 0
     for agent_id, result in results.items():

@@ -16,7 +16,7 @@ from pathlib import Path
 from _chaos_common import CANARY, CLI, S3, TESTS, Row, shard_rows
 
 import agentshards
-from agentshards._fakellm import FakeLLMServer
+from agentshards.testing._fakellm import FakeLLMServer
 
 import sample_agents
 
@@ -149,9 +149,9 @@ def interrupted_restore(rng: random.Random, kills: int, work: Path, s3: S3) -> R
 def _replicated_agent(data: Path, replica: str, agent_id: str, s3: S3, n: int) -> None:
     from _chaos_s3 import OWNED
 
-    from agentshards._journal import Journal
-    from agentshards._run import start_replication
-    from agentshards._shard import open_shard
+    from agentshards._core.journal import Journal
+    from agentshards._core.shard import open_shard
+    from agentshards._fleet.run import start_replication
 
     replication = start_replication(data, replica, agentshards.RunConfig(), s3.env)
     try:

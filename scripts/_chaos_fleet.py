@@ -17,7 +17,7 @@ from typing import Any
 from _chaos_common import CLI, S3, TESTS, Row, repeats, shard_rows, wait_for
 
 import agentshards
-from agentshards._fakellm import FakeLLMServer
+from agentshards.testing._fakellm import FakeLLMServer
 
 from agent_process import completed_steps, spawn_chat_agent, wait_ready
 

@@ -18,11 +18,11 @@ from pathlib import Path
 from _chaos_common import S3, Row, shard_rows
 
 import agentshards
-from agentshards._config import litestream_owned
-from agentshards._journal import Journal
-from agentshards._replication import Replication
-from agentshards._run import start_replication
-from agentshards._shard import open_shard
+from agentshards._base.config import litestream_owned
+from agentshards._core.journal import Journal
+from agentshards._core.shard import open_shard
+from agentshards._fleet.run import start_replication
+from agentshards._replication.replication import Replication
 
 from fault_proxy import FaultProxy
 

@@ -35,7 +35,7 @@ import boto3
 from bench_replication import loopback_s3_env, mem_kb, pct, start_moto
 
 import agentshards
-from agentshards._replication import _epoch
+from agentshards._replication.replication import _epoch
 
 from fault_proxy import FaultProxy
 

@@ -28,10 +28,10 @@ from bench_replication import loopback_s3_env, mem_kb
 from bench_scale import start_rclone
 
 import agentshards
-from agentshards._config import litestream_owned
-from agentshards._run import start_replication
-from agentshards._shard import open_shard
-from agentshards._sqlite import write_transaction
+from agentshards._base.config import litestream_owned
+from agentshards._core.shard import open_shard
+from agentshards._core.sqlite import write_transaction
+from agentshards._fleet.run import start_replication
 
 
 def phase(seconds: float, litestream: int, s3: int, write: object | None) -> tuple[float, float, float]:

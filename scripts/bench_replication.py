@@ -31,10 +31,10 @@ import boto3
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from agentshards import LitestreamConfig, RunConfig, restore_agent
-from agentshards._journal import Journal
-from agentshards._replication import _epoch
-from agentshards._run import start_replication
-from agentshards._shard import open_shard
+from agentshards._core.journal import Journal
+from agentshards._core.shard import open_shard
+from agentshards._fleet.run import start_replication
+from agentshards._replication.replication import _epoch
 
 from fault_proxy import FaultProxy
 

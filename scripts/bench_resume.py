@@ -57,7 +57,7 @@ def main() -> None:
     parser.add_argument("--calls", type=int, nargs="+", default=[10, 100])
     args = parser.parse_args()
     print(f"machine: {platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}, "
-          f"SQLite {agentshards._sqlite.sqlite_version()}")
+          f"SQLite {agentshards._core.sqlite.sqlite_version()}")
     base = _bench_agents.interpreter_ms("pass", args.repeat)
     imp = _bench_agents.interpreter_ms("import agentshards", args.repeat)
     print(f"{'measure':<44} {'baseline ms':>12} {'agentshards ms':>15} {'ratio':>7}")

@@ -33,11 +33,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_replication import loopback_s3_env, start_moto, start_server
 
 import agentshards
-from agentshards._fleet import _children_cpu_s
-from agentshards._journal import Journal
-from agentshards._manifest import ManifestEntry
-from agentshards._run import start_replication
-from agentshards._shard import open_shard
+from agentshards._core.journal import Journal
+from agentshards._core.shard import open_shard
+from agentshards._fleet.fleet import _children_cpu_s
+from agentshards._fleet.run import start_replication
+from agentshards._replication.manifest import ManifestEntry
 
 import _bench_agents
 
@@ -93,7 +93,7 @@ def recovery(env: dict[str, str], agents: int, work: Path) -> tuple[float, float
             journal = Journal(open_shard(data, agent_id, agentshards.RunConfig().shard), agent_id)
             replication.litestream.register(agent_id)
             inputs = json.dumps({"n": 5}, sort_keys=True, separators=(",", ":"))
-            run = journal.begin_run("_bench_agents:step_agent", inputs, agentshards._codec.digest(inputs))
+            run = journal.begin_run("_bench_agents:step_agent", inputs, agentshards._core.codec.digest(inputs))
             for s in range(3):  # three recorded steps of five
                 journal.record_step(run.id, "work" if s == 0 else f"work#{s + 1}", "step",
                                     json.dumps({"i": s, "blob": "y" * 1000}))

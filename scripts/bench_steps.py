@@ -35,10 +35,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import contextlib
 
 import agentshards
-from agentshards._agent import Agent
-from agentshards._journal import Journal
-from agentshards._shard import open_shard
-from agentshards._sqlite import open_connection, write_transaction
+from agentshards._core.agent import Agent
+from agentshards._core.journal import Journal
+from agentshards._core.shard import open_shard
+from agentshards._core.sqlite import open_connection, write_transaction
 
 import _bench_agents
 
@@ -153,7 +153,7 @@ def main() -> None:
                         default=Path(__file__).resolve().parent.parent.parent / "shared" / "peerbench")
     args = parser.parse_args()
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-          f"SQLite {'.'.join(map(str, agentshards._sqlite.sqlite_version()))}; medians of {args.reps}")
+          f"SQLite {'.'.join(map(str, agentshards._core.sqlite.sqlite_version()))}; medians of {args.reps}")
     rows: list[tuple[str, str, str]] = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

@@ -24,11 +24,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_replication import mem_kb
 
-from agentshards._zygote import preload
+from agentshards._fleet.zygote import preload
 
 CHILD = """
 import time
-from agentshards._zygote import preload
+from agentshards._fleet.zygote import preload
 preload()
 print("ready", flush=True)
 time.sleep(600)

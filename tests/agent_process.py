@@ -14,7 +14,7 @@ from typing import Any
 import apsw
 
 from agentshards import FakeLLMServer, inspect_agent
-from agentshards._fakellm import FakeRequest, serial_of
+from agentshards.testing._fakellm import FakeRequest, serial_of
 
 TESTS_DIR = Path(__file__).resolve().parent
 

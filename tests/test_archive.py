@@ -23,9 +23,9 @@ from agentshards import (
     list_fleet,
     run_agent,
 )
-from agentshards._crashpoints import ARCHIVE_POINTS
-from agentshards._objectstore import store_for
-from agentshards._replica import parse_replica
+from agentshards._base.crashpoints import ARCHIVE_POINTS
+from agentshards._replication.objectstore import store_for
+from agentshards._replication.replica import parse_replica
 
 import sample_agents
 from agent_process import TESTS_DIR
@@ -52,8 +52,8 @@ def test_archive_fetch_inspect(tmp_path: Path, replica: str) -> None:
 
 def test_unfinished_agents_are_not_archived(tmp_path: Path) -> None:
     from agentshards import RunConfig
-    from agentshards._journal import Journal
-    from agentshards._shard import open_shard
+    from agentshards._core.journal import Journal
+    from agentshards._core.shard import open_shard
 
     journal = Journal(open_shard(tmp_path / "d", "busy", RunConfig().shard), "busy")
     journal.begin_run("sample_agents:two_steps", '{"x":9}', "d")  # an open run, as a crashed agent leaves it
@@ -65,7 +65,7 @@ def test_unfinished_agents_are_not_archived(tmp_path: Path) -> None:
 
 ARCHIVER = """
 import sys
-from agentshards._archive import archive_agent
+from agentshards._replication.archive import archive_agent
 archive_agent(sys.argv[1], sys.argv[2], sys.argv[3], crash_plan=sys.argv[4])
 """
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from agentshards import FakeLLMServer, inspect_agent
-from agentshards._crashpoints import POINTS
+from agentshards._base.crashpoints import POINTS
 
 from agent_process import completed_steps, finish_and_check, spawn_chat_agent, wait_ready
 

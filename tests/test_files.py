@@ -13,9 +13,10 @@ from pathlib import Path
 import apsw
 import pytest
 
-from agentshards import RunConfig, ShardConfig, ShardError, _journal, inspect_agent, run_agent
-from agentshards._schema import MIGRATIONS, SCHEMA_VERSION
-from agentshards._shard import open_shard
+from agentshards import RunConfig, ShardConfig, ShardError, inspect_agent, run_agent
+from agentshards._core import journal as _journal
+from agentshards._core.schema import MIGRATIONS, SCHEMA_VERSION
+from agentshards._core.shard import open_shard
 
 import sample_agents
 
@@ -62,7 +63,7 @@ def test_migration_from_v1_keeps_runs_and_resumes(data_dir: Path) -> None:
     conn.execute(MIGRATIONS[0])
     conn.execute("PRAGMA user_version = 1")
     conn.execute("INSERT INTO shard_meta VALUES ('agent_id', 'old'), ('created_at', '0')")
-    digest = __import__("agentshards._codec", fromlist=["digest"]).digest('{"x":2}')
+    digest = __import__("agentshards._core.codec", fromlist=["digest"]).digest('{"x":2}')
     conn.execute("INSERT INTO workflows(id, seq, target, input_json, input_digest, status, created_at, updated_at)"
                  " VALUES ('r1', 1, 'sample_agents:two_steps', '{\"x\":2}', ?, 'running', 0, 0)", (digest,))
     conn.execute("INSERT INTO steps(workflow_id, step_name, kind, output_json, completed_at)"

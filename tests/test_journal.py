@@ -10,8 +10,8 @@ import apsw
 import pytest
 
 from agentshards import RunMismatch, ShardConfig
-from agentshards._journal import RUNNING, SUPERSEDED, Journal
-from agentshards._shard import open_shard
+from agentshards._core.journal import RUNNING, SUPERSEDED, Journal
+from agentshards._core.shard import open_shard
 
 
 def _journal(path: Path) -> Journal:
@@ -75,8 +75,8 @@ def test_the_step_path_stays_in_a_small_statement_cache(tmp_path: Path) -> None:
     """A shard connection keeps STATEMENT_CACHE prepared statements (apsw's 100 kept every one-off statement
     of a new shard's schema and migrations: ~75 KB). Once warm, a plain step and an LLM step (intent,
     answer, ledger, step) prepare nothing again: the hot set fits."""
-    from agentshards._ledger import Usage
-    from agentshards._sqlite import STATEMENT_CACHE
+    from agentshards._core.ledger import Usage
+    from agentshards._core.sqlite import STATEMENT_CACHE
 
     conn = open_shard(tmp_path, "a", ShardConfig())
     journal = Journal(conn, "a")

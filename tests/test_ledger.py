@@ -19,9 +19,9 @@ from agentshards import (
     run_agent,
     spend_report,
 )
-from agentshards._fakellm import serial_of
-from agentshards._journal import Journal
-from agentshards._shard import open_shard
+from agentshards._core.journal import Journal
+from agentshards._core.shard import open_shard
+from agentshards.testing._fakellm import serial_of
 
 import sample_agents
 

@@ -18,7 +18,7 @@ from agentshards import (
     inspect_agent,
     run_agent,
 )
-from agentshards._fakellm import serial_of
+from agentshards.testing._fakellm import serial_of
 
 import sample_agents
 

@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 
 from agentshards import LitestreamConfig, ReplicationError, ShardConfig, ShardError, restore_agent
-from agentshards._litestream import Litestream, find_binary, restore
-from agentshards._ltx import DamagedLtx, LtxError, LtxFile, decode, parse_key, restore_plan
-from agentshards._objectstore import store_for
-from agentshards._replica import parse_replica
-from agentshards._restore import _fetch_native
-from agentshards._shard import open_shard
-from agentshards._sqlite import open_connection
+from agentshards._core.shard import open_shard
+from agentshards._core.sqlite import open_connection
+from agentshards._replication.litestream import Litestream, find_binary, restore
+from agentshards._replication.ltx import DamagedLtx, LtxError, LtxFile, decode, parse_key, restore_plan
+from agentshards._replication.objectstore import store_for
+from agentshards._replication.replica import parse_replica
+from agentshards._replication.restore import _fetch_native
 
 
 def _ltx(level: int, lo: int, hi: int) -> LtxFile:
@@ -197,7 +197,7 @@ def test_no_flipped_byte_or_truncation_changes_a_page_silently(tmp_path: Path) -
 def test_a_store_failure_mid_restore_is_a_replication_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The object store's own exceptions (botocore, OSError) do not leak out of a restore: callers catch
     one error root, with the agent's id, and nothing is written."""
-    from agentshards._objectstore import LocalStore
+    from agentshards._replication.objectstore import LocalStore
 
     replica = _replicated(tmp_path)
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from agentshards import InvalidReplica
-from agentshards._objectstore import ObjectNotFound, ObjectStore, store_for
-from agentshards._replica import parse_replica
+from agentshards._replication.objectstore import ObjectNotFound, ObjectStore, store_for
+from agentshards._replication.replica import parse_replica
 
 
 @pytest.fixture(params=["file", "s3"])

@@ -18,13 +18,13 @@ from typing import Any
 import pytest
 
 from agentshards import FakeLLMServer, Fleet, RunConfig, inspect_agent, list_fleet, recover
-from agentshards._codec import digest
-from agentshards._fakellm import serial_of
-from agentshards._journal import Journal
-from agentshards._manifest import ManifestEntry
-from agentshards._run import code_fingerprint, start_replication
-from agentshards._shard import open_shard
-from agentshards._target import resolve
+from agentshards._core.codec import digest
+from agentshards._core.journal import Journal
+from agentshards._core.shard import open_shard
+from agentshards._core.target import resolve
+from agentshards._fleet.run import code_fingerprint, start_replication
+from agentshards._replication.manifest import ManifestEntry
+from agentshards.testing._fakellm import serial_of
 
 from agent_process import TESTS_DIR
 

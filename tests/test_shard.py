@@ -11,9 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agentshards import InvalidAgentId, ShardConfig, ShardError, run_agent, validate_agent_id
-from agentshards._schema import SCHEMA_VERSION
-from agentshards._shard import open_shard, shard_path
-from agentshards._sqlite import open_connection
+from agentshards._core.schema import SCHEMA_VERSION
+from agentshards._core.shard import open_shard, shard_path
+from agentshards._core.sqlite import open_connection
 
 import sample_agents
 
@@ -124,8 +124,8 @@ def test_renamed_shard_is_refused(tmp_path: Path) -> None:
 def test_replicated_shards_leave_checkpoints_to_litestream(tmp_path: Path) -> None:
     """A checkpoint that resets the WAL while Litestream is down loses frames it never read; replicated
     shards therefore turn SQLite's automatic checkpoints off (run_agent with a replica, Fleet with one)."""
-    from agentshards._config import RunConfig, litestream_owned
-    from agentshards._sqlite import open_connection
+    from agentshards._base.config import RunConfig, litestream_owned
+    from agentshards._core.sqlite import open_connection
 
     local = open_connection(tmp_path / "l.db", RunConfig().shard)
     owned = open_connection(tmp_path / "o.db", litestream_owned(RunConfig()).shard)

@@ -9,9 +9,9 @@ import apsw
 import pytest
 
 from agentshards import RunConfig, ShardConfig
-from agentshards._agent import Agent
-from agentshards._journal import Journal
-from agentshards._shard import open_shard
+from agentshards._core.agent import Agent
+from agentshards._core.journal import Journal
+from agentshards._core.shard import open_shard
 
 
 class CountingVFS(apsw.VFS):

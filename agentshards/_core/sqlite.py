@@ -1,0 +1,122 @@
+"""The one place that opens SQLite connections, and the write-transaction helper.
+
+Every agent shard is shared with a Litestream process that reads the WAL and runs its own checkpoints,
+so the settings below are chosen to cooperate with it (see ``litestream/README.md``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import apsw
+
+from .._base.config import ShardConfig
+from .._base.errors import ShardError
+
+MIN_SQLITE = (3, 51, 3)
+"""SQLite 3.7.0-3.51.2 can corrupt a WAL database when an external process checkpoints it while the
+application writes (the WAL-reset bug), which is exactly the Litestream setup."""
+
+STATEMENT_CACHE = 32
+"""Prepared statements a shard connection keeps (see open_connection)."""
+
+
+def sqlite_version() -> tuple[int, ...]:
+    return tuple(int(p) for p in apsw.sqlite_lib_version().split("."))
+
+
+def require_sqlite() -> None:
+    """Refuse SQLite builds with the WAL-reset bug; apsw wheels bundle their own SQLite."""
+    if sqlite_version() < MIN_SQLITE:
+        need = ".".join(map(str, MIN_SQLITE))
+        raise ShardError(
+            f"SQLite {apsw.sqlite_lib_version()} (via apsw) has the WAL-reset bug that an external "
+            f"checkpointer such as Litestream can trigger; {need} or newer is required",
+            hint="pip install -U apsw (its wheels bundle a current SQLite)")
+
+
+def open_connection(path: Path, config: ShardConfig, *, create: bool = True,
+                    readonly: bool = False) -> apsw.Connection:
+    """Open ``path`` with every pragma agentshards relies on, each set for a stated reason.
+
+    ``readonly`` connections change nothing in the file (no WAL switch): they are how a file of unknown
+    origin is examined before agentshards writes to it.
+    """
+    if readonly:
+        flags = apsw.SQLITE_OPEN_READONLY
+    else:
+        flags = apsw.SQLITE_OPEN_READWRITE | (apsw.SQLITE_OPEN_CREATE if create else 0)
+    # No URI filenames (plain path only), and extension loading stays disabled (apsw's default):
+    # shard files may arrive from a replica or an archive.
+    # 32 prepared statements kept, not apsw's 100: the per-step path uses 7 (BEGIN, the step row, COMMIT;
+    # an LLM step 4 more), while creating a shard prepares ~40 once (schema, migrations) that would
+    # otherwise stay cached for the connection's life: ~75 KB per new shard (apsw.memory_used). A fleet's
+    # workers open shards the supervisor created, so their memory did not move (723 vs 727 MB, 1,000 agents).
+    conn = apsw.Connection(str(path), flags=flags, vfs=config.vfs, statementcachesize=STATEMENT_CACHE)
+    try:
+        # First, before any other statement: Litestream holds locks briefly; without a busy timeout a
+        # PRAGMA below (even journal_mode) can fail with SQLITE_BUSY at once.
+        conn.set_busy_timeout(config.busy_timeout_ms)
+        # Files may come from S3: do not let schema objects (triggers, views) call app-defined functions.
+        conn.execute("PRAGMA trusted_schema=OFF")
+        # Detect a damaged b-tree page as corruption instead of reading past it.
+        conn.execute("PRAGMA cell_size_check=ON")
+        if readonly:
+            # Belt and braces on top of the read-only open: refuse any write through this connection.
+            conn.execute("PRAGMA query_only=ON")
+            return conn
+        # WAL: readers (Litestream, inspect) never block the agent's writes, and Litestream replicates the WAL.
+        mode = conn.execute("PRAGMA journal_mode=WAL").fetchall()[0][0]
+        if str(mode).lower() != "wal":
+            raise apsw.CantOpenError(f"could not switch {path} to WAL (got {mode!r})")
+        # FULL (default) syncs the WAL at every commit: a recorded step survives power loss. NORMAL only
+        # survives a process crash; configurable for users who accept that. Never OFF.
+        conn.execute(f"PRAGMA synchronous={config.synchronous}")
+        # Enforce the steps -> workflows reference.
+        conn.execute("PRAGMA foreign_keys=ON")
+        # Automatic PASSIVE checkpoints at SQLite's 1000 pages for local-only shards; 0 (off) for replicated
+        # ones, whose checkpoints Litestream owns (see ShardConfig.wal_autocheckpoint). We never run
+        # TRUNCATE/RESTART checkpoints ourselves.
+        conn.execute(f"PRAGMA wal_autocheckpoint={int(config.wal_autocheckpoint)}")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def query(conn: apsw.Connection, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Rows of ``sql`` as plain tuples (typed loosely: SQLite columns are dynamically typed)."""
+    rows: list[tuple[Any, ...]] = conn.execute(sql, params).fetchall()
+    return rows
+
+
+class write_transaction:
+    """``BEGIN IMMEDIATE`` so the write lock is taken up front and ``busy_timeout`` applies.
+
+    A DEFERRED transaction that later upgrades to a write gets SQLITE_BUSY immediately, ignoring the
+    busy timeout, which is the classic "database is locked" with Litestream attached. COMMIT can fail
+    too (disk full): then the transaction is rolled back. A class, not a generator: it sits on the
+    per-step hot path.
+    """
+
+    __slots__ = ("_conn",)
+
+    def __init__(self, conn: apsw.Connection) -> None:
+        self._conn = conn
+
+    def __enter__(self) -> apsw.Connection:
+        self._conn.execute("BEGIN IMMEDIATE")
+        return self._conn
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        if exc_type is None:
+            try:
+                self._conn.execute("COMMIT")
+                return
+            except BaseException:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                raise
+        if self._conn.in_transaction:
+            self._conn.execute("ROLLBACK")

@@ -1,0 +1,307 @@
+"""``run_agent``: run one agent in this process, resuming its open run or reporting its finished one."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import inspect
+import json
+import os
+import sys
+import time
+import traceback
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .._base.config import RunConfig, ShardConfig, litestream_owned, llm_config_from_env
+from .._base.errors import (
+    AgentFailed,
+    AgentShardsError,
+    BudgetExceeded,
+    DataDirLocked,
+    InvalidInputs,
+    LLMRequestRejected,
+    ReplicationError,
+    ShardError,
+)
+from .._core import codec as _codec
+from .._core.agent import Agent
+from .._core.journal import BUDGET_EXCEEDED, CANCELLED, FAILED, RUNNING, SUCCEEDED, Journal, Run
+from .._core.shard import open_shard, validate_agent_id
+from .._core.target import AgentFn, resolve, target_of
+
+if TYPE_CHECKING:  # replication modules load only when a replica is used: `import agentshards` stays fast
+    from .._replication.replication import Replication
+
+RESERVED_INPUTS = frozenset({"agent_id", "data_dir", "new_run", "config", "replica"})
+CRASH_ENV = "AGENTSHARDS_TEST_CRASH"
+
+
+def run_agent(
+    fn: AgentFn | str,
+    *,
+    agent_id: str,
+    data_dir: str | os.PathLike[str],
+    new_run: bool = False,
+    config: RunConfig | None = None,
+    replica: str | None = None,
+    **inputs: Any,
+) -> Any:
+    """Run ``fn(agent, **inputs)`` durably as agent ``agent_id`` with its shard in ``data_dir``.
+
+    - No run yet: start one. An open run with the same target and inputs: resume it, replaying every
+      completed step from the journal. A finished run: return its recorded result (or raise
+      AgentFailed with its recorded error) without executing anything.
+    - Another target or other inputs: RunMismatch, unless ``new_run=True`` starts a fresh run.
+    - ``config`` defaults to FULL sync and the OpenAI settings in ``OPENAI_API_KEY``/``OPENAI_BASE_URL``
+      (read here, at the edge, and nowhere else).
+    - ``replica`` (``s3://bucket/prefix`` or a directory) replicates the shard with a Litestream process
+      for the duration of the call, publishes the agent's manifest, and enables ``replicated`` steps.
+      S3 endpoint, region and credentials come from the standard AWS environment.
+
+    Everything is validated before the disk is touched. The result is the JSON value the journal holds.
+    """
+    agent_id = validate_agent_id(agent_id)
+    target, func = target_of(fn)
+    input_json = _check_inputs(func, target, agent_id, inputs)
+    env = os.environ
+    if config is None:
+        config = config_from_env(env)
+    with contextlib.ExitStack() as stack:
+        replication = None
+        if replica is not None:
+            config = litestream_owned(config)
+            replication = start_replication(Path(data_dir), replica, config, env)
+            stack.callback(replication.litestream.stop)
+        journal = Journal(open_shard(Path(data_dir), agent_id, config.shard), agent_id)
+        stack.callback(journal.close)
+        if replication is not None:
+            replication.litestream.register(agent_id)
+        return _execute(journal, replication, func, target, input_json, new_run, config)
+    raise AssertionError("unreachable")  # pragma: no cover - ExitStack does not swallow exceptions
+
+
+def config_from_env(env: Mapping[str, str], shard: ShardConfig | None = None) -> RunConfig:
+    """The default RunConfig of a process's edge (run_agent, a fleet worker): OpenAI settings and the
+    test-only crash plan from ``env``, the given shard settings."""
+    return RunConfig(shard=shard or ShardConfig(), llm=llm_config_from_env(env), crash_plan=env.get(CRASH_ENV))
+
+
+def start_replication(data_dir: Path, replica: str, config: RunConfig, env: Mapping[str, str]) -> Replication:
+    """Check the replica is usable (clear errors before any agent starts), then start Litestream."""
+    from .._replication.litestream import Litestream
+    from .._replication.objectstore import store_for
+    from .._replication.replica import parse_replica
+    from .._replication.replication import Replication
+
+    target = parse_replica(replica, env)
+    store = store_for(target, env)
+    store.check()
+    litestream = Litestream(data_dir, target, config.litestream, env)
+    litestream.start()
+    return Replication(litestream, store, target)
+
+
+def _execute(journal: Journal, replication: Replication | None, func: AgentFn, target: str, input_json: str,
+             new_run: bool, config: RunConfig) -> Any:
+    agent_id = journal.agent_id
+    run = journal.begin_run(target, input_json, _codec.digest(input_json), new_run=new_run)
+    publish = _publisher(journal, replication, target, func)
+    if run.status == SUCCEEDED:
+        publish(run)
+        return _codec.loads(run.output_json or "null")
+    if run.status in (FAILED, BUDGET_EXCEEDED, CANCELLED):
+        publish(run)
+        raise _failure(agent_id, run.error_json, run.status)
+    publish(run)
+    agent = Agent(journal, run.id, config, None if replication is None else replication.confirm, run.executions)
+    try:
+        result = func(agent, **_codec.loads(input_json))
+    except BudgetExceeded as exc:
+        agent.flush_ledger()
+        run = journal.finish_run(run.id, BUDGET_EXCEEDED, error_json=json.dumps(
+            {"type": "agentshards.BudgetExceeded", "message": exc.message}))
+        publish(run)
+        raise
+    except Exception as exc:
+        agent.flush_ledger()
+        if _leaves_run_open(exc):
+            raise
+        error = {"type": f"{type(exc).__module__}.{type(exc).__qualname__}", "message": str(exc)[:4000],
+                 "traceback": "".join(traceback.format_exception(exc))[-8000:]}
+        run = journal.finish_run(run.id, FAILED, error_json=json.dumps(error))
+        publish(run)
+        raise _failure(agent_id, run.error_json) from exc
+    agent.flush_ledger()
+    output = _codec.dumps(result, agent_id=agent_id, step=None, what="agent result")
+    run = journal.finish_run(run.id, SUCCEEDED, output_json=output)
+    publish(run)
+    if run.status == FAILED:
+        raise _failure(agent_id, run.error_json)
+    return _codec.loads(run.output_json or "null")
+
+
+def _publisher(journal: Journal, replication: Replication | None, target: str,
+               func: AgentFn) -> Callable[[Run], None]:
+    """Write the agent's manifest entry (after a final sync when the run is over); no-op without a replica."""
+    if replication is None:
+        return lambda run: None
+    from .._replication.manifest import ManifestEntry
+
+    fingerprint = code_fingerprint(func)
+
+    def publish(run: Run) -> None:
+        assert replication is not None
+        if run.status != RUNNING:
+            with contextlib.suppress(ReplicationError, OSError):
+                replication.litestream.sync(journal.agent_id)
+        replication.publish(ManifestEntry(
+            agent_id=journal.agent_id, status=run.status, target=target, input_digest=run.input_digest,
+            run_id=run.id, code_fingerprint=fingerprint, steps=len(journal.steps(run.id)), updated_at=time.time(),
+            inputs_json=run.input_json))
+
+    return publish
+
+
+def code_fingerprint(func: AgentFn) -> str | None:
+    """sha256 of the agent function's module source: tells a resumed agent that its code changed."""
+    try:
+        source = inspect.getsourcefile(func)
+        return None if source is None else hashlib.sha256(Path(source).read_bytes()).hexdigest()[:16]
+    except (TypeError, OSError):
+        return None
+
+
+def _check_inputs(func: AgentFn, target: str, agent_id: str, inputs: dict[str, Any]) -> str:
+    """Inputs must be JSON (they are journaled and compared on resume) and fit the function's signature."""
+    try:
+        text = _codec.canonical(inputs)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInputs(f"inputs for {target} are not JSON-able: {exc}", agent_id=agent_id,
+                            hint="pass str/int/float/bool/None/list/dict inputs") from exc
+    if len(text) > _codec.MAX_VALUE_CHARS:
+        raise InvalidInputs(f"inputs for {target} are {len(text):,} characters as JSON, over the "
+                            f"{_codec.MAX_VALUE_CHARS:,} limit", agent_id=agent_id,
+                            hint="pass a reference (a path, an object key) instead of the data itself")
+    try:
+        inspect.signature(func).bind(None, **inputs)
+    except TypeError as exc:
+        raise InvalidInputs(f"{target} does not accept these inputs: {exc}", agent_id=agent_id,
+                            hint=f"the function is called as fn(agent, **inputs); {sorted(RESERVED_INPUTS)}"
+                                 " are run_agent's own arguments") from exc
+    except ValueError:
+        pass  # builtins without a signature: let the call itself complain
+    return text
+
+
+def _leaves_run_open(exc: Exception) -> bool:
+    """Errors of the environment or of our API usage do not end the run: fix the cause and re-run.
+
+    Only the agent's own exceptions (and LLM requests the provider rejects as invalid) are outcomes.
+    """
+    if isinstance(exc, LLMRequestRejected):
+        return False
+    if isinstance(exc, AgentShardsError):
+        return True
+    openai = sys.modules.get("openai")
+    if openai is None:
+        return False
+    return isinstance(exc, openai.APIError) and not isinstance(
+        exc, (openai.BadRequestError, openai.UnprocessableEntityError))
+
+
+def _failure(agent_id: str, error_json: str | None, status: str = FAILED) -> AgentShardsError:
+    error = json.loads(error_json or "{}")
+    if status == BUDGET_EXCEEDED:
+        return BudgetExceeded(f"its run ended over budget: {error.get('message', '')}", agent_id=agent_id,
+                              hint="budget_exceeded is final; raise RunConfig(budget_usd=...) and pass new_run=True")
+    etype, emsg = str(error.get("type", "?")), str(error.get("message", ""))
+    if status == CANCELLED:
+        return AgentFailed(f"its run was cancelled: {emsg}", error_type="Cancelled", error_message=emsg,
+                           agent_id=agent_id, hint="cancelled is final; pass new_run=True to run it again")
+    return AgentFailed(f"its run failed with {etype}: {emsg[:500]}", error_type=etype, error_message=emsg,
+                       agent_id=agent_id, hint="the failure is recorded; pass new_run=True to run it again")
+
+
+def fork_run(agent_id: str, data_dir: str | os.PathLike[str], *, at_step: int | str,
+             inputs: dict[str, Any] | None = None) -> str:
+    """Start a new run of the agent that keeps the steps completed before ``at_step``; return its id.
+
+    ``at_step`` is the 1-based position (in completion order) or the name of the first step to run
+    afresh. The way out of a NonDeterminismError that keeps what is still valid: steps before the fork
+    point replay, later ones run again. ``inputs`` replaces the run's inputs (default: unchanged); run
+    the agent again with those inputs to continue. The previous run stays in the journal.
+    """
+    agent_id = validate_agent_id(agent_id)
+    journal = Journal(open_shard(Path(data_dir), agent_id, RunConfig().shard, create=False), agent_id)
+    try:
+        runs = journal.runs()
+        if not runs:
+            raise ShardError("has no run to fork", agent_id=agent_id, hint="run the agent first")
+        source = runs[-1]
+        names = [s.name for s in journal.steps(source.id)]
+        if isinstance(at_step, str):
+            if at_step not in names:
+                raise InvalidInputs(f"run {source.id[:12]} has no step {at_step!r}", agent_id=agent_id,
+                                    hint=f"completed steps: {', '.join(names[:20]) or 'none'}")
+            keep = names.index(at_step)
+        else:
+            if not 1 <= at_step <= len(names) + 1:
+                raise InvalidInputs(f"at_step={at_step} is outside 1..{len(names) + 1}", agent_id=agent_id,
+                                    hint="count completed steps from 1, in the order inspect lists them")
+            keep = at_step - 1
+        input_json = digest = None
+        if inputs is not None:
+            func = resolve(source.target)
+            input_json = _check_inputs(func, source.target, agent_id, inputs)
+            digest = _codec.digest(input_json)
+        return journal.fork_run(source.id, keep, input_json=input_json, input_digest=digest).id
+    finally:
+        journal.close()
+
+
+def cancel_agent(agent_id: str, data_dir: str | os.PathLike[str], reason: str = "cancelled by an operator") -> Run:
+    """End the agent's open run as ``cancelled`` (final). Refused while a supervisor owns the data dir."""
+    journal = _offline_journal(agent_id, data_dir, "cancel")
+    try:
+        runs = journal.runs()
+        if not runs or runs[-1].status != RUNNING:
+            raise InvalidInputs(f"has no open run to cancel ({runs[-1].status if runs else 'no run'})",
+                                agent_id=agent_id, hint="only a running (open) run can be cancelled")
+        return journal.finish_run(runs[-1].id, CANCELLED, error_json=json.dumps(
+            {"type": "Cancelled", "message": reason}))
+    finally:
+        journal.close()
+
+
+def retry_agent(agent_id: str, data_dir: str | os.PathLike[str], *, config: RunConfig | None = None,
+                replica: str | None = None) -> Any:
+    """Run a failed agent again from its last completed step (its failed run is reopened, not replaced)."""
+    journal = _offline_journal(agent_id, data_dir, "retry")
+    try:
+        runs = journal.runs()
+        if not runs or runs[-1].status != FAILED:
+            raise InvalidInputs(f"has no failed run to retry ({runs[-1].status if runs else 'no run'})",
+                                agent_id=agent_id, hint="retry is for failed agents; running ones resume on their own")
+        run = journal.reopen(runs[-1].id)
+    finally:
+        journal.close()
+    return run_agent(run.target, agent_id=agent_id, data_dir=data_dir, config=config, replica=replica,
+                     **json.loads(run.input_json))
+
+
+def _offline_journal(agent_id: str, data_dir: str | os.PathLike[str], what: str) -> Journal:
+    import fcntl
+
+    lock = Path(data_dir) / "agentshards.lock"
+    if lock.exists():
+        with open(lock) as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(handle, fcntl.LOCK_UN)
+            except BlockingIOError:
+                raise DataDirLocked(f"cannot {what} while a supervisor (pid {handle.read().strip()}) owns {data_dir}",
+                                    agent_id=agent_id, hint="stop the fleet first") from None
+    agent_id = validate_agent_id(agent_id)
+    return Journal(open_shard(Path(data_dir), agent_id, RunConfig().shard, create=False), agent_id)

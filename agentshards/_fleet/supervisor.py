@@ -1,0 +1,223 @@
+"""The fleet supervisor: an explicit loop that runs agents in worker processes and restarts the dead.
+
+Each ``tick``: reap exited workers (an agent without a result file was on a worker that died: restart it
+with exponential backoff, up to a limit, then mark it failed with the reason), start workers for agents
+that may run (pending, or restarting and due) up to the concurrency cap, check Litestream's health, and
+publish the state to ``DATA_DIR/.fleet/status.json`` so ``agentshards status`` works from another shell.
+The clock and the sleep are injectable, so the policy is testable without waiting.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .._base.config import ShardConfig, SupervisorConfig
+from .._base.errors import AgentShardsError
+from .zygote import ForkedWorker, Zygote
+
+log = logging.getLogger("agentshards")
+
+PENDING, RUNNING, RESTARTING = "pending", "running", "restarting"
+SUCCEEDED, FAILED, BUDGET_EXCEEDED = "succeeded", "failed", "budget_exceeded"
+FINAL_STATES = (SUCCEEDED, FAILED, BUDGET_EXCEEDED)
+_WORKER_SECRETS = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID")
+
+
+@dataclass
+class AgentState:
+    agent_id: str
+    target: str
+    inputs: dict[str, Any]
+    status: str = PENDING
+    restarts: int = 0
+    due_at: float = 0.0
+    worker_pid: int | None = None
+    reason: str | None = None
+    result: Any = None
+    error: dict[str, Any] | None = None
+
+
+@dataclass
+class _Worker:
+    proc: ForkedWorker
+    agent_ids: list[str]
+    spec_path: Path
+
+
+@dataclass
+class Supervisor:
+    data_dir: Path
+    app_dir: Path
+    config: SupervisorConfig
+    env: Mapping[str, str]
+    shard: ShardConfig = field(default_factory=ShardConfig)  # how workers open shards (the fleet's settings)
+    on_final: Callable[[AgentState], None] = lambda state: None
+    on_tick: Callable[[], None] = lambda: None
+    clock: Callable[[], float] = time.monotonic
+    sleep: Callable[[float], None] = time.sleep
+    agents: dict[str, AgentState] = field(default_factory=dict)
+    _workers: list[_Worker] = field(default_factory=list)
+    _serial: int = 0
+    _zygote: Zygote | None = None
+
+    @property
+    def fleet_dir(self) -> Path:
+        return self.data_dir / ".fleet"
+
+    @property
+    def results_dir(self) -> Path:
+        return self.fleet_dir / "results"
+
+    def add(self, agent_id: str, target: str, inputs: dict[str, Any]) -> None:
+        (self.results_dir / f"{agent_id}.json").unlink(missing_ok=True)  # stale from an earlier fleet
+        self.agents[agent_id] = AgentState(agent_id, target, inputs)
+
+    def worker_pids(self) -> list[int]:
+        return [w.proc.pid for w in self._workers if w.proc.poll() is None]
+
+    def done(self) -> bool:
+        return all(a.status in FINAL_STATES for a in self.agents.values())
+
+    def run(self, timeout_s: float | None = None) -> None:
+        """Tick until every agent is final (or the timeout passes: then stop and raise TimeoutError)."""
+        deadline = None if timeout_s is None else self.clock() + timeout_s
+        while not self.done():
+            self.tick()
+            if deadline is not None and self.clock() > deadline:
+                self.stop()
+                raise TimeoutError(f"fleet not finished within {timeout_s}s")
+            self.sleep(self.config.tick_s)
+        self.tick()  # publish the final state
+
+    def tick(self) -> None:
+        self._reap()
+        self._start_due()
+        self.on_tick()
+        self._publish()
+
+    # -- reaping and restarting -------------------------------------------------------------------------
+
+    def _reap(self) -> None:
+        alive = []
+        for worker in self._workers:
+            code = worker.proc.poll()
+            if code is None:
+                alive.append(worker)
+                continue
+            worker.spec_path.unlink(missing_ok=True)
+            how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exited with {code}"
+            for agent_id in worker.agent_ids:
+                self._settle(self.agents[agent_id], f"worker {worker.proc.pid} {how}")
+        self._workers = alive
+
+    def _settle(self, state: AgentState, worker_exit: str) -> None:
+        path = self.results_dir / f"{state.agent_id}.json"
+        try:
+            outcome = json.loads(path.read_text())
+        except (OSError, ValueError):
+            outcome = None
+        state.worker_pid = None
+        if outcome is not None and outcome["status"] == SUCCEEDED:
+            self._final(state, SUCCEEDED, result=outcome.get("result"))
+        elif outcome is not None and outcome.get("final"):
+            self._final(state, outcome["status"], error=outcome.get("error"),
+                        reason=f"{outcome['error']['type']}: {outcome['error']['message'][:300]}")
+        else:
+            reason = worker_exit if outcome is None else f"{outcome['error']['type']}: {outcome['error']['message']}"
+            path.unlink(missing_ok=True)
+            self._restart(state, reason)
+
+    def _restart(self, state: AgentState, reason: str) -> None:
+        if state.restarts >= self.config.max_restarts:
+            self._final(state, FAILED, reason=f"gave up after {state.restarts} restarts; last: {reason}",
+                        error={"type": "RestartLimit", "message": reason})
+            return
+        pause = min(self.config.restart_backoff_max_s, self.config.restart_backoff_s * 2 ** state.restarts)
+        state.restarts += 1
+        state.status, state.reason, state.due_at = RESTARTING, reason, self.clock() + pause
+        log.warning("agent %s: %s; restart %d/%d in %.2fs", state.agent_id, reason, state.restarts,
+                    self.config.max_restarts, pause)
+
+    def _final(self, state: AgentState, status: str, *, result: Any = None, error: dict[str, Any] | None = None,
+               reason: str | None = None) -> None:
+        state.status, state.result, state.error, state.reason = status, result, error, reason
+        log.info("agent %s: %s%s", state.agent_id, status, f" ({reason})" if reason else "")
+        self.on_final(state)
+
+    # -- starting workers ---------------------------------------------------------------------------------
+
+    def _start_due(self) -> None:
+        now = self.clock()
+        running = sum(len(w.agent_ids) for w in self._workers)
+        room = self.config.concurrency - running
+        due = [a for a in self.agents.values()
+               if room > 0 and (a.status == PENDING or (a.status == RESTARTING and a.due_at <= now))][:max(room, 0)]
+        k = self.config.agents_per_worker
+        by_target: dict[str, list[AgentState]] = {}
+        for state in due:
+            by_target.setdefault(state.target, []).append(state)
+        for batch in by_target.values():
+            for i in range(0, len(batch), k):
+                self._spawn(batch[i:i + k])
+
+    def _spawn(self, batch: list[AgentState]) -> None:
+        self._serial += 1
+        self.fleet_dir.mkdir(parents=True, exist_ok=True)
+        spec = {"data_dir": str(self.data_dir), "target": batch[0].target, "app_dir": str(self.app_dir),
+                "results_dir": str(self.results_dir), "shard": asdict(self.shard),
+                "agents": [{"agent_id": a.agent_id, "inputs": a.inputs} for a in batch]}
+        fd, name = tempfile.mkstemp(dir=self.fleet_dir, prefix=f"worker-{self._serial}-", suffix=".json")
+        with os.fdopen(fd, "w") as f:  # mkstemp: mode 0600
+            json.dump(spec, f)
+        if self._zygote is None:
+            env = {k: v for k, v in self.env.items() if k not in _WORKER_SECRETS}  # workers need no AWS secret
+            env["PYTHONPATH"] = os.pathsep.join(p for p in (str(self.app_dir), env.get("PYTHONPATH")) if p)
+            self._zygote = Zygote(env, self.app_dir, self.fleet_dir / "workers.log")
+        try:
+            proc = self._zygote.spawn(Path(name))
+        except AgentShardsError as exc:  # the zygote died (its workers with it): one fresh start, then give up
+            log.warning("worker zygote for %s: %s; starting a new one", self.data_dir, exc)
+            proc = self._zygote.spawn(Path(name))
+        self._workers.append(_Worker(proc, [a.agent_id for a in batch], Path(name)))
+        for state in batch:
+            state.status, state.worker_pid = RUNNING, proc.pid
+
+    # -- stopping and status ------------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """SIGTERM every worker, a bounded wait, then SIGKILL. Unfinished runs stay open to resume."""
+        for worker in self._workers:
+            if worker.proc.poll() is None:
+                worker.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + self.config.stop_timeout_s
+        for worker in self._workers:
+            try:
+                worker.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                worker.proc.kill()
+                worker.proc.wait()
+            worker.spec_path.unlink(missing_ok=True)
+        self._workers = []
+        if self._zygote is not None:
+            self._zygote.stop()
+            self._zygote = None
+
+    def _publish(self) -> None:
+        self.fleet_dir.mkdir(parents=True, exist_ok=True)
+        payload = {"pid": os.getpid(), "updated_at": time.time(),
+                   "agents": {a.agent_id: {k: v for k, v in asdict(a).items() if k not in ("inputs", "result")}
+                              for a in self.agents.values()}}
+        fd, tmp = tempfile.mkstemp(dir=self.fleet_dir, prefix=".status-")
+        with os.fdopen(fd, "w") as f:
+            json.dump(payload, f)
+        os.replace(tmp, self.fleet_dir / "status.json")

@@ -1,0 +1,90 @@
+"""A worker process: forked by the fleet's zygote (``_zygote.py``) to run ``main([_, SPEC.json])``.
+
+It hosts the agents listed in the spec as threads (LLM-bound agents wait on I/O), each with its own
+shard, connection and log file (``.fleet/logs/<agent_id>.log``), and writes one result file per agent
+when that agent's ``run_agent`` returns.
+The supervisor learns a worker died from its exit status: agents without a result file are restarted.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import tempfile
+import threading
+import traceback
+from pathlib import Path
+from typing import Any
+
+from .._base.errors import AgentFailed, BudgetExceeded, InvalidInputs, InvalidTarget, RunMismatch
+
+# Outcomes that running the agent again cannot change: the supervisor does not restart these.
+FINAL_ERRORS = (AgentFailed, BudgetExceeded, RunMismatch, InvalidInputs, InvalidTarget)
+
+
+def write_result(results_dir: Path, agent_id: str, payload: dict[str, Any]) -> None:
+    """Atomically (temp file, fsync, rename): the supervisor never reads half a result."""
+    results_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=results_dir, prefix=f".{agent_id}-")
+    with os.fdopen(fd, "w") as f:
+        json.dump(payload, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, results_dir / f"{agent_id}.json")
+
+
+class _OneAgent(logging.Filter):
+    """Routes an agent thread's log records to that agent's own log file."""
+
+    def __init__(self, agent_id: str) -> None:
+        super().__init__()
+        self.agent_id = agent_id
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.threadName == self.agent_id
+
+
+def run_one(spec: dict[str, Any], agent_id: str, inputs: dict[str, Any]) -> None:
+    from .._base.config import ShardConfig
+    from .run import config_from_env, run_agent
+
+    results = Path(spec["results_dir"])
+    logs = Path(spec["results_dir"]).parent / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(logs / f"{agent_id}.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(_OneAgent(agent_id))
+    logging.getLogger().addHandler(handler)
+    try:
+        config = config_from_env(os.environ, ShardConfig(**spec["shard"]))  # this process's edge
+        result = run_agent(spec["target"], agent_id=agent_id, data_dir=spec["data_dir"], config=config, **inputs)
+        write_result(results, agent_id, {"status": "succeeded", "result": result})
+    except Exception as exc:
+        status = "budget_exceeded" if isinstance(exc, BudgetExceeded) else "failed"
+        write_result(results, agent_id, {
+            "status": status, "final": isinstance(exc, FINAL_ERRORS),
+            "error": {"type": type(exc).__name__, "message": str(exc)[:2000],
+                      "traceback": "".join(traceback.format_exception(exc))[-4000:]}})
+        logging.getLogger("agentshards").error("agent %s ended with %s", agent_id, exc)
+    finally:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+
+
+def main(argv: list[str]) -> int:
+    spec = json.loads(Path(argv[1]).read_text())
+    logging.getLogger().setLevel(logging.INFO)
+    sys.path.insert(0, spec["app_dir"])
+    threads = [threading.Thread(target=run_one, args=(spec, a["agent_id"], a["inputs"]), name=a["agent_id"])
+               for a in spec["agents"]]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,64 @@
+"""The fleet manifest: one small JSON object per agent beside the replicas.
+
+A fresh machine lists ``<prefix>/manifest/`` to learn every agent's state (status, target, inputs digest,
+code fingerprint) without restoring a single file.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+
+from .objectstore import ObjectNotFound, ObjectStore
+from .replica import ReplicaTarget
+
+MANIFEST_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ManifestEntry:
+    agent_id: str
+    status: str
+    target: str
+    input_digest: str
+    run_id: str
+    code_fingerprint: str | None
+    steps: int
+    updated_at: float
+    version: int = MANIFEST_VERSION
+    archive_key: str | None = None
+    archive_sha256: str | None = None
+    cost_usd: float | None = None
+    inputs_json: str | None = None
+    """The run's inputs: a fresh node can start an agent whose replica holds no run yet (killed before
+    Litestream's first upload) from the beginning instead of failing the whole recovery."""
+
+
+def write_manifest(store: ObjectStore, target: ReplicaTarget, entry: ManifestEntry) -> None:
+    store.put(target.manifest_key(entry.agent_id), json.dumps(asdict(entry), sort_keys=True).encode())
+
+
+def read_manifest(store: ObjectStore, target: ReplicaTarget, agent_id: str) -> ManifestEntry | None:
+    try:
+        data = json.loads(store.get(target.manifest_key(agent_id)))
+    except ObjectNotFound:
+        return None
+    return _entry(data)
+
+
+def _entry(data: dict[str, object]) -> ManifestEntry:
+    """Tolerate fields a newer agentshards added: keep the ones this version knows."""
+    known = set(ManifestEntry.__dataclass_fields__)
+    return ManifestEntry(**{k: v for k, v in data.items() if k in known})  # type: ignore[arg-type]
+
+
+def delete_manifest(store: ObjectStore, target: ReplicaTarget, agent_id: str) -> None:
+    store.delete(target.manifest_key(agent_id))
+
+
+def list_manifests(store: ObjectStore, target: ReplicaTarget) -> list[ManifestEntry]:
+    entries = []
+    for key in store.list(target.manifest_prefix()):
+        if key.endswith(".json"):
+            entries.append(_entry(json.loads(store.get(key))))
+    return sorted(entries, key=lambda e: e.agent_id)

@@ -1,0 +1,243 @@
+"""Small object storage for manifests (and later archives): S3 via boto3, or a local directory.
+
+This is the only module that imports boto3. Both backends honour one contract, checked by one test suite
+(``tests/test_objectstore.py``) run against each:
+
+- ``put`` overwrites atomically: a reader sees the old object or the new one, never a part.
+- ``get`` of a missing key raises ``ObjectNotFound``.
+- ``list`` returns the keys under a prefix, sorted; an empty list when there are none.
+- ``delete`` is idempotent: deleting a missing key is not an error.
+- ``check`` raises ``InvalidReplica`` with a hint when the location cannot be used (missing bucket,
+  wrong credentials, unreachable endpoint), so a fleet fails at start, not in the middle.
+- ``metadata`` travels with an object (``put(..., metadata=)``, ``get_with_metadata``); ``sha256`` on
+  ``put`` is the content's digest, which S3 verifies on upload (multipart ETags are not MD5s).
+- ``put_if`` is a compare-and-swap: ``expect=None`` writes only if the key is absent (If-None-Match),
+  else only if the current ETag equals ``expect`` (If-Match). It returns the new ETag, or None when the
+  condition failed. ``get_etag`` returns ``(data, etag)``.
+"""
+
+from __future__ import annotations
+
+import base64
+import fcntl
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+from .._base.errors import InvalidReplica
+from .replica import ReplicaTarget
+
+
+class ObjectNotFound(KeyError):
+    """No object at that key."""
+
+
+class ObjectStore(Protocol):
+    def put(self, key: str, data: bytes, *, metadata: Mapping[str, str] | None = None,
+            sha256: bytes | None = None) -> None: ...
+
+    def get(self, key: str) -> bytes: ...
+
+    def get_with_metadata(self, key: str) -> tuple[bytes, dict[str, str]]: ...
+
+    def put_if(self, key: str, data: bytes, expect: str | None) -> str | None: ...
+
+    def get_etag(self, key: str) -> tuple[bytes, str]: ...
+
+    def list(self, prefix: str) -> list[str]: ...
+
+    def delete(self, key: str) -> None: ...
+
+    def check(self) -> None: ...
+
+
+class LocalStore:
+    """Objects as files under ``root``; keys are '/'-separated relative paths."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def _path(self, key: str) -> Path:
+        path = (self.root / key).resolve()
+        if self.root.resolve() not in path.parents:
+            raise ValueError(f"key {key!r} escapes the store root")
+        return path
+
+    def _meta_path(self, key: str) -> Path:
+        path = self._path(key)
+        return path.parent / f".{path.name}.meta.json"
+
+    def put(self, key: str, data: bytes, *, metadata: Mapping[str, str] | None = None,
+            sha256: bytes | None = None) -> None:
+        if sha256 is not None and hashlib.sha256(data).digest() != sha256:
+            raise ValueError(f"sha256 of {key} does not match its content")
+        if metadata is not None:
+            self._write(self._meta_path(key), json.dumps(dict(metadata)).encode())
+        self._write(self._path(key), data)
+
+    def get_with_metadata(self, key: str) -> tuple[bytes, dict[str, str]]:
+        data = self.get(key)
+        try:
+            meta: dict[str, str] = json.loads(self._meta_path(key).read_text())
+        except FileNotFoundError:
+            meta = {}
+        return data, meta
+
+    def put_if(self, key: str, data: bytes, expect: str | None) -> str | None:
+        lock_path = self._path(key).parent / f".{self._path(key).name}.lock"
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(lock_path, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                current = hashlib.sha256(self._path(key).read_bytes()).hexdigest()
+            except FileNotFoundError:
+                current = None
+            if current != expect:
+                return None
+            self._write(self._path(key), data)
+            return hashlib.sha256(data).hexdigest()
+
+    def get_etag(self, key: str) -> tuple[bytes, str]:
+        data = self.get(key)
+        return data, hashlib.sha256(data).hexdigest()
+
+    def _write(self, path: Path, data: bytes) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def get(self, key: str) -> bytes:
+        try:
+            return self._path(key).read_bytes()
+        except FileNotFoundError:
+            raise ObjectNotFound(key) from None
+
+    def list(self, prefix: str) -> list[str]:
+        base = self.root.resolve()
+        # walk only the folder the prefix names: walking the whole store made archiving N agents O(N^2)
+        folder = self._path(prefix.rsplit("/", 1)[0]) if "/" in prefix else base
+        if not folder.is_dir():
+            return []
+        keys = (p.relative_to(base).as_posix() for p in folder.rglob("*") if p.is_file())
+        return sorted(k for k in keys if k.startswith(prefix) and not k.rsplit("/", 1)[-1].startswith("."))
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+        self._meta_path(key).unlink(missing_ok=True)
+
+    def check(self) -> None:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            fd, probe = tempfile.mkstemp(dir=self.root, prefix=".tmp-probe-")  # unique: checks run in parallel
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as exc:
+            raise InvalidReplica(f"replica directory {self.root} is not writable: {exc}",
+                                 hint="choose a writable directory for the replica") from exc
+
+
+class S3Store:
+    """Objects in an S3-compatible bucket.
+
+    Credentials: the ``AWS_*`` keys of ``env`` (the edge passes ``os.environ``) or, without them, the
+    rest of boto3's chain (config files, instance roles). They are never stored on this object.
+    """
+
+    def __init__(self, target: ReplicaTarget, env: Mapping[str, str]) -> None:
+        import boto3
+        from botocore.config import Config
+
+        self.target = target
+        session = boto3.session.Session(aws_access_key_id=env.get("AWS_ACCESS_KEY_ID"),
+                                        aws_secret_access_key=env.get("AWS_SECRET_ACCESS_KEY"),
+                                        aws_session_token=env.get("AWS_SESSION_TOKEN"))
+        self._client: Any = session.client(
+            "s3", endpoint_url=target.endpoint, region_name=target.region or "us-east-1",
+            config=Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5, read_timeout=30,
+                          s3={"addressing_style": "path"} if target.endpoint else None))
+
+    def put(self, key: str, data: bytes, *, metadata: Mapping[str, str] | None = None,
+            sha256: bytes | None = None) -> None:
+        extra: dict[str, Any] = {}
+        if metadata:
+            extra["Metadata"] = dict(metadata)
+        if sha256 is not None:
+            extra["ChecksumSHA256"] = base64.b64encode(sha256).decode()
+        self._client.put_object(Bucket=self.target.bucket, Key=key, Body=data, **extra)
+
+    def get_with_metadata(self, key: str) -> tuple[bytes, dict[str, str]]:
+        response = self._get_object(key)
+        return response["Body"].read(), dict(response.get("Metadata", {}))
+
+    def put_if(self, key: str, data: bytes, expect: str | None) -> str | None:
+        from botocore.exceptions import ClientError
+
+        condition = {"IfNoneMatch": "*"} if expect is None else {"IfMatch": expect}
+        try:
+            response = self._client.put_object(Bucket=self.target.bucket, Key=key, Body=data, **condition)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+                return None
+            raise
+        return str(response["ETag"])
+
+    def get_etag(self, key: str) -> tuple[bytes, str]:
+        response = self._get_object(key)
+        return response["Body"].read(), str(response["ETag"])
+
+    def _get_object(self, key: str) -> Any:
+        from botocore.exceptions import ClientError
+
+        try:
+            return self._client.get_object(Bucket=self.target.bucket, Key=key)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                raise ObjectNotFound(key) from None
+            raise
+
+    def get(self, key: str) -> bytes:
+        body: bytes = self._get_object(key)["Body"].read()
+        return body
+
+    def list(self, prefix: str) -> list[str]:
+        keys: list[str] = []
+        for page in self._client.get_paginator("list_objects_v2").paginate(Bucket=self.target.bucket, Prefix=prefix):
+            keys.extend(obj["Key"] for obj in page.get("Contents", []))
+        return sorted(keys)
+
+    def delete(self, key: str) -> None:
+        self._client.delete_object(Bucket=self.target.bucket, Key=key)
+
+    def check(self) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self._client.head_bucket(Bucket=self.target.bucket)
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", "?"))
+            hint = {"404": "create the bucket first", "NoSuchBucket": "create the bucket first",
+                    "403": "check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or the boto3 credential chain)"}
+            raise InvalidReplica(f"cannot use {self.target.describe()}: {code}",
+                                 hint=hint.get(code, "check the bucket, credentials and endpoint")) from exc
+        except BotoCoreError as exc:
+            raise InvalidReplica(f"cannot reach {self.target.describe()}: {exc}",
+                                 hint="check AWS_ENDPOINT_URL / the network, and the credentials") from exc
+
+
+def store_for(target: ReplicaTarget, env: Mapping[str, str]) -> ObjectStore:
+    if target.kind == "file":
+        assert target.root is not None
+        return LocalStore(target.root)
+    return S3Store(target, env)

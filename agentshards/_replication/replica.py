@@ -1,0 +1,110 @@
+"""Replica targets: where an agent's shard is replicated, as a parsed, validated, frozen value.
+
+``s3://bucket/prefix`` for any S3-compatible service, or a local directory (``file:///path`` or a plain
+path), the embedded default that needs no S3. Each agent lives under its own prefix
+(``<prefix>/agents/<agent_id>``) and has a manifest object at ``<prefix>/manifest/<agent_id>.json``.
+
+Credentials are deliberately not part of a target: they stay in the environment / boto3 chain and are
+passed to Litestream only through its process environment, never through a URL or a written file.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote, urlsplit
+
+from .._base.errors import InvalidReplica
+from .._core.shard import validate_agent_id
+
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_PREFIX_PART = re.compile(r"[A-Za-z0-9._-]+")
+
+
+@dataclass(frozen=True)
+class ReplicaTarget:
+    """A parsed replica location. ``kind`` is ``"s3"`` or ``"file"``."""
+
+    kind: str
+    bucket: str = ""
+    prefix: str = ""
+    root: Path | None = None
+    endpoint: str | None = None
+    region: str | None = None
+
+    def agent_key(self, agent_id: str) -> str:
+        """Key prefix (relative to the bucket or root) of one agent's Litestream replica."""
+        return self._join("agents", validate_agent_id(agent_id))
+
+    def agents_prefix(self) -> str:
+        """Key prefix under which every agent's replica lives (one LIST here sees the whole fleet)."""
+        return self._join("agents") + "/"
+
+    def manifest_key(self, agent_id: str) -> str:
+        return self._join("manifest", f"{validate_agent_id(agent_id)}.json")
+
+    def manifest_prefix(self) -> str:
+        return self._join("manifest") + "/"
+
+    def archive_key(self, agent_id: str) -> str:
+        return self._join("archive", f"{validate_agent_id(agent_id)}.db")
+
+    def lease_key(self) -> str:
+        return self._join("lease.json")
+
+    def litestream_url(self, agent_id: str) -> str:
+        """The replica URL Litestream is given for one agent (no credentials in it)."""
+        key = self.agent_key(agent_id)
+        if self.kind == "file":
+            assert self.root is not None
+            return (self.root / key).as_uri()
+        query = []
+        if self.endpoint:
+            query.append(f"endpoint={quote(self.endpoint, safe=':/')}")
+        if self.region:
+            query.append(f"region={quote(self.region)}")
+        return f"s3://{self.bucket}/{key}" + (f"?{'&'.join(query)}" if query else "")
+
+    def describe(self) -> str:
+        if self.kind == "file":
+            return str(self.root)
+        return f"s3://{self.bucket}/{self.prefix}" + (f" at {self.endpoint}" if self.endpoint else "")
+
+    def _join(self, *parts: str) -> str:
+        return "/".join(p for p in (self.prefix, *parts) if p)
+
+
+def parse_replica(url: str, env: Mapping[str, str] | None = None, *, endpoint: str | None = None,
+                  region: str | None = None) -> ReplicaTarget:
+    """Parse ``url``; S3 endpoint and region come from the arguments, else from ``env`` (the standard
+    ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL`` and ``AWS_REGION`` / ``AWS_DEFAULT_REGION``)."""
+    env = env or {}
+    if not isinstance(url, str) or not url.strip():
+        raise InvalidReplica("empty replica URL", hint="use s3://bucket/prefix or a local directory")
+    if "://" not in url:
+        return ReplicaTarget("file", root=Path(url).expanduser().resolve())
+    parts = urlsplit(url)
+    if parts.scheme == "file":
+        if parts.netloc not in ("", "localhost") or not parts.path:
+            raise InvalidReplica(f"replica URL {url!r} is not a local file URL", hint="use file:///absolute/path")
+        return ReplicaTarget("file", root=Path(parts.path).resolve())
+    if parts.scheme != "s3":
+        raise InvalidReplica(f"unsupported replica scheme {parts.scheme!r} in {url!r}",
+                             hint="use s3://bucket/prefix or file:///path")
+    if parts.username or parts.password or parts.query or parts.fragment:
+        raise InvalidReplica(f"replica URL {url!r} must not carry credentials or options",
+                             hint="credentials come from the AWS environment; pass endpoint/region as options")
+    bucket, prefix = parts.netloc, parts.path.strip("/")
+    if not _BUCKET.fullmatch(bucket) or ".." in bucket:
+        raise InvalidReplica(f"invalid bucket name {bucket!r} in {url!r}",
+                             hint="S3 bucket names are 3-63 lowercase letters, digits, '.' and '-'")
+    if prefix and not all(_PREFIX_PART.fullmatch(p) and p not in (".", "..") for p in prefix.split("/")):
+        raise InvalidReplica(f"invalid prefix {prefix!r} in {url!r}",
+                             hint="use '/'-separated parts of letters, digits, '.', '_' and '-'")
+    endpoint = endpoint or env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or None
+    region = region or env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or None
+    if endpoint is not None and urlsplit(endpoint).scheme not in ("http", "https"):
+        raise InvalidReplica(f"invalid S3 endpoint {endpoint!r}", hint="e.g. http://127.0.0.1:9000")
+    return ReplicaTarget("s3", bucket=bucket, prefix=prefix, endpoint=endpoint, region=region)

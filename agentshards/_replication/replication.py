@@ -1,0 +1,222 @@
+"""Replication as agents see it: the durability barrier, replica health and the manifest writer.
+
+``confirm`` is what a ``replicated`` step waits for: Litestream reports the replica at or past the local
+position (``sync -wait``), *and* the replica holds a snapshot (an LTX file starting at transaction 1).
+The second check catches what Litestream does not: after a bucket is wiped it keeps uploading
+incremental files that cannot be restored. Then Litestream is restarted (it snapshots at start) and the
+check repeated; a step is never confirmed against a replica that could not be restored.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from .._base.errors import ReplicationError
+from .litestream import Litestream
+from .manifest import ManifestEntry, write_manifest
+from .objectstore import ObjectStore
+from .replica import ReplicaTarget
+
+log = logging.getLogger("agentshards")
+
+SNAPSHOT_PREFIX = "0000000000000001-"
+
+
+@dataclass(frozen=True)
+class AgentReplicationStatus:
+    """One agent's replication as seen from outside Litestream (its logs do not report silent failures)."""
+
+    agent_id: str
+    state: str                     # Litestream's own word for the shard ("replicating", ...) or "unregistered"
+    last_sync_at: float | None     # when Litestream last finished a sync of the shard (epoch seconds)
+    local_commit_at: float | None  # when the shard's WAL was last written
+    lag_s: float                   # local writes not yet synced for this long; 0 when caught up
+    snapshot: bool                 # the replica holds a snapshot, i.e. it can be restored
+
+    @property
+    def healthy(self) -> bool:
+        return self.state == "replicating" and self.snapshot and self.lag_s < 60
+
+
+class Replication:
+    def __init__(self, litestream: Litestream, store: ObjectStore, target: ReplicaTarget) -> None:
+        self.health_ttl_s = litestream.config.health_check_interval_s
+        self.litestream = litestream
+        self.store = store
+        self.target = target
+        self._healthy_at: dict[str, float] = {}
+        self._lock = threading.Lock()
+        self._stall_checked_at = self._stall_restarted_at = time.monotonic()
+        self._answered_at = time.monotonic()  # the control socket's last answer (or Litestream's start)
+        self._slow_logged_at = -1e9
+        self._pending_since: dict[str, float] = {}  # agent -> mtime of the oldest write seen unsynced
+
+    def snapshot_exists(self, agent_id: str) -> bool:
+        keys = self.store.list(self.target.agent_key(agent_id) + "/")
+        return any(key.rsplit("/", 1)[-1].startswith(SNAPSHOT_PREFIX) for key in keys)
+
+    def confirm(self, agent_id: str, timeout_s: float) -> None:
+        """Return once the replica holds everything committed so far; ReplicationError on timeout."""
+        with self._lock:
+            deadline = time.monotonic() + timeout_s
+            self.litestream.ensure_running()
+            try:
+                self._synced(agent_id, deadline)
+            except ReplicationError:
+                self.restart_if_stalled(force_check=True)  # a hung S3 connection: the next attempt can pass
+                raise
+            checked = self._healthy_at.get(agent_id)
+            if checked is not None and time.monotonic() - checked < self.health_ttl_s:
+                return
+            if not self.snapshot_exists(agent_id):
+                log.warning("replica of agent %s at %s has no snapshot (bucket wiped or reset?); resetting its "
+                            "local litestream state and restarting to upload one", agent_id, self.target.describe())
+                self.repair(agent_id)
+                self._synced(agent_id, deadline)
+                if not self.snapshot_exists(agent_id):
+                    raise ReplicationError(
+                        f"the replica at {self.target.describe()} still has no snapshot after a repair",
+                        agent_id=agent_id, hint="check the bucket and litestream.log in the data dir")
+            self._healthy_at[agent_id] = time.monotonic()
+
+    def _synced(self, agent_id: str, deadline: float) -> None:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise ReplicationError("timed out waiting for the replica", agent_id=agent_id,
+                                   hint="is the replica reachable? the step is recorded locally")
+        result = self.litestream.sync(agent_id, remaining)
+        if result.replicated_txid < result.txid:
+            raise ReplicationError(f"replica at txid {result.replicated_txid}, local at {result.txid}",
+                                   agent_id=agent_id, hint="the replica is behind; see litestream.log")
+
+    def repair(self, agent_id: str) -> None:
+        """Replace a replica that has no snapshot with a fresh one.
+
+        Without a snapshot the incremental files left under the agent's prefix cannot be restored, and a
+        Litestream that sees them resumes from them ("database behind replica") instead of snapshotting.
+        So: stop Litestream, delete those unusable files, drop its local state for the shard, start again.
+        """
+        self.litestream.stop()
+        try:
+            for key in self.store.list(self.target.agent_key(agent_id) + "/"):
+                self.store.delete(key)
+            self.litestream.reset(agent_id)
+        finally:
+            self.litestream.start()
+        self._healthy_at.clear()
+
+    def restart_if_stalled(self, *, force_check: bool = False) -> bool:
+        """The watchdog: restart Litestream when some shard's local writes stay unsynced too long.
+
+        Litestream's S3 client has a 24 h timeout, so a connection that accepts and never answers stalls
+        replication while Litestream keeps reporting "replicating" (measured). Nothing in its logs says
+        so; the lag seen from outside does. Checked at most every few seconds (one control-socket call and
+        one stat per shard) and a restart at most once per ``stall_timeout_s``, so an S3 outage costs
+        one restart per interval, not a restart loop.
+        """
+        now = time.monotonic()
+        stall = self.litestream.config.stall_timeout_s
+        if not force_check and now - self._stall_checked_at < min(5.0, stall / 4):
+            return False
+        self._stall_checked_at = now
+        if now - self._stall_restarted_at < stall:
+            return False
+        try:
+            statuses = self.status(snapshots=False, timeout_s=min(10.0, max(1.0, stall / 6)))
+        except (OSError, ReplicationError) as exc:
+            # a stuck Litestream can stop answering its control socket too (measured: /list timed out
+            # during a hung upload). An overloaded one answers late as well (measured at 1,000 shards on
+            # 2 cores), and restarting it there re-reads every shard and makes things worse: so silence
+            # counts as a stall only after stall_timeout_s, like unsynced writes do.
+            silent = now - self._answered_at
+            if silent < stall:
+                return False
+            reason = f"its control socket has not answered for {silent:.0f} s ({exc})"
+        else:
+            self._answered_at = now
+            stuck = self._stalled(statuses, stall)
+            if stuck is None:
+                return False
+            reason = stuck
+        self._stall_restarted_at = self._answered_at = now
+        try:
+            self.litestream.restart(reason)
+        except (OSError, ReplicationError) as exc:  # the next health check starts it again
+            log.warning("could not restart litestream for %s: %s", self.litestream.data_dir, exc)
+            return False
+        return True
+
+    def _stalled(self, statuses: list[AgentReplicationStatus], stall: float) -> str | None:
+        """Why Litestream counts as stuck, or None. Slow is not stuck: on an overloaded machine every shard
+        lags but syncs still complete, and a restart (re-registering and re-reading every shard) would only
+        add load. Stuck is: no shard synced at all for ``stall`` seconds while writes wait, or one shard
+        waiting ten times longer than the typical waiting shard (one upload hung among many healthy ones).
+        """
+        waiting = sorted((s for s in statuses if s.lag_s > 0), key=lambda s: s.lag_s)
+        if not waiting or waiting[-1].lag_s <= stall:
+            return None
+        worst, typical = waiting[-1], waiting[len(waiting) // 2].lag_s
+        newest_sync = max((s.last_sync_at or 0.0) for s in statuses)
+        lagging = sum(s.lag_s > stall for s in waiting)
+        detail = (f"{lagging} shard(s) with writes unsynced for more than {stall:.0f}s "
+                  f"(agent {worst.agent_id}: {worst.lag_s:.0f}s)")
+        if time.time() - newest_sync > stall:
+            return f"{detail}, and no shard synced for {time.time() - newest_sync:.0f}s: a stuck S3 connection?"
+        if worst.lag_s > 10 * typical:
+            return f"{detail}, ten times the typical wait of {typical:.1f}s: one stuck upload?"
+        if time.monotonic() - self._slow_logged_at > 300:
+            self._slow_logged_at = time.monotonic()
+            log.warning("replication is behind: %s, typical wait %.1fs; Litestream is still syncing (an "
+                        "overloaded machine or a slow S3?), so it is not restarted", detail, typical)
+        return None
+
+    def status(self, *, snapshots: bool = True, timeout_s: float = 10.0) -> list[AgentReplicationStatus]:
+        """Per registered agent: Litestream's state, last sync, lag behind local writes, snapshot present
+        (one LIST per agent; ``snapshots=False`` skips it and reports ``snapshot=False``)."""
+        listed = {Path(db["path"]).stem: db for db in self.litestream.databases(timeout_s)}
+        out = []
+        for agent_id in self.litestream.registered:
+            db = listed.get(agent_id, {})
+            synced = _epoch(db.get("last_sync_at"))
+            wal = self.litestream.data_dir / f"{agent_id}.db-wal"
+            try:
+                local: float | None = wal.stat().st_mtime
+            except FileNotFoundError:
+                local = None
+            lag = self._lag(agent_id, synced, local)
+            out.append(AgentReplicationStatus(agent_id, str(db.get("status", "unregistered")), synced, local,
+                                              round(lag, 3), snapshots and self.snapshot_exists(agent_id)))
+        return out
+
+    def _lag(self, agent_id: str, synced: float | None, local: float | None) -> float:
+        """How long local writes have waited for a sync, from the WAL's mtime and Litestream's last sync.
+
+        The mtime is the *newest* write, so under steady writes it alone would always look fresh; the
+        first write seen pending is remembered until a sync passes it. Idle agents have no lag.
+        """
+        if local is None or (synced is not None and synced >= local):
+            self._pending_since.pop(agent_id, None)
+            return 0.0
+        since = self._pending_since.get(agent_id)
+        if since is None or (synced is not None and synced >= since):
+            since = self._pending_since[agent_id] = local
+        return max(0.0, time.time() - since)
+
+    def publish(self, entry: ManifestEntry) -> None:
+        try:
+            write_manifest(self.store, self.target, entry)
+        except Exception as exc:  # the manifest is advisory: never fail an agent over it
+            log.warning("could not write the manifest of agent %s: %s", entry.agent_id, exc)
+
+
+def _epoch(stamp: str | None) -> float | None:
+    """Litestream's RFC 3339 timestamps carry nanoseconds; Python parses microseconds."""
+    if not stamp:
+        return None
+    head, _, frac = stamp.rstrip("Z").partition(".")
+    return datetime.fromisoformat(f"{head}.{(frac + '000000')[:6]}+00:00").timestamp()

@@ -1,0 +1,218 @@
+"""Restore: bring agents back from their replicas onto this machine, verified, never half-written.
+
+The newest state is read from the replica's LTX files in this process (``_ltx``; the ``litestream``
+binary only for formats that module does not know). Each file is restored into a temporary directory
+beside its final path, checked there (full ``PRAGMA integrity_check``, the shard schema, the agent id it
+belongs to) and only then renamed into place, so the final path only ever holds a complete, checked
+file. A local shard is never overwritten unless asked.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from .._base.config import LitestreamConfig, ShardConfig
+from .._base.errors import AgentShardsError, ReplicationError, ShardError
+from .._core.schema import check_file
+from .._core.shard import shard_path, validate_agent_id
+from .._core.sqlite import open_connection, query
+from .litestream import find_binary, restore
+from .ltx import DamagedLtx, UnsupportedLtx, decode, parse_key, restore_plan, write_database
+from .manifest import ManifestEntry, list_manifests
+from .objectstore import ObjectNotFound, ObjectStore, store_for
+from .replica import ReplicaTarget, parse_replica
+
+log = logging.getLogger("agentshards")
+
+
+def restore_agent(agent_id: str, data_dir: str | os.PathLike[str], replica: str | ReplicaTarget, *,
+                  overwrite: bool = False, env: Mapping[str, str] | None = None,
+                  litestream: LitestreamConfig | None = None, check_replica: bool = True) -> Path:
+    """Restore ``agent_id``'s shard from ``replica`` into ``data_dir``; return its path.
+
+    Raises ReplicationError("no replica for agent X") when there is none, ShardError when the replica or
+    the restored file fails its checks (nothing is written at the final path) or a local shard exists and
+    ``overwrite`` is false.
+    """
+    env = os.environ if env is None else env
+    target = parse_replica(replica, env) if isinstance(replica, str) else replica
+    store = store_for(target, env)
+    if check_replica:  # a missing bucket or bad credentials: a clear error, not a restore failure
+        store.check()
+    return _restore_one(validate_agent_id(agent_id), Path(data_dir).resolve(), target, store,
+                        litestream or LitestreamConfig(), env, None, overwrite)
+
+
+def _restore_one(agent_id: str, data: Path, target: ReplicaTarget, store: ObjectStore, config: LitestreamConfig,
+                 env: Mapping[str, str], keys: list[str] | None, overwrite: bool) -> Path:
+    """Restore into a temp dir beside the final path, verify, rename. ``keys``: the agent's replica keys
+    when the caller listed them already (one LIST for a whole fleet), else None."""
+    final = shard_path(data, agent_id)
+    if final.exists() and not overwrite:
+        raise ShardError(f"a local shard already exists at {final}", agent_id=agent_id,
+                         hint="resume it as it is, or pass overwrite=True (--overwrite) to replace it")
+    data.mkdir(parents=True, exist_ok=True)
+    prefix = f".restore-{agent_id}-"
+    for stale in data.glob(prefix + "*"):  # left by a killed restore of this agent (not of "<id>-x")
+        if re.fullmatch(r"[a-z0-9_]{8}", stale.name[len(prefix):]):
+            shutil.rmtree(stale, ignore_errors=True)
+    workdir = Path(tempfile.mkdtemp(prefix=prefix, dir=data))
+    try:
+        candidate = workdir / final.name
+        if not _fetch(agent_id, target, store, config, env, keys, candidate):
+            raise ReplicationError(f"no replica for agent {agent_id} at {target.describe()}", agent_id=agent_id,
+                                   hint="check the replica URL; `agentshards fleet` lists what is there")
+        verify_restored(candidate, agent_id)
+        for suffix in ("-wal", "-shm"):  # a stale WAL beside the new file would be replayed into it
+            Path(f"{final}{suffix}").unlink(missing_ok=True)
+        shutil.rmtree(final.parent / f".{final.name}-litestream", ignore_errors=True)
+        os.replace(candidate, final)
+        _fsync_dir(data)
+        log.info("restored agent %s from %s", agent_id, target.describe())
+        return final
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _fetch(agent_id: str, target: ReplicaTarget, store: ObjectStore, config: LitestreamConfig,
+           env: Mapping[str, str], keys: list[str] | None, out: Path) -> bool:
+    """Write the replica's newest state to ``out``; False when the agent has no replica.
+
+    Read here from the LTX files (no process per agent; see ``_ltx``); a format this version does not
+    know goes to ``litestream restore`` instead, and so does everything with ``native_restore=False``.
+    """
+    if config.native_restore:
+        try:
+            return _fetch_native(agent_id, target, store, keys, out)
+        except UnsupportedLtx as exc:
+            log.info("agent %s: %s; restoring it with the litestream binary", agent_id, exc)
+            out.unlink(missing_ok=True)
+        except DamagedLtx as exc:
+            raise ShardError(f"the replica is damaged: {exc}", agent_id=agent_id,
+                             hint=f"nothing was overwritten; `litestream ltx {target.litestream_url(agent_id)}` "
+                                  "lists its files, `litestream restore -txid` can restore an earlier point") from None
+        except AgentShardsError:
+            raise
+        except Exception as exc:  # the store's own errors (botocore, OSError): one error root for callers
+            raise ReplicationError(f"could not read the replica of agent {agent_id}: {exc}", agent_id=agent_id,
+                                   hint="check the endpoint, the credentials and the network; nothing was "
+                                        "overwritten") from exc
+    return restore(find_binary(config, env), target.litestream_url(agent_id), out, env)
+
+
+def _fetch_native(agent_id: str, target: ReplicaTarget, store: ObjectStore, keys: list[str] | None,
+                  out: Path) -> bool:
+    root = target.agent_key(agent_id) + "/"
+    for attempt in range(3):
+        if keys is None:
+            keys = store.list(root)
+        if any(k.startswith(root + "generations/") for k in keys):
+            raise UnsupportedLtx("its replica holds Litestream 0.3 generations")
+        plan = restore_plan(f for f in (parse_key(k, root) for k in keys) if f is not None)
+        if not plan:
+            return False
+        try:
+            with open(out, "wb") as fh:
+                write_database((decode(store.get(f.key), f) for f in plan), fh.fileno())
+                os.fsync(fh.fileno())
+            return True
+        except ObjectNotFound as exc:  # compacted away between the LIST and the GET: plan again
+            log.info("agent %s: %s went away during the restore (attempt %d); listing again", agent_id, exc,
+                     attempt + 1)
+            keys = None
+    raise ReplicationError(f"the replica of agent {agent_id} kept changing during the restore", agent_id=agent_id,
+                           hint="is another node still replicating this agent? check the prefix lease")
+
+
+def verify_restored(path: Path, agent_id: str) -> None:
+    """A restored file is untrusted until it passes integrity_check, the schema check and the id check."""
+    try:
+        conn = open_connection(path, ShardConfig(), readonly=True)
+    except Exception as exc:
+        raise ShardError(f"restored file cannot be opened: {exc}", agent_id=agent_id,
+                         hint="the replica may be damaged or tampered with; nothing was overwritten") from exc
+    try:
+        problems = [str(r[0]) for r in query(conn, "PRAGMA integrity_check(10)")]
+        if problems != ["ok"]:
+            raise ShardError(f"restored file failed integrity_check: {'; '.join(problems)[:300]}",
+                             agent_id=agent_id, hint="the replica is damaged; nothing was overwritten")
+        check_file(conn, where=f"restored file for {agent_id}")
+        owner = query(conn, "SELECT value FROM shard_meta WHERE key = 'agent_id'")
+        if not owner or owner[0][0] != agent_id:
+            raise ShardError(f"restored file belongs to agent {owner[0][0] if owner else None!r}",
+                             agent_id=agent_id, hint="the replica prefix holds another agent's file")
+    except ShardError:
+        raise
+    except Exception as exc:
+        raise ShardError(f"restored file is not a usable shard: {exc}", agent_id=agent_id,
+                         hint="the replica may be damaged or tampered with; nothing was overwritten") from exc
+    finally:
+        conn.close()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def list_fleet(replica: str | ReplicaTarget, *, env: Mapping[str, str] | None = None) -> list[ManifestEntry]:
+    """Every agent the replica's manifest knows, with its last published state."""
+    env = os.environ if env is None else env
+    target = parse_replica(replica, env) if isinstance(replica, str) else replica
+    store = store_for(target, env)
+    store.check()
+    return list_manifests(store, target)
+
+
+def restore_agents(agent_ids: list[str], data_dir: str | os.PathLike[str], replica: str | ReplicaTarget, *,
+                   overwrite: bool = False, env: Mapping[str, str] | None = None, parallelism: int = 8,
+                   litestream: LitestreamConfig | None = None) -> dict[str, Path | Exception]:
+    """Restore several agents in parallel; each entry is its path or the error that stopped it.
+
+    The replica is checked once for all of them and, for more than a few agents, listed once (building an
+    S3 client or sending a LIST per agent costs more than a small agent's restore).
+    """
+    env = os.environ if env is None else env
+    target = parse_replica(replica, env) if isinstance(replica, str) else replica
+    config = litestream or LitestreamConfig()
+    store = store_for(target, env)
+    store.check()
+    listed: dict[str, list[str]] | None = None
+    if config.native_restore and len(agent_ids) >= _LIST_ONCE_FROM:
+        root = target.agents_prefix()
+        try:
+            keys = store.list(root)
+        except Exception as exc:  # botocore / OSError: one error root for callers
+            raise ReplicationError(f"could not list the fleet at {target.describe()}: {exc}",
+                                   hint="check the endpoint, the credentials and the network") from exc
+        listed = {}
+        for key in keys:
+            listed.setdefault(key[len(root):].split("/", 1)[0], []).append(key)
+    results: dict[str, Path | Exception] = {}
+    data = Path(data_dir).resolve()
+
+    def one(agent_id: str) -> None:
+        try:
+            agent_id = validate_agent_id(agent_id)
+            keys = None if listed is None else listed.get(agent_id, [])
+            results[agent_id] = _restore_one(agent_id, data, target, store, config, env, keys, overwrite)
+        except Exception as exc:
+            results[agent_id] = exc
+
+    with ThreadPoolExecutor(max_workers=max(1, parallelism)) as pool:
+        list(pool.map(one, agent_ids))
+    return results
+
+
+_LIST_ONCE_FROM = 8
+"""From this many agents, restore_agents lists the whole fleet prefix once instead of once per agent."""
