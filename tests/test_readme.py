@@ -13,7 +13,7 @@ def test_readme_carries_the_ci_commands_first() -> None:
     blocks = re.findall(r"<!-- ci:(\w+) -->\n```sh\n(.+)\n```", text)
     assert [name for name, _ in blocks] == ["setup", "test"]
     setup, test = (cmd for _, cmd in blocks)
-    assert "pip install -e '.[test]'" in setup and "agentshards demo" in setup
+    assert "pip install -e '.[test,lint]'" in setup and "agentshards demo" in setup
     assert "pytest" in test
     assert text.index("ci:setup") < text.index("```python")  # the two commands come first
     ci = (ROOT / ".ci" / "run").read_text()
