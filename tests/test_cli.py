@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from agentshards._fakellm import serial_of
+from agentshards import AgentFailed
+from agentshards.testing._fakellm import serial_of
 
 CLI = [sys.executable, "-m", "agentshards"]
 
@@ -144,7 +145,7 @@ def test_cancel_and_retry(tmp_path: Path) -> None:
     assert cancelled.returncode == 0 and "cancelled" in cancelled.stdout
     assert _run("cancel", "open", "--data-dir", "d", cwd=tmp_path).returncode == 2  # nothing open any more
     marker = tmp_path / "fixed"
-    with pytest.raises(Exception, match="is missing"):
+    with pytest.raises(AgentFailed, match="is missing"):
         run_agent(sample_agents.fails_until, agent_id="flaky", data_dir=data, marker=str(marker))
     marker.touch()  # the cause is fixed: retry resumes the failed run from its last completed step
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}

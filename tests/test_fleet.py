@@ -18,12 +18,13 @@ from agentshards import (
     FakeLLMServer,
     Fleet,
     InvalidAgentId,
+    InvalidInputs,
     InvalidTarget,
     SupervisorConfig,
     inspect_agent,
     list_fleet,
 )
-from agentshards._fakellm import serial_of
+from agentshards.testing._fakellm import serial_of
 
 import sample_agents
 from agent_process import TESTS_DIR
@@ -134,7 +135,7 @@ def test_bad_input_is_refused_before_anything_starts(tmp_path: Path) -> None:
         fleet.launch("no_such_module_here:agent", {"a": {}})
     with pytest.raises(InvalidAgentId):
         fleet.launch("sample_agents:two_steps", {"../up": {"x": 1}})
-    with pytest.raises(Exception, match="does not accept"):
+    with pytest.raises(InvalidInputs, match="does not accept"):
         fleet.launch("sample_agents:two_steps", {"a": {"y": 1}})
     assert not (tmp_path / "d").exists()
 
@@ -236,9 +237,9 @@ def test_recover_starts_over_an_agent_that_never_reached_the_replica(tmp_path: P
     """Killed before Litestream's first upload: the manifest (written at launch, with the inputs) is all a
     fresh node has; recovery starts that agent from the beginning instead of failing every agent."""
     from agentshards import recover
-    from agentshards._manifest import ManifestEntry, write_manifest
-    from agentshards._objectstore import store_for
-    from agentshards._replica import parse_replica
+    from agentshards._replication.manifest import ManifestEntry, write_manifest
+    from agentshards._replication.objectstore import store_for
+    from agentshards._replication.replica import parse_replica
 
     replica = str(tmp_path / "replica")
     fleet = Fleet(tmp_path / "a", replica=replica, app_dir=TESTS_DIR)

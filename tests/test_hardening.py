@@ -13,6 +13,7 @@ from agentshards import (
     AgentFailed,
     FakeLLMServer,
     InFlightStepError,
+    InvalidInputs,
     LLMConfig,
     LLMRequestRejected,
     NonDeterminismError,
@@ -22,9 +23,9 @@ from agentshards import (
     inspect_agent,
     run_agent,
 )
-from agentshards._fakellm import Fault, serial_of
-from agentshards._journal import Journal
-from agentshards._shard import open_shard
+from agentshards._core.journal import Journal
+from agentshards._core.shard import open_shard
+from agentshards.testing._fakellm import Fault, serial_of
 
 import sample_agents
 
@@ -66,7 +67,7 @@ def _leave_in_flight(data_dir: Path, agent_id: str) -> None:
 
 
 def _digest(text: str) -> str:
-    from agentshards._codec import digest
+    from agentshards._core.codec import digest
 
     return digest(text)
 
@@ -102,7 +103,7 @@ def test_idempotency_key_is_stable_across_re_runs_of_a_step(data_dir: Path) -> N
     journal = Journal(open_shard(data_dir, "k", RunConfig().shard), "k")
     run_id = journal.runs()[0].id
     journal.close()
-    from agentshards._agent import Agent
+    from agentshards._core.agent import Agent
 
     agent = Agent(Journal(open_shard(data_dir, "k", RunConfig().shard), "k"), run_id, RunConfig())
     agent._completed.clear()
@@ -162,7 +163,7 @@ def test_rejected_requests_are_recorded_outcomes(data_dir: Path, fake_llm: FakeL
     assert [s.outcome for s in report.steps] == ["error", "ok"]
     # uncaught, the rejection ends the run as failed; a replay raises it without a request
     fake_llm.fail_next(1, status=400, code="invalid_value")
-    with pytest.raises(Exception, match="rejected"):
+    with pytest.raises(AgentFailed, match="rejected"):
         run_agent(sample_agents.one_call, agent_id="y", data_dir=data_dir, config=run_config)
     assert inspect_agent(data_dir, "y").runs[0].run.status == "failed"
     assert fake_llm.request_count == 3
@@ -207,7 +208,7 @@ def test_plain_step_retry_budget(data_dir: Path) -> None:
     assert run_agent(sample_agents.retried_step, agent_id="s", data_dir=data_dir,
                      config=RunConfig(llm=LLMConfig(backoff_s=0.01)), failures=2, attempts=3) == "retried ok after 3"
     sample_agents.FLAKY.clear()
-    with pytest.raises(Exception, match="flaky retried failure 2"):
+    with pytest.raises(AgentFailed, match="flaky retried failure 2"):
         run_agent(sample_agents.retried_step, agent_id="s2", data_dir=data_dir,
                   config=RunConfig(llm=LLMConfig(backoff_s=0.01)), failures=5, attempts=2)
 
@@ -267,7 +268,7 @@ def test_fork_from_step_n_keeps_earlier_steps(data_dir: Path, fake_llm: FakeLLMS
     assert runs[-1].run.id == new_id and runs[-1].run.forked_from == runs[0].run.id
     assert [r.run.status for r in runs] == ["superseded", "succeeded"]
     assert _steps(data_dir, "nd") == ["llm#1", "tag", "llm#2", "opaque"]
-    with pytest.raises(Exception, match="outside"):
+    with pytest.raises(InvalidInputs, match="outside"):
         fork_run("nd", data_dir, at_step=99)
-    with pytest.raises(Exception, match="no step 'nope'"):
+    with pytest.raises(InvalidInputs, match="no step 'nope'"):
         fork_run("nd", data_dir, at_step="nope")

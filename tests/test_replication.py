@@ -19,6 +19,7 @@ import pytest
 
 from agentshards import (
     FakeLLMServer,
+    InvalidReplica,
     LitestreamConfig,
     ReplicationError,
     RunConfig,
@@ -28,9 +29,9 @@ from agentshards import (
     restore_agent,
     run_agent,
 )
-from agentshards._fakellm import serial_of
-from agentshards._litestream import Litestream, socket_path_for
-from agentshards._replica import parse_replica
+from agentshards._replication.litestream import Litestream, socket_path_for
+from agentshards._replication.replica import parse_replica
+from agentshards.testing._fakellm import serial_of
 
 import sample_agents
 from agent_process import completed_steps, finish_and_check, spawn_chat_agent, wait_ready
@@ -116,7 +117,7 @@ def test_missing_bucket_fails_before_any_agent_starts(tmp_path: Path, s3_env: di
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     for key, value in s3_env.items():
         monkeypatch.setenv(key, value)
-    with pytest.raises(Exception, match="create the bucket"):
+    with pytest.raises(InvalidReplica, match="create the bucket"):
         run_agent(sample_agents.local_steps, agent_id="a", data_dir=tmp_path / "d", replica="s3://absent-bucket/x",
                   n=1)
     assert not (tmp_path / "d").exists()
@@ -156,9 +157,9 @@ def test_bucket_wiped_while_running_is_detected_and_repaired(tmp_path: Path, s3_
 
 def test_litestream_killed_while_writing_catches_up(tmp_path: Path) -> None:
     """SIGKILL Litestream while the agent writes past SQLite's autocheckpoint; after restart the replica matches."""
-    from agentshards._journal import Journal
-    from agentshards._run import start_replication
-    from agentshards._shard import open_shard
+    from agentshards._core.journal import Journal
+    from agentshards._core.shard import open_shard
+    from agentshards._fleet.run import start_replication
 
     data, replica = tmp_path / "data", str(tmp_path / "replica")
     replication = start_replication(data, replica, RunConfig(), os.environ)
@@ -188,7 +189,7 @@ OWNER = """
 import os, sys, time
 from collections.abc import Iterator
 from pathlib import Path
-from agentshards._run import start_replication
+from agentshards._fleet.run import start_replication
 from agentshards import RunConfig
 replication = start_replication(Path(sys.argv[1]), sys.argv[2], RunConfig(), os.environ)
 print(replication.litestream.pid, flush=True)
@@ -330,9 +331,9 @@ def test_s3_outage_loses_nothing_and_replication_catches_up(tmp_path: Path, moto
 
 def test_replicated_step_times_out_clearly_while_s3_is_down(tmp_path: Path, moto_endpoint: str,
                                                             s3_env: dict[str, str], bucket: str) -> None:
-    from agentshards._journal import Journal
-    from agentshards._run import start_replication
-    from agentshards._shard import open_shard
+    from agentshards._core.journal import Journal
+    from agentshards._core.shard import open_shard
+    from agentshards._fleet.run import start_replication
 
     proxy = FaultProxy(int(moto_endpoint.rsplit(":", 1)[1]))
     env = dict(s3_env, AWS_ENDPOINT_URL_S3=proxy.endpoint)
@@ -356,9 +357,9 @@ def test_replicated_step_times_out_clearly_while_s3_is_down(tmp_path: Path, moto
 
 
 def test_status_reports_lag_and_snapshots(tmp_path: Path) -> None:
-    from agentshards._journal import Journal
-    from agentshards._run import start_replication
-    from agentshards._shard import open_shard
+    from agentshards._core.journal import Journal
+    from agentshards._core.shard import open_shard
+    from agentshards._fleet.run import start_replication
 
     replication = start_replication(tmp_path / "d", str(tmp_path / "r"), RunConfig(), os.environ)
     try:
@@ -414,7 +415,7 @@ def test_wrong_credentials_fail_clearly_at_start_and_right_ones_replicate(
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "GOODKEY")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong-secret")
     started = time.monotonic()
-    with pytest.raises(Exception, match="403") as info:
+    with pytest.raises(InvalidReplica, match="403") as info:
         run_agent(sample_agents.local_steps, agent_id="c", data_dir=tmp_path / "d", replica="s3://bkt/x", n=1)
     assert "AWS_SECRET_ACCESS_KEY" in str(info.value) and time.monotonic() - started < 30
     assert not (tmp_path / "d").exists()
@@ -427,9 +428,9 @@ def test_wrong_credentials_fail_clearly_at_start_and_right_ones_replicate(
 def test_a_hung_s3_connection_is_detected_and_litestream_restarted(tmp_path: Path, moto_endpoint: str,
                                                                     s3_env: dict[str, str], bucket: str) -> None:
     """Litestream's S3 client waits 24 h on a connection that never answers; the watchdog restarts it."""
-    from agentshards._journal import Journal
-    from agentshards._run import start_replication
-    from agentshards._shard import open_shard
+    from agentshards._core.journal import Journal
+    from agentshards._core.shard import open_shard
+    from agentshards._fleet.run import start_replication
 
     proxy = FaultProxy(int(moto_endpoint.rsplit(":", 1)[1]))
     env = dict(s3_env, AWS_ENDPOINT_URL_S3=proxy.endpoint)
@@ -468,7 +469,7 @@ def test_litestream_restarted_from_a_short_lived_thread_outlives_it(tmp_path: Pa
     """The parent-death signal is tied to the spawning thread: restarts must not come from a dying thread."""
     import threading
 
-    from agentshards._run import start_replication
+    from agentshards._fleet.run import start_replication
 
     replication = start_replication(tmp_path / "d", str(tmp_path / "r"), RunConfig(
         litestream=LitestreamConfig(restart_backoff_s=0.0)), os.environ)
@@ -491,7 +492,7 @@ def test_litestream_restarted_from_a_short_lived_thread_outlives_it(tmp_path: Pa
 
 
 def test_the_watchdog_tells_a_stuck_litestream_from_a_slow_one() -> None:
-    from agentshards._replication import AgentReplicationStatus, Replication
+    from agentshards._replication.replication import AgentReplicationStatus, Replication
 
     now = time.time()
     replication = Replication.__new__(Replication)  # _stalled reads only the statuses and its log throttle
@@ -525,7 +526,7 @@ def test_a_registration_that_races_a_restart_reaches_the_new_litestream(tmp_path
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     # register() talks to Litestream outside its lock (so a fleet registers agents in parallel): a restart
     # landing between the old process's answer and the bookkeeping must not leave the agent unreplicated.
-    from agentshards._shard import open_shard
+    from agentshards._core.shard import open_shard
 
     data = tmp_path / "d"
     litestream = Litestream(data, parse_replica(str(tmp_path / "r")), LitestreamConfig(), os.environ)
