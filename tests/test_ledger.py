@@ -166,3 +166,33 @@ def test_spend_report_over_a_data_dir(data_dir: Path, fake_llm: FakeLLMServer) -
     assert sorted(report.agents) == ["a1", "a2"]
     assert report.total.calls == 4
     assert report.total.spent_usd == pytest.approx(_expected_cost(fake_llm), rel=1e-9)
+
+
+def test_models_outside_the_users_table_are_priced_from_the_catalogue(data_dir: Path,
+                                                                       fake_llm: FakeLLMServer) -> None:
+    """No table of our own to go stale: a current model is priced by the maintained catalogue, exactly as
+    the catalogue prices that usage, and the user's table still wins for a model it names."""
+    import genai_prices
+
+    config = RunConfig(llm=LLMConfig(api_key="k", base_url=fake_llm.base_url, backoff_s=0.01))
+    run_agent(sample_agents.priced_calls, agent_id="cat", data_dir=data_dir, config=config, n=2, model="gpt-5",
+              cached=1)
+    spend = spend_report(data_dir, "cat").agents["cat"]
+    assert spend.calls == 2 and spend.unpriced_calls == 0
+    expected = 0.0
+    journal = Journal(open_shard(data_dir, "cat", RunConfig().shard), "cat")
+    try:
+        for model, input_tokens, cached, output_tokens in journal._conn.execute(
+                "SELECT model, input_tokens, cached_tokens, output_tokens FROM llm_ledger WHERE event = 'call'"):
+            usage = genai_prices.Usage(input_tokens=input_tokens, cache_read_tokens=cached,
+                                       output_tokens=output_tokens)
+            expected += float(genai_prices.calc_price(usage, model, provider_id="openai").total_price)
+    finally:
+        journal.close()
+    assert expected > 0 and spend.spent_usd == pytest.approx(expected, rel=1e-9)
+
+    own = RunConfig(llm=LLMConfig(api_key="k", base_url=fake_llm.base_url, backoff_s=0.01,
+                                  prices=(("gpt-5", ModelPrice(input=1000.0, output=1000.0)),)))
+    run_agent(sample_agents.priced_calls, agent_id="own", data_dir=data_dir, config=own, n=1, model="gpt-5")
+    mine = spend_report(data_dir, "own").agents["own"]
+    assert mine.spent_usd == pytest.approx((mine.input_tokens + mine.output_tokens) * 1000.0 / 1e6, rel=1e-9)

@@ -64,7 +64,8 @@ class LLMConfig:
     """Exponential backoff with full jitter between attempts: random in [0, backoff_s * 2**n], capped."""
     backoff_max_s: float = 30.0
     prices: tuple[tuple[str, ModelPrice], ...] = DEFAULT_PRICES
-    """(model, ModelPrice) pairs, USD per million tokens; dated model names match their base model."""
+    """(model, ModelPrice) pairs, USD per million tokens, ahead of the maintained price catalogue; dated
+    model names match their base model. Give your contract prices, or models the catalogue lacks."""
 
 
 @dataclass(frozen=True)

@@ -1,13 +1,21 @@
-"""Model prices: USD per million tokens, the table the cost ledger prices calls with.
+"""Model prices: what the cost ledger charges a call, from the user's table first, then a maintained catalogue.
 
-The configuration carries the table (``LLMConfig(prices=...)``), so it lives on the ground floor beside it.
-A dated model name as the API returns it (``gpt-4o-mini-2024-07-18``) is priced as its base model.
+Hand-typed list prices go stale within months, so the defaults come from ``genai-prices`` (a maintained
+table of provider prices, shipped as data inside the wheel; its remote-update feature is never started
+here, so pricing never touches the network). A user's own table (``LLMConfig(prices=...)``, USD per
+million tokens) still takes precedence, for contract prices or models the catalogue lacks. A model
+missing from both costs ``None``: the ledger records NULL and warns instead of guessing.
+
+The catalogue is a large module (~0.5 s to import): it loads on the first call that the user's table
+cannot price, never at ``import agentshards``.
 """
 
 from __future__ import annotations
 
 import re
+import threading
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 
 @dataclass(frozen=True)
@@ -19,24 +27,41 @@ class ModelPrice:
     cached_input: float | None = None
 
 
-DEFAULT_PRICES: tuple[tuple[str, ModelPrice], ...] = (
-    # Public list prices at the time of writing; replace them with LLMConfig(prices=...) for your contract.
-    ("gpt-4o", ModelPrice(2.50, 10.00, 1.25)),
-    ("gpt-4o-mini", ModelPrice(0.15, 0.60, 0.075)),
-    ("gpt-4.1", ModelPrice(2.00, 8.00, 0.50)),
-    ("gpt-4.1-mini", ModelPrice(0.40, 1.60, 0.10)),
-    ("gpt-4.1-nano", ModelPrice(0.10, 0.40, 0.025)),
-    ("o4-mini", ModelPrice(1.10, 4.40, 0.275)),
-)
+DEFAULT_PRICES: tuple[tuple[str, ModelPrice], ...] = ()
+"""The user's table is empty unless given: every model is priced from the catalogue."""
+
+CATALOGUE_PROVIDER = "openai"
+"""The provider whose catalogue prices apply: the durable facade speaks the OpenAI API."""
 
 _DATED = re.compile(r"^(?P<base>.+?)-\d{4}-\d{2}-\d{2}$")
+_catalogue_lock = threading.Lock()
 
 
 def price_for(model: str | None, prices: tuple[tuple[str, ModelPrice], ...]) -> ModelPrice | None:
-    if not model:
+    """The user's price for ``model``; a dated name as the API returns it is priced as its base model."""
+    if not model or not prices:
         return None
     table = dict(prices)
     if model in table:
         return table[model]
     dated = _DATED.match(model)
     return table.get(dated.group("base")) if dated else None
+
+
+def catalogue_cost(model: str, input_tokens: int, cached_tokens: int, output_tokens: int) -> float | None:
+    """USD for one call at the catalogue's current price, or None when the catalogue does not know the model.
+
+    The catalogue computes the whole call (tiered prices included), so its figure is used as it is.
+    ``input_tokens`` counts cached tokens too, as both APIs report them.
+    """
+    with _catalogue_lock:  # the catalogue's lookup cache is a plain dict; its first import is heavy
+        import genai_prices
+
+        try:
+            usage = genai_prices.Usage(input_tokens=input_tokens, cache_read_tokens=cached_tokens,
+                                       output_tokens=output_tokens)
+            result = genai_prices.calc_price(usage, model, provider_id=CATALOGUE_PROVIDER,
+                                             genai_request_timestamp=datetime.now(UTC))
+        except LookupError:
+            return None
+    return float(result.total_price)

@@ -1,8 +1,8 @@
 """The cost ledger: what each LLM call cost, what replaying recorded calls saved, and budgets.
 
-Prices are USD per million tokens, per model, from a table the user can replace
-(``LLMConfig(prices=...)``). A dated model name as the API returns it (``gpt-4o-mini-2024-07-18``) is
-priced as its base model. A model missing from the table costs ``None`` with a warning: never a guess.
+Prices are USD per million tokens, per model: the user's own table (``LLMConfig(prices=...)``) first,
+then the maintained catalogue (see ``agentshards._base.prices``). A model neither knows costs ``None``
+with a warning: never a guess.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from .._base.prices import ModelPrice, price_for
+from .._base.prices import ModelPrice, catalogue_cost, price_for
 
 log = logging.getLogger("agentshards")
 
@@ -42,18 +42,29 @@ def usage_of(response: dict[str, Any]) -> Usage:
 
 
 def cost_of(usage: Usage, prices: tuple[tuple[str, ModelPrice], ...]) -> float | None:
-    """USD for one call, or None (with one warning per model) when the model or the counts are unknown."""
-    price = price_for(usage.model, prices)
-    if price is None or usage.input_tokens is None or usage.output_tokens is None:
-        if usage.model not in _warned:
-            _warned.add(str(usage.model))
-            log.warning("no price for model %r: its calls are recorded with cost NULL "
-                        "(add it to LLMConfig(prices=...))", usage.model)
+    """USD for one call: the user's table, else the price catalogue; None (one warning per model) when
+    neither knows the model or the provider reported no token counts."""
+    if usage.input_tokens is None or usage.output_tokens is None:
+        _warn_unpriced(usage.model)
         return None
     cached = min(usage.cached_tokens or 0, usage.input_tokens)
+    price = price_for(usage.model, prices)
+    if price is None:
+        cost = None if not usage.model else catalogue_cost(usage.model, usage.input_tokens, cached,
+                                                             usage.output_tokens)
+        if cost is None:
+            _warn_unpriced(usage.model)
+        return cost
     cached_rate = price.input if price.cached_input is None else price.cached_input
     return ((usage.input_tokens - cached) * price.input + cached * cached_rate
             + usage.output_tokens * price.output) / 1_000_000
+
+
+def _warn_unpriced(model: str | None) -> None:
+    if model not in _warned:
+        _warned.add(str(model))
+        log.warning("no price for model %r: its calls are recorded with cost NULL "
+                    "(add it to LLMConfig(prices=...))", model)
 
 
 @dataclass(frozen=True)
