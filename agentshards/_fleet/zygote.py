@@ -211,6 +211,7 @@ def preload() -> None:
     for name in PRELOAD:
         importlib.import_module(name)
     _warm_openai()
+    _warm_prices()
 
 
 def _warm_openai() -> None:
@@ -224,6 +225,14 @@ def _warm_openai() -> None:
         _ = (client.chat.completions, client.responses)
     finally:
         client.close()
+
+
+def _warm_prices() -> None:
+    """Load the price catalogue (~30 MB once built) before forking: every worker prices its LLM calls, and
+    a catalogue built in each worker would cost that much per worker instead of once."""
+    from .._base.prices import catalogue_cost
+
+    catalogue_cost("gpt-4o-mini", 1, 0, 1)
 
 
 def main() -> int:
