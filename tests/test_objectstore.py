@@ -99,3 +99,15 @@ def test_put_if_is_a_compare_and_swap(store: ObjectStore) -> None:
     assert second is not None and second != first
     assert store.put_if("prefix/lease.json", b"stale writer", etag) is None  # If-Match on an old ETag fails
     assert store.get("prefix/lease.json") == b"node-1 renewed"
+
+
+def test_a_profiles_region_is_not_overridden(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without AWS_REGION or ?region=, the region of the user's AWS profile applies, not a forced us-east-1."""
+    config = tmp_path / "aws-config"
+    config.write_text("[default]\nregion = eu-west-2\n")
+    for key in ("AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
+    env = {"AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s"}
+    store = store_for(parse_replica("s3://bucket/prefix", env), env)
+    assert store._client.meta.region_name == "eu-west-2"  # type: ignore[attr-defined]

@@ -163,8 +163,9 @@ class S3Store:
         session = boto3.session.Session(aws_access_key_id=env.get("AWS_ACCESS_KEY_ID"),
                                         aws_secret_access_key=env.get("AWS_SECRET_ACCESS_KEY"),
                                         aws_session_token=env.get("AWS_SESSION_TOKEN"))
+        # No region forced: without AWS_REGION (or a ?region= on the URL) the profile's region applies.
         self._client: Any = session.client(
-            "s3", endpoint_url=target.endpoint, region_name=target.region or "us-east-1",
+            "s3", endpoint_url=target.endpoint, region_name=target.region,
             config=Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5, read_timeout=30,
                           s3={"addressing_style": "path"} if target.endpoint else None))
 
