@@ -334,3 +334,14 @@ def inspect_cmd(agent_id: str, data_dir: str, as_json: bool) -> None:
             click.echo(f"    {step.kind:<4} {step.name:<24} {step.output_json[:70]}{flag}")
         for attempt in entry.in_flight:
             click.echo(f"    IN FLIGHT {attempt.step_name}: attempt {attempt.attempt} sent, never recorded")
+
+
+@main.command()
+@click.option("--data-dir", default="./agentshards-demo/data", show_default=True)
+@click.option("--port", default=8765, show_default=True, type=click.IntRange(0, 65535),
+              help="Port on 127.0.0.1 (0: any free port).")
+def dashboard(data_dir: str, port: int) -> None:
+    """Serve a live web page of the fleet on 127.0.0.1: states, restarts, spend, one agent's step timeline."""
+    from .dashboard import serve
+
+    _guard(lambda: serve(data_dir, port, click.echo))

@@ -324,6 +324,13 @@ class Journal:
         return Spend(round(spent, 10), calls, unpriced, round(saved, 10), replayed, in_flight,
                      None if estimate is None else round(estimate, 10), inp, out)
 
+    def ledger_events(self) -> list[tuple[float, str, float]]:
+        """(recorded_at, 'call' | 'replay', USD) of every priced ledger row, oldest first: spend over time."""
+        with self._lock:
+            rows = query(self._conn, "SELECT recorded_at, event, cost_usd FROM llm_ledger"
+                                     " WHERE cost_usd IS NOT NULL ORDER BY recorded_at")
+        return [(float(at), str(event), float(cost)) for at, event, cost in rows]
+
     def attempts(self, run_id: str) -> list[Attempt]:
         with self._lock:
             rows = query(self._conn, "SELECT step_name, attempt, request_hash, started_at FROM attempts"
