@@ -74,7 +74,8 @@ def _until(check: Callable[[], Any], timeout: float, what: str) -> Any:
 
 
 def _rows(driver: Any) -> dict[str, str]:
-    script = "return Array.from(document.querySelectorAll('#agents tbody tr')).map(r => [r.dataset.agent, r.dataset.state])"
+    script = ("return Array.from(document.querySelectorAll('#agents tbody tr'))"
+              ".map(r => [r.dataset.agent, r.dataset.state])")
     return dict(driver.execute_script(script))
 
 
