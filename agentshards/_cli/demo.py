@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .._base.config import LLMConfig, RunConfig, SupervisorConfig
+from .._base.errors import InvalidInputs
 from .._core.agent import Agent
 from .._fleet.fleet import Fleet
 from .._fleet.run import run_agent
@@ -50,6 +51,11 @@ def run_demo(data_dir: str | os.PathLike[str], *, replica: str | None = None, ag
     data = Path(data_dir).resolve()
     replica = replica or str(data.parent / "replica")
     ids = [f"researcher-{i + 1:03d}" for i in range(agents)]
+    _refuse_foreign(data)
+    earlier = sorted(p.name for p in data.glob("researcher-*.db")) if data.is_dir() else []
+    if earlier:
+        echo(f"reusing an earlier demo's state in {data} ({len(earlier)} shards): finished agents return their "
+             "recorded results without a single LLM request")
     plan = {agent_id: {"topic": TOPICS[i % len(TOPICS)]} for i, agent_id in enumerate(ids)}
     with FakeLLMServer(delay_s=0.05) as llm:
         env = dict(os.environ, OPENAI_API_KEY="fake-key", OPENAI_BASE_URL=llm.base_url)
@@ -69,6 +75,11 @@ def run_demo(data_dir: str | os.PathLike[str], *, replica: str | None = None, ag
         restarts = sum(state.restarts for state in fleet.status().values())
         first = llm.request_count
         echo(f"all {agents} finished ({restarts} agent restarts); LLM requests: {first}")
+        calls = 2 * sum(1 for agent_id in ids if agent_id not in earlier_done(earlier))
+        if first > calls:
+            echo(f"  {first} requests for {calls} LLM calls: the calls in flight when the worker was killed were "
+                 "sent again after its restart (never recorded, so never answered twice from the journal); "
+                 "every completed call was replayed from its shard")
 
         shutil.rmtree(data)
         echo(f"node loss: removed {data}")
@@ -84,7 +95,31 @@ def run_demo(data_dir: str | os.PathLike[str], *, replica: str | None = None, ag
             assert again == results[agent_id], "a restored agent must return its recorded result"
         replay = llm.request_count - first
     echo(f"restored {len(restored)} agents from the replica; LLM requests when running them again: {replay}")
+    echo("next, try:\n"
+         f"  agentshards status --data-dir {data}\n"
+         f"  agentshards inspect {ids[0]} --data-dir {data}\n"
+         f"  agentshards spend --data-dir {data}\n"
+         f"  agentshards fleet --replica {replica}\n"
+         f"  agentshards dashboard --data-dir {data}")
     return {"results": results, "requests_first_pass": first, "requests_replay": replay, "restarts": restarts}
+
+
+def earlier_done(earlier: list[str]) -> set[str]:
+    """Agents whose shard an earlier demo left: they replay, so they make no request of their own."""
+    return {name[: -len(".db")] for name in earlier}
+
+
+def _refuse_foreign(data: Path) -> None:
+    """The demo deletes its data dir to show node loss: never do that to a directory of other agents."""
+    if data.exists() and not data.is_dir():
+        raise InvalidInputs(f"{data} exists and is not a directory", hint="pass --data-dir a new directory")
+    if data.is_dir():
+        ours = ("researcher-", ".", "agentshards.lock", "litestream")  # shards, state dirs, lock, Litestream files
+        foreign = sorted(p.name for p in data.iterdir() if not p.name.startswith(ours))
+        if foreign:
+            raise InvalidInputs(f"{data} holds files the demo did not write ({', '.join(foreign[:5])})",
+                                hint="the demo deletes its data dir to show node loss: pass --data-dir a new "
+                                     "directory")
 
 
 def _kill_one_worker(fleet: Fleet, llm: FakeLLMServer, echo: Callable[[str], None], done: threading.Event) -> None:

@@ -84,8 +84,12 @@ class Fleet:
 
     # -- public ------------------------------------------------------------------------------------------
 
-    def launch(self, target: AgentFn | str, agents: Mapping[str, Mapping[str, Any]]) -> None:
-        """Check everything (target importable, ids, inputs, data dir owner, replica) before any agent starts."""
+    def launch(self, target: AgentFn | str, agents: Mapping[str, Mapping[str, Any]], *, new_run: bool = False) -> None:
+        """Check everything (target importable, ids, inputs, data dir owner, replica) before any agent starts.
+
+        ``new_run``: each agent starts a fresh run even if it has one (kept in its journal). The run is opened
+        here, once, so a worker that crashes and restarts resumes it instead of starting yet another.
+        """
         with _on_path(self.app_dir):
             name, func = target_of(target)
         checked = {}
@@ -105,7 +109,11 @@ class Fleet:
             self._fingerprints[name] = code_fingerprint(func)
         def prepare(agent_id: str) -> None:
             # the file exists before Litestream sees it
-            open_shard(self.data_dir, agent_id, self.run_config.shard, verified=agent_id in self._verified).close()
+            conn = open_shard(self.data_dir, agent_id, self.run_config.shard, verified=agent_id in self._verified)
+            if new_run:
+                journal = Journal(conn, agent_id)
+                journal.begin_run(name, self._inputs_json[agent_id], checked[agent_id][1], new_run=True)
+            conn.close()
             if self._replication is not None:
                 self._replication.litestream.register(agent_id)
                 entry = (name, checked[agent_id][1], self._fingerprints.get(name))

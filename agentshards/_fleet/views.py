@@ -10,17 +10,23 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-from dataclasses import dataclass
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import apsw
 
 from .._base.config import ShardConfig
-from .._base.errors import ShardError
+from .._base.errors import AgentShardsError, ShardError
 from .._core.journal import Journal
 from .._core.shard import SHARD_SUFFIX, shard_path, validate_agent_id
 from .._core.sqlite import open_connection
+
+SERIES_POINTS = 120
+"""Points in the spend-over-time chart: enough to show a shape, few enough to draw at once."""
 
 LOCK_NAME = "agentshards.lock"
 STATUS_FILE = Path(".fleet") / "status.json"
@@ -157,3 +163,105 @@ def _lock_held(data_dir: Path) -> bool:
         return False
     finally:
         os.close(fd)
+
+
+_ROW_FIELDS = tuple(f.name for f in fields(AgentSummary) if f.name != "ledger")
+
+
+@dataclass
+class _Cached:
+    signature: tuple[int, ...]
+    summary: AgentSummary | None
+    error: str | None
+
+
+class FleetView:
+    """The data dir as the page sees it: per-agent summaries, cached by file signature, plus live state."""
+
+    def __init__(self, data_dir: Path, *, threads: int = 8) -> None:
+        self.data_dir = data_dir
+        self._cache: dict[str, _Cached] = {}
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="dashboard")
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+    def snapshot(self) -> dict[str, Any]:
+        """Every agent's row, counts by state, totals, and cumulative spend/saved over time."""
+        ids = shard_ids(self.data_dir)
+        stale = [i for i in ids if self._is_stale(i)]
+        for agent_id, cached in zip(stale, self._pool.map(self._read, stale), strict=True):
+            with self._lock:
+                self._cache[agent_id] = cached
+        with self._lock:
+            for gone in set(self._cache) - set(ids):
+                del self._cache[gone]
+            cached_now = {i: self._cache[i] for i in ids}
+        live = live_states(self.data_dir)
+        agents: list[dict[str, Any]] = []
+        errors: list[dict[str, str | None]] = []
+        states: dict[str, int] = {}
+        for agent_id in ids:
+            entry = cached_now[agent_id]
+            if entry.summary is None:
+                errors.append({"agent_id": agent_id, "error": entry.error})
+                continue
+            row = {name: getattr(entry.summary, name) for name in _ROW_FIELDS}
+            state = live.get(agent_id)
+            if state is not None:
+                row.update(status=state.status, restarts=state.restarts, reason=state.reason or row["reason"])
+            states[row["status"]] = states.get(row["status"], 0) + 1
+            agents.append(row)
+        return {"data_dir": str(self.data_dir), "generated_at": time.time(), "agents": agents, "errors": errors,
+                "states": states, "totals": _totals(agents), "series": self._series(ids, cached_now)}
+
+    def _is_stale(self, agent_id: str) -> bool:
+        with self._lock:
+            cached = self._cache.get(agent_id)
+        return cached is None or cached.signature != self._signature(agent_id)
+
+    def _signature(self, agent_id: str) -> tuple[int, ...]:
+        parts: list[int] = []
+        base = os.path.join(self.data_dir, agent_id)
+        for suffix in (".db", ".db-wal"):
+            try:
+                st = os.stat(base + suffix)
+                parts += [st.st_size, st.st_mtime_ns]
+            except FileNotFoundError:
+                parts += [-1, -1]
+        return tuple(parts)
+
+    def _read(self, agent_id: str) -> _Cached:
+        signature = self._signature(agent_id)  # taken before the read: a write during it marks it stale again
+        try:
+            return _Cached(signature, agent_summary(self.data_dir, agent_id), None)
+        except AgentShardsError as exc:
+            return _Cached(signature, None, str(exc))
+
+    def _series(self, ids: list[str], cached: dict[str, _Cached]) -> list[dict[str, float]]:
+        events = sorted(e for i in ids if (s := cached[i].summary) is not None for e in s.ledger)
+        if not events:
+            return []
+        start, end = events[0][0], events[-1][0]
+        step = max((end - start) / (SERIES_POINTS - 1), 1e-9)
+        points: list[dict[str, float]] = []
+        spent = saved = 0.0
+        bucket = 0
+        for at, event, cost in events:
+            index = int((at - start) / step)
+            while bucket < index:
+                points.append({"t": start + bucket * step, "spent": spent, "saved": saved})
+                bucket += 1
+            if event == "call":
+                spent += cost
+            else:
+                saved += cost
+        points.append({"t": end, "spent": spent, "saved": saved})
+        return [{k: round(v, 10) for k, v in p.items()} for p in points]
+
+
+def _totals(agents: list[dict[str, Any]]) -> dict[str, float | int]:
+    return {"agents": len(agents), "spent_usd": round(sum(a["spent_usd"] for a in agents), 10),
+            "saved_usd": round(sum(a["saved_usd"] for a in agents), 10),
+            "llm_calls": sum(a["llm_calls"] for a in agents), "restarts": sum(a["restarts"] for a in agents)}

@@ -53,10 +53,14 @@ class ArchiveEntry:
     archived_at: float
 
 
-def _target(replica: str | ReplicaTarget, env: Mapping[str, str]) -> tuple[ReplicaTarget, ObjectStore]:
+def _target(replica: str | ReplicaTarget, env: Mapping[str, str], *,
+            read_only: bool = False) -> tuple[ReplicaTarget, ObjectStore]:
     target = parse_replica(replica, env) if isinstance(replica, str) else replica
     store = store_for(target, env)
-    store.check()
+    if read_only:
+        store.check_readable()
+    else:
+        store.check()
     return target, store
 
 
@@ -134,7 +138,7 @@ def _remove_local(data: Path, agent_id: str) -> None:
 
 
 def list_archives(replica: str | ReplicaTarget, *, env: Mapping[str, str] | None = None) -> list[ManifestEntry]:
-    target, store = _target(replica, os.environ if env is None else env)
+    target, store = _target(replica, os.environ if env is None else env, read_only=True)
     return [e for e in list_manifests(store, target) if e.status == ARCHIVED]
 
 
@@ -143,7 +147,7 @@ def fetch_archive(agent_id: str, data_dir: str | os.PathLike[str], replica: str 
     """Bring an archived shard back (verified: sha256, integrity, schema, id) for inspection or a new run."""
     env = os.environ if env is None else env
     agent_id = validate_agent_id(agent_id)
-    target, store = _target(replica, env)
+    target, store = _target(replica, env, read_only=True)  # the replica is only read
     final = shard_path(Path(data_dir), agent_id)
     if final.exists():
         raise ShardError(f"a local shard already exists at {final}", agent_id=agent_id,
@@ -168,15 +172,17 @@ def fetch_archive(agent_id: str, data_dir: str | os.PathLike[str], replica: str 
 
 
 def expire_archives(replica: str | ReplicaTarget, older_than_days: float, *, env: Mapping[str, str] | None = None,
-                    now: float | None = None) -> list[str]:
-    """Delete archives (object and manifest entry) archived more than ``older_than_days`` ago."""
-    target, store = _target(replica, os.environ if env is None else env)
+                    now: float | None = None, dry_run: bool = False) -> list[str]:
+    """Delete archives (object and manifest entry) archived more than ``older_than_days`` ago; ``dry_run``
+    names them and deletes nothing."""
+    target, store = _target(replica, os.environ if env is None else env, read_only=dry_run)
     cutoff = (time.time() if now is None else now) - older_than_days * 86400
     expired = []
     for entry in list_manifests(store, target):
         if entry.status == ARCHIVED and entry.updated_at < cutoff:
-            store.delete(target.archive_key(entry.agent_id))
-            delete_manifest(store, target, entry.agent_id)
+            if not dry_run:
+                store.delete(target.archive_key(entry.agent_id))
+                delete_manifest(store, target, entry.agent_id)
             expired.append(entry.agent_id)
     return expired
 

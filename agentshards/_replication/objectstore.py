@@ -54,6 +54,11 @@ class ObjectStore(Protocol):
 
     def check(self) -> None: ...
 
+    def check_readable(self) -> None:
+        """Raise InvalidReplica unless the store exists and answers; never creates or writes anything
+        (what read-only commands call: listing a mistyped replica must not create it)."""
+        ...
+
 
 class LocalStore:
     """Objects as files under ``root``; keys are '/'-separated relative paths."""
@@ -136,6 +141,11 @@ class LocalStore:
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
         self._meta_path(key).unlink(missing_ok=True)
+
+    def check_readable(self) -> None:
+        if not self.root.is_dir():
+            raise InvalidReplica(f"no replica directory at {self.root}",
+                                 hint="check the --replica path (nothing was created)")
 
     def check(self) -> None:
         try:
@@ -220,6 +230,9 @@ class S3Store:
 
     def delete(self, key: str) -> None:
         self._client.delete_object(Bucket=self.target.bucket, Key=key)
+
+    def check_readable(self) -> None:
+        self.check()  # a HEAD of the bucket: reads only
 
     def check(self) -> None:
         from botocore.exceptions import BotoCoreError, ClientError

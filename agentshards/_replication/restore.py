@@ -170,7 +170,7 @@ def list_fleet(replica: str | ReplicaTarget, *, env: Mapping[str, str] | None = 
     env = os.environ if env is None else env
     target = parse_replica(replica, env) if isinstance(replica, str) else replica
     store = store_for(target, env)
-    store.check()
+    store.check_readable()
     return list_manifests(store, target)
 
 
