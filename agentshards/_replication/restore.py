@@ -148,9 +148,9 @@ def _fetch_binary(agent_id: str, target: ReplicaTarget, store: ObjectStore, conf
     silently), and they may hold the newest state.
     """
     url = target.litestream_url(agent_id)
-    hint = (f"nothing was overwritten and the replica is left as it is; `litestream ltx -level all {url}` lists "
-            "what Litestream reads there, a litestream that reads the rest (see the warning about its version) "
-            "or `litestream restore -txid` for an earlier point can restore it by hand")
+    hint = (f"nothing was overwritten and the replica is left as it is: move away objects that are not "
+            f"Litestream's, or restore it by hand with a litestream that reads them (`litestream ltx -level all "
+            f"{url}` lists what it reads; `litestream restore -txid` restores an earlier point)")
     try:
         summary = restore(find_binary(config, env), url, out, env)
     except ReplicationError as exc:
