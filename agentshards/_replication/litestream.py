@@ -405,8 +405,12 @@ def restore(binary: Path, url: str, output: Path, env: Mapping[str, str], *,
             timeout_s: float = 300.0) -> RestoreSummary | None:
     """``litestream restore -json -o output url``. None when Litestream finds no backup at ``url`` (which
     is not proof that nothing is stored there: it says the same of a layout it does not read)."""
-    proc = subprocess.run([str(binary), "restore", "-json", "-o", str(output), url], capture_output=True,
-                          text=True, env=litestream_env(env), timeout=timeout_s)
+    try:
+        proc = subprocess.run([str(binary), "restore", "-json", "-o", str(output), url], capture_output=True,
+                              text=True, env=litestream_env(env), timeout=timeout_s)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise ReplicationError(f"litestream restore of {url} did not complete: {exc}",
+                               hint="check the replica's endpoint and the network; nothing was overwritten") from exc
     if proc.returncode == 0:
         return RestoreSummary(_restored_txid(proc.stdout))
     message = (proc.stderr or proc.stdout).strip()
