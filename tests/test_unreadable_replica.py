@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from agentshards import LitestreamConfig, ShardConfig, recover, restore_agent
+from agentshards import LitestreamConfig, ReplicationError, ShardConfig, recover, restore_agent, restore_agents
 from agentshards._base.errors import NoReplica, ReplicaNotRestorable
 from agentshards._core.shard import open_shard
 from agentshards._core.sqlite import open_connection
 from agentshards._replication import litestream as litestream_module
-from agentshards._replication.litestream import Litestream, find_binary
+from agentshards._replication.litestream import Litestream, find_binary, restore
 from agentshards._replication.ltx import VERIFIED_LITESTREAM, parse_key
 from agentshards._replication.manifest import ManifestEntry, write_manifest
 from agentshards._replication.objectstore import ObjectStore, store_for
@@ -201,3 +201,27 @@ def test_a_litestream_newer_than_the_verified_one_is_warned_about_once(
                          "reader) was verified against; it refuses what it does not read and the binary restores "
                          "that, but LitestreamConfig(native_restore=False) restores with the binary alone"]
                         if warned else [])
+
+
+def test_a_fleet_restore_listed_once_tells_an_unreadable_replica_from_an_empty_one(tmp_path: Path) -> None:
+    """From eight agents the fleet prefix is listed once and each agent gets its share of the keys: an agent
+    with only unknown objects is not restorable, one with nothing stored has no replica."""
+    replica = str(tmp_path / "replica")
+    target = parse_replica(replica)
+    store = store_for(target, {})
+    store.put(target.agent_key("odd") + "/0009/snapshot.ltx.zst", b"from a later layout")
+    ids = ["odd", *(f"e{i}" for i in range(7))]
+    results = restore_agents(ids, tmp_path / "n2", replica)
+    assert isinstance(results.pop("odd"), ReplicaNotRestorable)
+    assert all(isinstance(outcome, NoReplica) for outcome in results.values()), results
+    assert not list((tmp_path / "n2").glob("*.db"))
+
+
+def test_a_litestream_restore_that_hangs_is_a_replication_error(tmp_path: Path) -> None:
+    hanging = tmp_path / "litestream"
+    hanging.write_text("#!/bin/sh\nexec sleep 30\n")
+    hanging.chmod(hanging.stat().st_mode | stat.S_IXUSR)
+    started = time.monotonic()
+    with pytest.raises(ReplicationError, match="did not complete"):
+        restore(hanging, (tmp_path / "replica").as_uri(), tmp_path / "out.db", {}, timeout_s=0.5)
+    assert time.monotonic() - started < 10

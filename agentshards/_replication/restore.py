@@ -143,9 +143,9 @@ def _fetch_binary(agent_id: str, target: ReplicaTarget, store: ObjectStore, conf
                   beyond: int | None) -> bool:
     """``litestream restore``, after the in-process reader gave up for ``reason`` (None: it was not used).
 
-    ``beyond``: the TXID the readable files reach when the prefix also holds unknown objects. The binary's
-    restore counts only if it gets past it: if it does not, it skipped those objects too (0.5.17 does,
-    silently), and they may hold the newest state.
+    ``beyond``: when the prefix also holds objects the reader does not know, the highest TXID of the files
+    it does. The binary's restore counts only if it gets past that: if it does not, it skipped those
+    objects too (0.5.17 does, silently), and they may hold the newest state.
     """
     url = target.litestream_url(agent_id)
     hint = (f"nothing was overwritten and the replica is left as it is: move away objects that are not "
