@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from agentshards import LitestreamConfig, ReplicationError, ShardConfig, ShardError, restore_agent
+from agentshards import LitestreamConfig, ReplicationError, ShardConfig, restore_agent
+from agentshards._base.errors import ReplicaNotRestorable
 from agentshards._core.shard import open_shard
 from agentshards._core.sqlite import open_connection
 from agentshards._replication.litestream import Litestream, find_binary, restore
@@ -131,7 +132,7 @@ def test_a_flipped_payload_byte_fails_the_checksum_and_writes_nothing(tmp_path: 
     raw = bytearray(victim.read_bytes())
     raw[115] ^= 0x01  # inside the first page's LZ4 block
     victim.write_bytes(bytes(raw))
-    with pytest.raises(ShardError, match=r"replica is damaged: .*(checksum mismatch|does not decompress)"):
+    with pytest.raises(ReplicaNotRestorable, match=r"replica is damaged: .*(checksum mismatch|does not decompress)"):
         restore_agent("a", tmp_path / "n2", str(replica))
     assert not (tmp_path / "n2" / "a.db").exists()
 
@@ -141,7 +142,7 @@ def test_a_missing_file_between_two_is_a_gap_not_an_older_restore(tmp_path: Path
     files = _level0(replica)
     assert len(files) >= 4
     files[-2].unlink()
-    with pytest.raises(ShardError, match="non-contiguous"):
+    with pytest.raises(ReplicaNotRestorable, match=r"non-contiguous.*binary could not restore it either"):
         restore_agent("a", tmp_path / "n2", str(replica))
     assert not (tmp_path / "n2" / "a.db").exists()
 
@@ -154,7 +155,7 @@ def test_an_unknown_format_goes_to_the_litestream_binary(tmp_path: Path, caplog:
     raw = bytearray(victim.read_bytes())
     struct.pack_into(">I", raw, 4, 0x6)  # an extra header flag
     victim.write_bytes(bytes(raw))
-    with caplog.at_level(logging.INFO, logger="agentshards"), pytest.raises((ReplicationError, ShardError)):
+    with caplog.at_level(logging.INFO, logger="agentshards"), pytest.raises(ReplicaNotRestorable):
         restore_agent("a", tmp_path / "n2", str(replica))
     assert any("header flags 0x6" in r.getMessage() and "litestream binary" in r.getMessage()
                for r in caplog.records)

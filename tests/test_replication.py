@@ -29,6 +29,7 @@ from agentshards import (
     restore_agent,
     run_agent,
 )
+from agentshards._base.errors import ReplicaNotRestorable
 from agentshards._replication.litestream import Litestream, socket_path_for
 from agentshards._replication.replica import parse_replica
 from agentshards.testing._fakellm import serial_of
@@ -108,7 +109,7 @@ def test_tampered_and_foreign_replicas_are_rejected(tmp_path: Path) -> None:
         for i in range(200, min(len(data), 4000), 7):
             data[i] ^= 0xFF
         ltx.write_bytes(bytes(data))
-    with pytest.raises((ReplicationError, ShardError)):
+    with pytest.raises(ReplicaNotRestorable, match="could not restore it either"):
         restore_agent("a", tmp_path / "n3", str(replica))
     assert not (tmp_path / "n3" / "a.db").exists()
 

@@ -18,6 +18,8 @@ The tree is deliberately shallow so callers can catch at the level they care abo
     ├── BudgetExceeded               the agent's recorded LLM spend reached its budget (final state)
     ├── InvalidReplica               a replica URL/settings that cannot be used or reached
     ├── ReplicationError             Litestream could not start, sync or restore
+    │   ├── NoReplica                the agent's replica prefix holds no object at all
+    │   └── ReplicaNotRestorable     it holds objects, and neither reader can restore them
     ├── DataDirLocked                another supervisor owns the data dir
     ├── LeaseError                   another node holds (or took) the replica prefix
     └── LLMError                     a durable LLM call could not be made (config, not durable)
@@ -142,6 +144,20 @@ class InvalidReplica(AgentShardsError, ValueError):
 
 class ReplicationError(AgentShardsError):
     """Litestream failed to start, to confirm a sync in time, or to restore a file."""
+
+
+class NoReplica(ReplicationError):
+    """Nothing at all is stored under the agent's replica prefix (killed before Litestream's first upload).
+
+    The one restore outcome after which starting the agent over from its inputs loses nothing: a prefix
+    holding anything, even objects no reader here understands, is never taken for an empty one.
+    """
+
+
+class ReplicaNotRestorable(ReplicationError):
+    """The agent's replica holds objects, but neither the in-process LTX reader nor ``litestream restore``
+    could bring back its newest state from them. The objects are left as they are: the agent must not be
+    started over (its paid-for steps are in there) nor restored from an older state."""
 
 
 class BudgetExceeded(AgentShardsError):

@@ -30,6 +30,7 @@ from .._base.errors import (
     BudgetExceeded,
     DataDirLocked,
     InvalidInputs,
+    NoReplica,
     ReplicationError,
     ShardError,
 )
@@ -401,7 +402,7 @@ def recover(data_dir: str | os.PathLike[str], replica: str, *, take_over: bool =
             if isinstance(outcome, ShardError) and "already exists" in str(outcome):
                 log.info("agent %s: using the local shard already in %s", entry.agent_id, fleet.data_dir)
                 on_disk.append(entry.agent_id)
-            elif isinstance(outcome, ReplicationError) and "no replica" in str(outcome):
+            elif isinstance(outcome, NoReplica):
                 pass  # killed before Litestream's first upload: nothing of it survived the node
             elif isinstance(outcome, Exception):
                 raise outcome

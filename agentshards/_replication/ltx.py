@@ -16,10 +16,12 @@ What is read, as Litestream 0.5.17 writes it (checked against its own restore by
   and its size, and a 16-byte trailer whose last 8 bytes are a CRC-64 (Go's ISO table, top bit set) of
   the file as if every payload were its decompressed page.
 
-Anything else (another magic, header or frame flags this module does not know, a v0.3 ``generations/``
-replica) raises ``UnsupportedLtx`` and the caller falls back to the ``litestream`` binary: an unknown
-format is never guessed at. Damage in a known format (checksum, sizes, a gap between TXIDs, a missing
-page) raises ``DamagedLtx``.
+Anything else (another magic, header or frame flags this module does not know, any object under the
+agent's prefix whose key is not one of the above, such as a v0.3 ``generations/`` replica or a layout of
+a later Litestream) raises ``UnsupportedLtx`` and the caller falls back to the ``litestream`` binary: an
+unknown format is never guessed at, and an unknown object is never skipped (it may hold the newest
+state). Damage in a known format (checksum, sizes, a gap between TXIDs, a missing page) raises
+``DamagedLtx``.
 """
 
 from __future__ import annotations
@@ -29,6 +31,11 @@ import re
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
+
+VERIFIED_LITESTREAM = (0, 5, 17)
+"""The Litestream release whose replicas this reader was checked against, byte for byte, by its own restore
+(``tests/test_ltx.py``). A later release may write what this module reads differently without changing
+anything it checks, so a newer installed ``litestream`` is warned about (``litestream.warn_if_newer``)."""
 
 SNAPSHOT_LEVEL = 9
 """Litestream keeps full snapshots at this level; a restore starts from the newest one."""
@@ -52,6 +59,20 @@ class LtxError(Exception):
 
 class UnsupportedLtx(LtxError):
     """A replica in a format this module does not read: restore it with the ``litestream`` binary."""
+
+
+class UnknownObjects(UnsupportedLtx):
+    """Objects under the agent's replica prefix whose keys are not LTX files of the known layout.
+
+    ``reached`` is the highest TXID of the files that did parse (0 for none): another reader's restore is
+    only worth more than this one's if it gets past it, which proves it read something here unknown.
+    """
+
+    def __init__(self, keys: list[str], reached: int) -> None:
+        self.keys = keys
+        self.reached = reached
+        shown = ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
+        super().__init__(f"{len(keys)} objects under the replica are not LTX files this version reads: {shown}")
 
 
 class DamagedLtx(LtxError):
@@ -80,6 +101,25 @@ def parse_key(key: str, root: str) -> LtxFile | None:
     if level > SNAPSHOT_LEVEL:
         return None
     return LtxFile(level, int(match[3], 16), int(match[4], 16), key)
+
+
+def parse_listing(keys: Iterable[str], root: str) -> list[LtxFile]:
+    """Every key listed under an agent's ``root`` as an LTX file; raise ``UnknownObjects`` if any is not one.
+
+    Skipping what does not parse would restore an older state, or none, when the newest objects are in a
+    layout this module does not know.
+    """
+    files: list[LtxFile] = []
+    unknown: list[str] = []
+    for key in keys:
+        file = parse_key(key, root)
+        if file is None:
+            unknown.append(key)
+        else:
+            files.append(file)
+    if unknown:
+        raise UnknownObjects(sorted(unknown), max((f.max_txid for f in files), default=0))
+    return files
 
 
 def restore_plan(files: Iterable[LtxFile]) -> list[LtxFile]:

@@ -1,7 +1,9 @@
 """Restore: bring agents back from their replicas onto this machine, verified, never half-written.
 
 The newest state is read from the replica's LTX files in this process (``_ltx``; the ``litestream``
-binary only for formats that module does not know). Each file is restored into a temporary directory
+binary for what that module does not read or finds damaged). "No replica" means nothing at all is
+stored under the agent's prefix; objects neither reader can restore make the agent not restorable, never
+"no replica" and never an older state. Each file is restored into a temporary directory
 beside its final path, checked there (full ``PRAGMA integrity_check``, the shard schema, the agent id it
 belongs to) and only then renamed into place, so the final path only ever holds a complete, checked
 file. A local shard is never overwritten unless asked.
@@ -19,12 +21,20 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from .._base.config import LitestreamConfig, ShardConfig
-from .._base.errors import AgentShardsError, ReplicationError, ShardError
+from .._base.errors import AgentShardsError, NoReplica, ReplicaNotRestorable, ReplicationError, ShardError
 from .._core.schema import check_file
 from .._core.shard import shard_path, validate_agent_id
 from .._core.sqlite import open_connection, query
-from .litestream import find_binary, restore
-from .ltx import DamagedLtx, UnsupportedLtx, decode, parse_key, restore_plan, write_database
+from .litestream import find_binary, installed_version, restore, warn_if_newer
+from .ltx import (
+    DamagedLtx,
+    UnknownObjects,
+    UnsupportedLtx,
+    decode,
+    parse_listing,
+    restore_plan,
+    write_database,
+)
 from .manifest import ManifestEntry, list_manifests
 from .objectstore import ObjectNotFound, ObjectStore, store_for
 from .replica import ReplicaTarget, parse_replica
@@ -37,17 +47,31 @@ def restore_agent(agent_id: str, data_dir: str | os.PathLike[str], replica: str 
                   litestream: LitestreamConfig | None = None, check_replica: bool = True) -> Path:
     """Restore ``agent_id``'s shard from ``replica`` into ``data_dir``; return its path.
 
-    Raises ReplicationError("no replica for agent X") when there is none, ShardError when the replica or
-    the restored file fails its checks (nothing is written at the final path) or a local shard exists and
-    ``overwrite`` is false.
+    Raises NoReplica (a ReplicationError) when nothing at all is stored for the agent, ReplicaNotRestorable
+    when something is but neither the LTX reader nor ``litestream restore`` can bring back its newest state,
+    ShardError when the restored file fails its checks (nothing is written at the final path) or a local
+    shard exists and ``overwrite`` is false.
     """
     env = os.environ if env is None else env
     target = parse_replica(replica, env) if isinstance(replica, str) else replica
     store = store_for(target, env)
     if check_replica:  # a missing bucket or bad credentials: a clear error, not a restore failure
         store.check()
-    return _restore_one(validate_agent_id(agent_id), Path(data_dir).resolve(), target, store,
-                        litestream or LitestreamConfig(), env, None, overwrite)
+    config = litestream or LitestreamConfig()
+    _check_reader_version(config, env)
+    return _restore_one(validate_agent_id(agent_id), Path(data_dir).resolve(), target, store, config, env,
+                        None, overwrite)
+
+
+def _check_reader_version(config: LitestreamConfig, env: Mapping[str, str]) -> None:
+    """The in-process reader runs no binary, so Litestream's version is asked here (once per process) to warn
+    when the installed one is newer than the release the reader was verified against."""
+    if not config.native_restore:
+        return
+    try:
+        warn_if_newer(installed_version(find_binary(config, env)))
+    except ReplicationError:
+        return  # no usable binary: nothing newer is installed, and the reader needs none
 
 
 def _restore_one(agent_id: str, data: Path, target: ReplicaTarget, store: ObjectStore, config: LitestreamConfig,
@@ -67,8 +91,9 @@ def _restore_one(agent_id: str, data: Path, target: ReplicaTarget, store: Object
     try:
         candidate = workdir / final.name
         if not _fetch(agent_id, target, store, config, env, keys, candidate):
-            raise ReplicationError(f"no replica for agent {agent_id} at {target.describe()}", agent_id=agent_id,
-                                   hint="check the replica URL; `agentshards fleet` lists what is there")
+            raise NoReplica(f"no replica for agent {agent_id} at {target.describe()}: nothing is stored under "
+                            f"{target.agent_key(agent_id)}/", agent_id=agent_id,
+                            hint="check the replica URL; `agentshards fleet` lists what is there")
         verify_restored(candidate, agent_id)
         for suffix in ("-wal", "-shm"):  # a stale WAL beside the new file would be replayed into it
             Path(f"{final}{suffix}").unlink(missing_ok=True)
@@ -83,28 +108,81 @@ def _restore_one(agent_id: str, data: Path, target: ReplicaTarget, store: Object
 
 def _fetch(agent_id: str, target: ReplicaTarget, store: ObjectStore, config: LitestreamConfig,
            env: Mapping[str, str], keys: list[str] | None, out: Path) -> bool:
-    """Write the replica's newest state to ``out``; False when the agent has no replica.
+    """Write the replica's newest state to ``out``; False only when nothing at all is stored for the agent.
 
-    Read here from the LTX files (no process per agent; see ``_ltx``); a format this version does not
-    know goes to ``litestream restore`` instead, and so does everything with ``native_restore=False``.
+    Read here from the LTX files (no process per agent; see ``_ltx``). A format or an object this version
+    does not read, and a file it finds damaged, go to ``litestream restore`` instead, and so does everything
+    with ``native_restore=False``; when that fails too the replica is not restorable (never "no replica":
+    starting the agent over would pay for every step again and register a fresh file over its replica).
     """
-    if config.native_restore:
-        try:
-            return _fetch_native(agent_id, target, store, keys, out)
-        except UnsupportedLtx as exc:
-            log.info("agent %s: %s; restoring it with the litestream binary", agent_id, exc)
-            out.unlink(missing_ok=True)
-        except DamagedLtx as exc:
-            raise ShardError(f"the replica is damaged: {exc}", agent_id=agent_id,
-                             hint=f"nothing was overwritten; `litestream ltx {target.litestream_url(agent_id)}` "
-                                  "lists its files, `litestream restore -txid` can restore an earlier point") from None
-        except AgentShardsError:
+    if not config.native_restore:
+        return _fetch_binary(agent_id, target, store, config, env, keys, out, None, None)
+    try:
+        return _fetch_native(agent_id, target, store, keys, out)
+    except UnknownObjects as exc:
+        log.warning("agent %s: %s; restoring it with the litestream binary", agent_id, exc)
+        reason, beyond = str(exc), exc.reached
+    except UnsupportedLtx as exc:
+        log.info("agent %s: %s; restoring it with the litestream binary", agent_id, exc)
+        reason, beyond = str(exc), None
+    except DamagedLtx as exc:
+        log.warning("agent %s: the replica looks damaged (%s); trying the litestream binary", agent_id, exc)
+        reason, beyond = f"the replica is damaged: {exc}", None
+    except AgentShardsError:
+        raise
+    except Exception as exc:  # the store's own errors (botocore, OSError): one error root for callers
+        raise ReplicationError(f"could not read the replica of agent {agent_id}: {exc}", agent_id=agent_id,
+                               hint="check the endpoint, the credentials and the network; nothing was "
+                                    "overwritten") from exc
+    out.unlink(missing_ok=True)
+    return _fetch_binary(agent_id, target, store, config, env, keys, out, reason, beyond)
+
+
+def _fetch_binary(agent_id: str, target: ReplicaTarget, store: ObjectStore, config: LitestreamConfig,
+                  env: Mapping[str, str], keys: list[str] | None, out: Path, reason: str | None,
+                  beyond: int | None) -> bool:
+    """``litestream restore``, after the in-process reader gave up for ``reason`` (None: it was not used).
+
+    ``beyond``: when the prefix also holds objects the reader does not know, the highest TXID of the files
+    it does. The binary's restore counts only if it gets past that: if it does not, it skipped those
+    objects too (0.5.17 does, silently), and they may hold the newest state.
+    """
+    url = target.litestream_url(agent_id)
+    hint = (f"nothing was overwritten and the replica is left as it is: move away objects that are not "
+            f"Litestream's, or restore it by hand with a litestream that reads them (`litestream ltx -level all "
+            f"{url}` lists what it reads; `litestream restore -txid` restores an earlier point)")
+    try:
+        summary = restore(find_binary(config, env), url, out, env)
+    except ReplicationError as exc:
+        if reason is None:
             raise
-        except Exception as exc:  # the store's own errors (botocore, OSError): one error root for callers
-            raise ReplicationError(f"could not read the replica of agent {agent_id}: {exc}", agent_id=agent_id,
-                                   hint="check the endpoint, the credentials and the network; nothing was "
-                                        "overwritten") from exc
-    return restore(find_binary(config, env), target.litestream_url(agent_id), out, env)
+        raise ReplicaNotRestorable(f"{reason}; the litestream binary could not restore it either: {exc.message}",
+                                   agent_id=agent_id, hint=hint) from exc
+    if summary is None:
+        if reason is None and not _holds_objects(agent_id, target, store, keys):
+            return False
+        raise ReplicaNotRestorable(f"{reason or 'its replica holds objects'}; the litestream binary finds no "
+                                   f"backup in them either", agent_id=agent_id, hint=hint)
+    if beyond is not None and (summary.txid is None or summary.txid <= beyond):
+        out.unlink(missing_ok=True)
+        restored = "an unknown TXID" if summary.txid is None else f"TXID {summary.txid:x}"
+        raise ReplicaNotRestorable(f"{reason}; the litestream binary does not read them either (it restored "
+                                   f"{restored}, which the readable files reach too), and they may hold the "
+                                   "newest state", agent_id=agent_id, hint=hint)
+    if reason is not None:
+        log.warning("agent %s: restored by the litestream binary (%s)", agent_id, reason)
+    return True
+
+
+def _holds_objects(agent_id: str, target: ReplicaTarget, store: ObjectStore, keys: list[str] | None) -> bool:
+    """Whether anything is stored under the agent's replica prefix: what "no replica" has to mean."""
+    if keys is not None:
+        return bool(keys)
+    try:
+        return bool(store.list(target.agent_key(agent_id) + "/"))
+    except Exception as exc:  # botocore / OSError: one error root for callers
+        raise ReplicationError(f"could not list the replica of agent {agent_id}: {exc}", agent_id=agent_id,
+                               hint="check the endpoint, the credentials and the network") from exc
 
 
 def _fetch_native(agent_id: str, target: ReplicaTarget, store: ObjectStore, keys: list[str] | None,
@@ -113,11 +191,9 @@ def _fetch_native(agent_id: str, target: ReplicaTarget, store: ObjectStore, keys
     for attempt in range(3):
         if keys is None:
             keys = store.list(root)
-        if any(k.startswith(root + "generations/") for k in keys):
-            raise UnsupportedLtx("its replica holds Litestream 0.3 generations")
-        plan = restore_plan(f for f in (parse_key(k, root) for k in keys) if f is not None)
-        if not plan:
+        if not keys:
             return False
+        plan = restore_plan(parse_listing(keys, root))
         try:
             with open(out, "wb") as fh:
                 write_database((decode(store.get(f.key), f) for f in plan), fh.fileno())
@@ -187,6 +263,7 @@ def restore_agents(agent_ids: list[str], data_dir: str | os.PathLike[str], repli
     config = litestream or LitestreamConfig()
     store = store_for(target, env)
     store.check()
+    _check_reader_version(config, env)
     listed: dict[str, list[str]] | None = None
     if config.native_restore and len(agent_ids) >= _LIST_ONCE_FROM:
         root = target.agents_prefix()
