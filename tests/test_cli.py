@@ -1,163 +1,253 @@
-"""The console script, run as a user would: a real subprocess."""
+"""The console script, run as a user would: a real subprocess, its stdout, stderr and exit code.
+
+The JSON contract (docs/cli.md): with --json, stdout is one JSON document (the result, or {"error": ...})
+and the exit code says which; errors also print one line on stderr; never a traceback.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from agentshards import AgentFailed
+from agentshards import AgentFailed, FakeLLMServer, run_agent
 from agentshards.testing._fakellm import serial_of
+
+import sample_agents
+from agent_process import TESTS_DIR
 
 CLI = [sys.executable, "-m", "agentshards"]
 
 
-def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
-    return subprocess.run([*CLI, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=120)
+def _run(*args: str, cwd: Path, env: dict[str, str] | None = None, stdin: str | None = None,
+         timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "AGENTSHARDS_"))}
+    result = subprocess.run([*CLI, *args], capture_output=True, text=True, cwd=cwd, env={**base, **(env or {})},
+                            timeout=timeout, input=stdin)
+    assert "Traceback" not in result.stderr, result.stderr
+    return result
 
 
-def test_demo_runs_offline_loses_the_node_and_restores_for_free(tmp_path: Path) -> None:
-    first = _run("demo", "--data-dir", "d", "--replica", "r", "--agents", "2", cwd=tmp_path)
+def _json(*args: str, cwd: Path, code: int = 0, env: dict[str, str] | None = None, report: bool = False) -> Any:
+    """``report``: a non-zero exit that still prints the command's own document (a batch with failures,
+    a doctor with failed checks) instead of an error document."""
+    result = _run(*args, "--json", cwd=cwd, env=env)
+    assert result.returncode == code, (args, result.returncode, result.stdout, result.stderr)
+    payload = json.loads(result.stdout)
+    if code and not report:
+        assert set(payload) == {"error"} and payload["error"]["exit_code"] == code
+        assert result.stderr.startswith("error: ") and len(result.stderr.strip().splitlines()) == 1
+    return payload
+
+
+@pytest.fixture(scope="module")
+def demo_state(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One demo run (data dir d, replica r) that tests copy: the demo is the slowest command."""
+    root = tmp_path_factory.mktemp("demo")
+    first = _run("demo", "--data-dir", "d", "--replica", "r", "--agents", "2", cwd=root)
     assert first.returncode == 0, first.stderr
-    assert "SIGKILLed worker" in first.stdout and "killed by SIGKILL; restart 1/5" in first.stderr
-    finished = next(line for line in first.stdout.splitlines() if line.startswith("all 2 finished"))
-    assert 4 <= int(finished.rsplit(" ", 1)[1]) <= 6  # 4 calls, plus at most one in flight per agent killed
-    assert f"node loss: removed {tmp_path / 'd'}" in first.stdout
-    assert "restored 2 agents from the replica; LLM requests when running them again: 0" in first.stdout
-    assert sorted(p.name for p in (tmp_path / "d").glob("*.db")) == ["researcher-001.db", "researcher-002.db"]
-    assert (tmp_path / "r" / "manifest" / "researcher-001.json").exists()
-    again = _run("demo", "--data-dir", "d", "--replica", "r", "--agents", "2", cwd=tmp_path)
-    assert "(0 agent restarts); LLM requests: 0" in again.stdout
+    (root / "first.out").write_text(first.stdout)
+    (root / "first.err").write_text(first.stderr)
+    return root
 
-    listed = _run("fleet", "--replica", "r", "--json", cwd=tmp_path)
-    assert [e["status"] for e in json.loads(listed.stdout)] == ["succeeded", "succeeded"]
-    restored = _run("restore", "researcher-002", "ghost", "--replica", "r", "--data-dir", "elsewhere", cwd=tmp_path)
-    assert restored.returncode == 1
-    assert "researcher-002: restored to" in restored.stdout and "no replica for agent ghost" in restored.stderr
 
-    shown = _run("inspect", "researcher-001", "--data-dir", "d", "--json", cwd=tmp_path)
-    assert shown.returncode == 0, shown.stderr
-    report = json.loads(shown.stdout)
-    (run,) = report["runs"]
-    assert run["run"]["status"] == "succeeded"
-    assert [s["name"] for s in run["steps"]] == ["llm#1", "search", "llm#2"]
-    assert serial_of(json.loads(run["steps"][0]["output_json"])["id"]) >= 1
+@pytest.fixture
+def demo_copy(demo_state: Path, tmp_path: Path) -> Iterator[Path]:
+    for name in ("d", "r"):
+        shutil.copytree(demo_state / name, tmp_path / name)
+    yield tmp_path
 
-    text = _run("inspect", "researcher-001", "--data-dir", "d", cwd=tmp_path)
-    assert "succeeded" in text.stdout and "search" in text.stdout
+
+def test_demo_runs_offline_loses_the_node_and_restores_for_free(demo_state: Path, demo_copy: Path) -> None:
+    out, err = (demo_state / "first.out").read_text(), (demo_state / "first.err").read_text()
+    assert "SIGKILLed worker" in out and "killed by SIGKILL; restart 1/5" in err
+    finished = next(line for line in out.splitlines() if line.startswith("all 2 finished"))
+    requests = int(finished.rsplit(" ", 1)[1])
+    assert 4 <= requests <= 6  # 4 calls, plus at most one in flight per agent killed
+    assert ("were sent again after its restart" in out) == (requests > 4)  # the demo explains the extra requests
+    assert f"node loss: removed {demo_state / 'd'}" in out
+    assert "restored 2 agents from the replica; LLM requests when running them again: 0" in out
+    assert "next, try:" in out and "agentshards dashboard --data-dir" in out
+    assert sorted(p.name for p in (demo_state / "d").glob("*.db")) == ["researcher-001.db", "researcher-002.db"]
+    again = _json("demo", "--data-dir", "d", "--replica", "r", "--agents", "2", cwd=demo_copy)
+    assert again == {"requests_first_pass": 0, "requests_replay": 0, "restarts": 0,
+                     "agents": ["researcher-001", "researcher-002"]}
+    said = _run("demo", "--data-dir", "d", "--replica", "r", "--agents", "2", cwd=demo_copy)
+    assert "reusing an earlier demo's state" in said.stdout
+
+
+def test_the_demo_never_deletes_a_directory_of_other_agents(tmp_path: Path) -> None:
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "billing.db").write_bytes(b"precious")
+    refused = _json("demo", "--data-dir", "mine", cwd=tmp_path, code=2)
+    assert "did not write" in refused["error"]["message"]
+    assert (tmp_path / "mine" / "billing.db").read_bytes() == b"precious"
 
 
 def test_bad_input_exits_2_with_one_line(tmp_path: Path) -> None:
     bad = _run("inspect", "../etc", "--data-dir", "d", cwd=tmp_path)
     assert bad.returncode == 2
     assert bad.stderr.startswith("error: invalid agent id") and "hint:" in bad.stderr
-    assert "Traceback" not in bad.stderr
+    (tmp_path / "d").mkdir()
     missing = _run("inspect", "nobody", "--data-dir", "d", cwd=tmp_path)
     assert missing.returncode == 1 and "no shard" in missing.stderr
+    for args in (["run", "x:y", "--agents", "1", "--data-dir", "/etc/passwd"], ["status", "--data-dir", "/proc/x"],
+                 ["demo", "--data-dir", "/etc/passwd"]):
+        out = _run(*args, cwd=tmp_path)
+        assert out.returncode in (1, 2) and out.stderr.startswith("error: "), (args, out.stderr)
+        assert len(out.stderr.strip().splitlines()) == 1, out.stderr
 
 
-def test_run_and_status_from_the_command_line(tmp_path: Path) -> None:
-    from agentshards import FakeLLMServer
+def test_read_only_commands_refuse_missing_places_and_create_nothing(tmp_path: Path) -> None:
+    for args in (["status"], ["spend"], ["query", "SELECT 1"], ["status", "--data-dir", "typo"],
+                 ["inspect", "a1", "--data-dir", "typo"], ["logs", "a1", "--data-dir", "typo"]):
+        error = _json(*args, cwd=tmp_path, code=1)["error"]
+        assert error["type"] == "ShardError" and "no data dir" in error["message"], args
+    for args in (["fleet", "--replica", "./nope"], ["archives", "--replica", "./nope"]):
+        error = _json(*args, cwd=tmp_path, code=2)["error"]
+        assert error["type"] == "InvalidReplica" and "nothing was created" in error["hint"]
+    assert list(tmp_path.iterdir()) == []
 
-    from agent_process import TESTS_DIR
 
+def test_run_status_spend_and_logs(tmp_path: Path) -> None:
     inputs = tmp_path / "agents.jsonl"
-    inputs.write_text('{"agent_id": "c1", "inputs": {"n": 2}}\n{"agent_id": "c2", "inputs": {"n": 3}}\n')
+    inputs.write_text('{"agent_id": "c-10", "inputs": {"n": 2}}\n{"agent_id": "c-2", "inputs": {"n": 3}}\n')
     with FakeLLMServer() as llm:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
-        env.update(OPENAI_API_KEY="k", OPENAI_BASE_URL=llm.base_url)
-        ran = subprocess.run([*CLI, "run", "sample_agents:chat_calls", "--inputs", str(inputs), "--data-dir", "d",
-                              "--replica", "r", "--agents-per-worker", "2", "--app-dir", str(TESTS_DIR)],
-                             capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
-        assert ran.returncode == 0, ran.stderr
-        assert "2 succeeded, 0 failed" in ran.stdout
+        env = {"OPENAI_API_KEY": "k", "OPENAI_BASE_URL": llm.base_url}
+        ran = _json("run", "sample_agents:chat_calls", "--inputs", str(inputs), "--data-dir", "d", "--replica", "r",
+                    "--agents-per-worker", "2", "--app-dir", str(TESTS_DIR), cwd=tmp_path, env=env)
+        assert ran["ok"] == 2 and ran["failed"] == 0 and set(ran["agents"]) == {"c-10", "c-2"}
+        assert [r["i"] for r in ran["agents"]["c-2"]["result"]] == [0, 1, 2]
         assert llm.request_count == 5
-    shown = _run("status", "--data-dir", "d", "--json", cwd=tmp_path)
-    rows = {r["agent_id"]: r for r in json.loads(shown.stdout)}
-    assert (rows["c1"]["status"], rows["c1"]["llm_calls"], rows["c2"]["llm_calls"]) == ("succeeded", 2, 3)
-    assert "c2" in _run("status", "--data-dir", "d", cwd=tmp_path).stdout
-    spent = _run("spend", "--data-dir", "d", cwd=tmp_path)
-    assert spent.returncode == 0 and "TOTAL" in spent.stdout
+    shown = _json("status", "--data-dir", "d", cwd=tmp_path)
+    assert [a["agent_id"] for a in shown["agents"]] == ["c-2", "c-10"]  # natural order
+    assert shown["states"] == {"succeeded": 2} and shown["totals"]["llm_calls"] == 5 and shown["errors"] == []
+    rows = {a["agent_id"]: a for a in shown["agents"]}
+    assert (rows["c-10"]["llm_calls"], rows["c-2"]["llm_calls"]) == (2, 3)
+    text = _run("status", "--data-dir", "d", cwd=tmp_path).stdout
+    assert text.splitlines()[0].startswith("2 agents: 2 succeeded") and text.index("c-2 ") < text.index("c-10")
+    assert _json("status", "--data-dir", "d", "--state", "failed", cwd=tmp_path)["agents"] == []
+    spent = _json("spend", "--data-dir", "d", cwd=tmp_path)
+    assert spent["total"]["calls"] == 5 and set(spent["agents"]) == {"c-10", "c-2"}
+    logs = _json("logs", "c-2", "--data-dir", "d", cwd=tmp_path)
+    assert logs["agent_id"] == "c-2" and logs["path"].endswith("c-2.log")
+    assert _json("logs", "nobody", "--data-dir", "d", cwd=tmp_path, code=1)["error"]["type"] == "ShardError"
 
 
-def test_run_refuses_bad_input_with_exit_2(tmp_path: Path) -> None:
-    bad = tmp_path / "bad.jsonl"
-    bad.write_text("not json\n")
-    for args in (["--agents", "2", "--inputs", str(bad)], ["--inputs", str(bad)],
-                 ["--inputs", str(tmp_path / "missing.jsonl")]):
-        out = _run("run", "sample_agents:chat_calls", *args, "--data-dir", "d", cwd=tmp_path)
-        assert out.returncode == 2 and out.stderr.startswith("error:"), (args, out.stderr)
-    unknown = _run("run", "nowhere_module:fn", "--agents", "1", "--data-dir", "d", cwd=tmp_path)
-    assert unknown.returncode == 2 and "cannot import" in unknown.stderr
+def test_status_reads_the_shards_not_a_stale_supervisor_file(tmp_path: Path) -> None:
+    data = tmp_path / "d"
+    run_agent(sample_agents.two_steps, agent_id="a", data_dir=data, x=1)
+    (data / ".fleet").mkdir()
+    (data / ".fleet" / "status.json").write_text(json.dumps(
+        {"pid": 1, "agents": {"a": {"status": "running", "restarts": 3}, "gone": {"status": "running"}}}))
+    shown = _json("status", "--data-dir", "d", cwd=tmp_path)  # nobody holds the data dir: the file says nothing
+    assert [(a["agent_id"], a["status"], a["restarts"]) for a in shown["agents"]] == [("a", "succeeded", 0)]
 
 
-def test_archive_fetch_delete_from_the_command_line(tmp_path: Path) -> None:
-    assert _run("demo", "--data-dir", "d", "--replica", "r", "--agents", "2", cwd=tmp_path).returncode == 0
-    archived = _run("archive", "--all-finished", "--replica", "r", "--data-dir", "d", cwd=tmp_path)
-    assert archived.returncode == 0, archived.stderr
-    assert archived.stdout.count("archived to") == 2 and not list((tmp_path / "d").glob("*.db"))
-    listed = json.loads(_run("archives", "--replica", "r", "--json", cwd=tmp_path).stdout)
-    assert [e["agent_id"] for e in listed] == ["researcher-001", "researcher-002"]
-    fetched = _run("fetch", "researcher-001", "--replica", "r", "--data-dir", "look", cwd=tmp_path)
-    assert fetched.returncode == 0 and (tmp_path / "look" / "researcher-001.db").exists()
-    assert "succeeded" in _run("inspect", "researcher-001", "--data-dir", "look", cwd=tmp_path).stdout
-    refused = subprocess.run([*CLI, "delete", "researcher-002", "--data-dir", "d", "--replica", "r"], input="n\n",
-                             capture_output=True, text=True, cwd=tmp_path)
-    assert refused.returncode == 1 and "nothing deleted" in refused.stdout
-    deleted = _run("delete", "researcher-002", "--data-dir", "d", "--replica", "r", "--yes", cwd=tmp_path)
-    assert "removed manifest, archive" in deleted.stdout
+def test_one_unreadable_file_is_reported_and_the_rest_shown(tmp_path: Path) -> None:
+    data = tmp_path / "d"
+    run_agent(sample_agents.two_steps, agent_id="good", data_dir=data, x=1)
+    (data / "broken.db").write_bytes(b"this is not sqlite" * 100)
+    (data / "notes.db").write_bytes(b"")
+    before = {p.name: p.read_bytes() for p in data.iterdir() if p.is_file()}
+    result = _run("status", "--data-dir", "d", "--json", cwd=tmp_path)
+    assert result.returncode == 1
+    payload = json.loads(result.stdout)
+    assert [a["agent_id"] for a in payload["agents"]] == ["good"]
+    assert sorted(e["agent_id"] for e in payload["errors"]) == ["broken", "notes"]
+    assert result.stderr.count("error: ") == 2
+    assert {p.name: p.read_bytes() for p in data.iterdir() if p.is_file()} == before
 
 
-def test_query_is_read_only_and_reduces(tmp_path: Path) -> None:
-    assert _run("demo", "--data-dir", "d", "--replica", "r", "--agents", "3", cwd=tmp_path).returncode == 0
-    rows = json.loads(_run("query", "SELECT step_name, kind FROM steps ORDER BY rowid", "--data-dir", "d", "--json",
-                           cwd=tmp_path).stdout)
-    assert len(rows) == 9 and rows[0] == {"agent_id": "researcher-001", "step_name": "llm#1", "kind": "llm"}
+def test_restore_fleet_inspect_query_in_json(demo_copy: Path) -> None:
+    listed = _json("fleet", "--replica", "r", cwd=demo_copy)
+    assert [e["status"] for e in listed] == ["succeeded", "succeeded"]
+    nothing = _json("restore", "--all", "--replica", "r", "--data-dir", "x", cwd=demo_copy)
+    assert nothing == {"agents": {}, "ok": 0, "failed": 0}
+    said = _run("restore", "--all", "--replica", "r", "--data-dir", "x", cwd=demo_copy)
+    assert said.returncode == 0 and "none is unfinished" in said.stdout
+    restored = _json("restore", "researcher-002", "ghost", "--replica", "r", "--data-dir", "elsewhere", cwd=demo_copy,
+                     code=1, report=True)
+    assert (restored["ok"], restored["failed"]) == (1, 1) and restored["agents"]["researcher-002"]["ok"] is True
+    assert restored["agents"]["ghost"]["error"]["type"] in ("NoReplica", "ReplicationError")
+    text = _run("restore", "researcher-001", "ghost", "--replica", "r", "--data-dir", "elsewhere2", cwd=demo_copy)
+    assert text.returncode == 1 and "researcher-001: restored to" in text.stdout and "ghost: FAILED" in text.stderr
+
+    report = _json("inspect", "researcher-001", "--data-dir", "d", cwd=demo_copy)
+    (run,) = report["runs"]
+    assert run["run"]["status"] == "succeeded"
+    assert [s["name"] for s in run["steps"]] == ["llm#1", "search", "llm#2"]
+    assert serial_of(json.loads(run["steps"][0]["output_json"])["id"]) >= 1
+    text = _run("inspect", "researcher-001", "--data-dir", "d", cwd=demo_copy).stdout
+    assert "succeeded" in text and "search" in text and "answer to: Plan research" in text  # the LLM's words
+    assert "started " in text and "took " in text
+
+    rows = _json("query", "SELECT step_name, kind FROM steps ORDER BY rowid", "--data-dir", "d", cwd=demo_copy)
+    assert rows["columns"] == ["agent_id", "step_name", "kind"] and len(rows["rows"]) == 6
+    assert rows["rows"][0] == {"agent_id": "researcher-001", "step_name": "llm#1", "kind": "llm"}
     reduced = _run("query", "SELECT kind, count(*) AS n FROM steps GROUP BY kind", "--data-dir", "d",
-                   "--reduce", "SELECT kind, sum(n) FROM rows GROUP BY kind ORDER BY kind", cwd=tmp_path)
-    assert reduced.stdout.splitlines()[1:] == ["llm\t6", "step\t3"]
-    paid = _run("query", "SELECT model, count(*) AS calls FROM llm_ledger WHERE event = 'call' GROUP BY model",
-                "--data-dir", "d", "--reduce", "SELECT model, sum(calls) FROM rows GROUP BY model", cwd=tmp_path)
-    model, calls = paid.stdout.splitlines()[1].split("\t")
-    assert model == "gpt-4o-mini-2024-07-18" and int(calls) >= 6  # a killed worker may have paid for one more
+                   "--reduce", "SELECT kind, sum(n) FROM rows GROUP BY kind ORDER BY kind", cwd=demo_copy)
+    assert reduced.stdout.splitlines()[1:] == ["llm\t4", "step\t2"]
     for bad in ("DELETE FROM steps", "UPDATE workflows SET status = 'failed'", "PRAGMA journal_mode=DELETE",
-                "ATTACH DATABASE 'x.db' AS x", "CREATE TABLE t(x)"):
-        refused = _run("query", bad, "--data-dir", "d", cwd=tmp_path)
-        assert refused.returncode == 2 and "only reads are allowed" in refused.stderr, bad
-    assert len(json.loads(_run("query", "SELECT * FROM steps", "--data-dir", "d", "--json", cwd=tmp_path).stdout)) == 9
+                "ATTACH DATABASE 'x.db' AS x", "CREATE TABLE t(x)", "SELEC nonsense"):
+        refused = _json("query", bad, "--data-dir", "d", cwd=demo_copy, code=2)
+        assert refused["error"]["type"] == "InvalidInputs", bad
 
 
-def test_cancel_and_retry(tmp_path: Path) -> None:
-    from agentshards import run_agent
+def test_archive_archives_fetch_delete_in_json(demo_copy: Path) -> None:
+    archived = _json("archive", "--all-finished", "--replica", "r", "--data-dir", "d", cwd=demo_copy)
+    assert archived["ok"] == 2 and not list((demo_copy / "d").glob("*.db"))
+    assert archived["agents"]["researcher-001"]["result"]["key"].endswith("researcher-001.db")
+    listed = _json("archives", "--replica", "r", cwd=demo_copy)
+    assert [e["agent_id"] for e in listed["archives"]] == ["researcher-001", "researcher-002"]
+    dry = _json("archives", "--replica", "r", "--expire-older-than-days", "0.000001", "--dry-run", cwd=demo_copy)
+    assert dry["expired"] == ["researcher-001", "researcher-002"] and len(dry["archives"]) == 2  # nothing deleted
+    unasked = _run("archives", "--replica", "r", "--expire-older-than-days", "0.000001", cwd=demo_copy, stdin="")
+    assert unasked.returncode == 2 and "--yes" in unasked.stderr
+    assert _run("archives", "--replica", "r", "--expire-older-than-days", "0", cwd=demo_copy).returncode == 2
+    fetched = _json("fetch", "researcher-001", "--replica", "r", "--data-dir", "look", cwd=demo_copy)
+    assert fetched["path"].endswith("researcher-001.db") and (demo_copy / "look" / "researcher-001.db").exists()
+    assert _json("fetch", "ghost", "--replica", "r", "--data-dir", "look", cwd=demo_copy, code=1)["error"]
+    refused = _run("delete", "researcher-002", "--data-dir", "d", "--replica", "r", cwd=demo_copy, stdin="n\n")
+    assert refused.returncode == 2 and "--yes" in refused.stderr  # no terminal to ask: refused, nothing deleted
+    dry_delete = _json("delete", "researcher-002", "--data-dir", "d", "--replica", "r", "--dry-run", cwd=demo_copy)
+    assert dry_delete["removed"] == []
+    deleted = _json("delete", "researcher-002", "--data-dir", "d", "--replica", "r", "--yes", cwd=demo_copy)
+    assert deleted["removed"] == ["manifest", "archive"]
+    assert [e["agent_id"] for e in _json("archives", "--replica", "r", cwd=demo_copy)["archives"]] == ["researcher-001"]
 
-    import sample_agents
-    from agent_process import TESTS_DIR
 
+def test_cancel_retry_and_fork(tmp_path: Path) -> None:
     data = tmp_path / "d"
     with pytest.raises(KeyboardInterrupt):
         run_agent(sample_agents.two_steps_then_interrupt, agent_id="open", data_dir=data, x=3)
-    cancelled = _run("cancel", "open", "--data-dir", "d", cwd=tmp_path)
-    assert cancelled.returncode == 0 and "cancelled" in cancelled.stdout
-    assert _run("cancel", "open", "--data-dir", "d", cwd=tmp_path).returncode == 2  # nothing open any more
+    cancelled = _json("cancel", "open", "--data-dir", "d", cwd=tmp_path)
+    assert cancelled["run"]["status"] == "cancelled"
+    again = _json("cancel", "open", "--data-dir", "d", cwd=tmp_path, code=2)  # nothing open any more
+    assert again["error"]["type"] == "InvalidInputs" and again["error"]["agent_id"] == "open"
     marker = tmp_path / "fixed"
     with pytest.raises(AgentFailed, match="is missing"):
         run_agent(sample_agents.fails_until, agent_id="flaky", data_dir=data, marker=str(marker))
     marker.touch()  # the cause is fixed: retry resumes the failed run from its last completed step
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
-    retried = subprocess.run([*CLI, "retry", "flaky", "--data-dir", "d", "--app-dir", str(TESTS_DIR)],
-                             capture_output=True, text=True, cwd=tmp_path, env=env, timeout=60)
-    assert retried.returncode == 0, retried.stderr
-    assert json.loads(retried.stdout) == "ok"
+    retried = _json("retry", "flaky", "--data-dir", "d", "--app-dir", str(TESTS_DIR), cwd=tmp_path)
+    assert retried == {"agent_id": "flaky", "result": "ok"}
     from agentshards import inspect_agent
 
     (run,) = inspect_agent(data, "flaky").runs
     assert run.run.status == "succeeded" and [s.name for s in run.steps] == ["first", "check"]
-
+    forked = _json("fork", "flaky", "--at", "check", "--data-dir", "d", cwd=tmp_path)
+    runs = inspect_agent(data, "flaky").runs
+    assert runs[-1].run.id == forked["run_id"] and [s.name for s in runs[-1].steps] == ["first"]
+    assert _json("fork", "flaky", "--at", "99", "--data-dir", "d", cwd=tmp_path, code=2)["error"]["type"] == \
+        "InvalidInputs"
+    assert _json("fork", "flaky", "--at", "1", "--inputs", "[1]", "--data-dir", "d", cwd=tmp_path, code=2)
 
 
 def test_duplicate_ids_in_an_inputs_file_are_refused(tmp_path: Path) -> None:
@@ -169,4 +259,33 @@ def test_duplicate_ids_in_an_inputs_file_are_refused(tmp_path: Path) -> None:
     bad_id.write_text('{"agent_id": "../../etc", "inputs": {}}\n')
     out = _run("run", "sample_agents:two_steps", "--inputs", str(bad_id), "--data-dir", "d", cwd=tmp_path)
     assert out.returncode == 2 and "invalid agent id" in out.stderr
+    bad = tmp_path / "bad2.jsonl"
+    bad.write_text("not json\n")
+    for args in (["--agents", "2", "--inputs", str(bad)], ["--inputs", str(bad)],
+                 ["--inputs", str(tmp_path / "missing.jsonl")]):
+        error = _json("run", "sample_agents:chat_calls", *args, "--data-dir", "d", cwd=tmp_path, code=2)["error"]
+        assert error["message"], args
+    unknown = _run("run", "nowhere_module:fn", "--agents", "1", "--data-dir", "d", cwd=tmp_path)
+    assert unknown.returncode == 2 and "cannot import" in unknown.stderr
     assert not (tmp_path / "d").exists()
+
+
+def test_environment_twins_and_recover_in_json(tmp_path: Path) -> None:
+    env = {"AGENTSHARDS_DATA_DIR": str(tmp_path / "fresh"), "AGENTSHARDS_REPLICA": str(tmp_path / "empty-replica")}
+    (tmp_path / "empty-replica").mkdir()
+    recovered = _json("recover", cwd=tmp_path, env=env)
+    assert recovered == {"agents": {}, "ok": 0, "failed": 0}
+    missing = _run("recover", cwd=tmp_path)
+    assert missing.returncode == 2 and "AGENTSHARDS_REPLICA" in missing.stderr
+
+
+def test_doctor_and_completion(tmp_path: Path) -> None:
+    doctor = _json("doctor", "--replica", str(tmp_path / "rep"), cwd=tmp_path)
+    checks = {c["check"]: c for c in doctor["checks"]}
+    assert doctor["ok"] is True and checks["litestream"]["ok"] and "0.5" in checks["litestream"]["detail"]
+    assert checks["sqlite"]["ok"] and "SQLite 3." in checks["sqlite"]["detail"]
+    broken = _json("doctor", "--data-dir", str(tmp_path / "absent"), cwd=tmp_path, code=1, report=True)
+    (data_dir_check,) = [c for c in broken["checks"] if c["check"] == "data dir"]
+    assert broken["ok"] is False and data_dir_check["ok"] is False and data_dir_check["fix"]
+    script = _run("completion", "bash", cwd=tmp_path)
+    assert script.returncode == 0 and "_AGENTSHARDS_COMPLETE" in script.stdout
