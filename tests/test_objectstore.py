@@ -111,3 +111,11 @@ def test_a_profiles_region_is_not_overridden(tmp_path: Path, monkeypatch: pytest
     env = {"AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s"}
     store = store_for(parse_replica("s3://bucket/prefix", env), env)
     assert store._client.meta.region_name == "eu-west-2"  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("url", ["s3://AKIAEXAMPLEKEY:topsecret@bucket/x", "ftp://AKIAEXAMPLEKEY:topsecret@host/x",
+                                 "s3://AKIAEXAMPLEKEY:topsecret@Bad_Bucket/x"])
+def test_errors_never_echo_credentials_from_a_url(url: str) -> None:
+    with pytest.raises(InvalidReplica) as info:
+        parse_replica(url, {})
+    assert "topsecret" not in str(info.value) and "AKIAEXAMPLEKEY" not in str(info.value)

@@ -76,6 +76,15 @@ class ReplicaTarget:
         return "/".join(p for p in (self.prefix, *parts) if p)
 
 
+def redact(url: str) -> str:
+    """``url`` with any user:password part replaced by ``***``."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return parts._replace(netloc=f"***@{host}").geturl()
+
+
 def parse_replica(url: str, env: Mapping[str, str] | None = None, *, endpoint: str | None = None,
                   region: str | None = None) -> ReplicaTarget:
     """Parse ``url``; S3 endpoint and region come from the arguments, else from ``env`` (the standard
@@ -86,22 +95,23 @@ def parse_replica(url: str, env: Mapping[str, str] | None = None, *, endpoint: s
     if "://" not in url:
         return ReplicaTarget("file", root=Path(url).expanduser().resolve())
     parts = urlsplit(url)
+    shown = redact(url)  # error messages end up in logs: never echo a key or secret given in the URL
     if parts.scheme == "file":
         if parts.netloc not in ("", "localhost") or not parts.path:
-            raise InvalidReplica(f"replica URL {url!r} is not a local file URL", hint="use file:///absolute/path")
+            raise InvalidReplica(f"replica URL {shown!r} is not a local file URL", hint="use file:///absolute/path")
         return ReplicaTarget("file", root=Path(parts.path).resolve())
     if parts.scheme != "s3":
-        raise InvalidReplica(f"unsupported replica scheme {parts.scheme!r} in {url!r}",
+        raise InvalidReplica(f"unsupported replica scheme {parts.scheme!r} in {shown!r}",
                              hint="use s3://bucket/prefix or file:///path")
     if parts.username or parts.password or parts.query or parts.fragment:
-        raise InvalidReplica(f"replica URL {url!r} must not carry credentials or options",
+        raise InvalidReplica(f"replica URL {shown!r} must not carry credentials or options",
                              hint="credentials come from the AWS environment; pass endpoint/region as options")
     bucket, prefix = parts.netloc, parts.path.strip("/")
     if not _BUCKET.fullmatch(bucket) or ".." in bucket:
-        raise InvalidReplica(f"invalid bucket name {bucket!r} in {url!r}",
+        raise InvalidReplica(f"invalid bucket name {bucket!r} in {shown!r}",
                              hint="S3 bucket names are 3-63 lowercase letters, digits, '.' and '-'")
     if prefix and not all(_PREFIX_PART.fullmatch(p) and p not in (".", "..") for p in prefix.split("/")):
-        raise InvalidReplica(f"invalid prefix {prefix!r} in {url!r}",
+        raise InvalidReplica(f"invalid prefix {prefix!r} in {shown!r}",
                              hint="use '/'-separated parts of letters, digits, '.', '_' and '-'")
     endpoint = endpoint or env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or None
     region = region or env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or None
