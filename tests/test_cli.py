@@ -289,3 +289,43 @@ def test_doctor_and_completion(tmp_path: Path) -> None:
     assert broken["ok"] is False and data_dir_check["ok"] is False and data_dir_check["fix"]
     script = _run("completion", "bash", cwd=tmp_path)
     assert script.returncode == 0 and "_AGENTSHARDS_COMPLETE" in script.stdout
+
+
+def _in_a_terminal(args: list[str], cwd: Path, env: dict[str, str]) -> str:
+    """Run the CLI with stdin/stdout/stderr on a pseudo-terminal, as a person's shell would, and read it all."""
+    import pty
+    import select
+
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen([*CLI, *args], cwd=cwd, env=env, stdin=follower, stdout=follower, stderr=follower)
+    os.close(follower)
+    chunks = []
+    while True:
+        ready, _, _ = select.select([leader], [], [], 60)
+        if not ready:
+            proc.kill()
+            raise AssertionError("no output from the CLI for 60 s")
+        try:
+            data = os.read(leader, 65536)
+        except OSError:  # EIO: the other side closed
+            break
+        if not data:
+            break
+        chunks.append(data)
+    proc.wait(30)
+    os.close(leader)
+    return b"".join(chunks).decode(errors="replace")
+
+
+def test_progress_is_live_on_a_terminal_and_plain_in_a_pipe(tmp_path: Path) -> None:
+    inputs = tmp_path / "agents.jsonl"
+    inputs.write_text("".join(f'{{"agent_id": "p{i}", "inputs": {{"x": {i}}}}}\n' for i in range(3)))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "AGENTSHARDS_"))}
+    env.update(TERM="xterm-256color", COLUMNS="120")
+    shown = _in_a_terminal(["run", "sample_agents:two_steps", "--inputs", str(inputs), "--data-dir", "t",
+                            "--app-dir", str(TESTS_DIR)], tmp_path, env)
+    assert "\x1b[" in shown and "run: 3/3 done" in shown and "succeeded 3" in shown, shown
+    piped = _run("run", "sample_agents:two_steps", "--inputs", str(inputs), "--data-dir", "p", "--app-dir",
+                 str(TESTS_DIR), cwd=tmp_path)
+    assert piped.returncode == 0 and "\x1b[" not in piped.stdout + piped.stderr
+    assert "3 agents finished ok, 0 failed" in piped.stdout

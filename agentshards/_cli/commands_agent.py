@@ -24,6 +24,13 @@ from .output import (
 )
 
 
+def _valid(agent_id: str) -> str:
+    """Ids first: a bad id is bad input (exit 2) whatever state the data dir is in."""
+    from .._core.shard import validate_agent_id
+
+    return guarded(lambda: validate_agent_id(agent_id))
+
+
 def _when(at: float | None) -> str:
     return "-" if at is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
 
@@ -59,6 +66,7 @@ def inspect_cmd(agent_id: str, data_dir: str) -> None:
     """Show an agent's runs: when, how long, why a run failed, and each completed step."""
     from .._fleet.report import inspect_agent
 
+    _valid(agent_id)
     existing_data_dir(data_dir)
     report = guarded(lambda: inspect_agent(data_dir, agent_id))
 
@@ -98,10 +106,8 @@ def inspect_cmd(agent_id: str, data_dir: str) -> None:
 @json_option
 def logs(agent_id: str, data_dir: str, lines: int) -> None:
     """Print an agent's log file (what its worker logged while running it)."""
-    from .._core.shard import validate_agent_id
-
+    agent_id = _valid(agent_id)
     data = existing_data_dir(data_dir)
-    agent_id = guarded(lambda: validate_agent_id(agent_id))
     path = data / ".fleet" / "logs" / f"{agent_id}.log"
     if not path.exists():
         from .._base.errors import ShardError
@@ -122,6 +128,7 @@ def cancel(agent_id: str, data_dir: str, reason: str) -> None:
     """End an agent's open run as cancelled (final). The fleet must not be running."""
     from .._fleet.run import cancel_agent
 
+    _valid(agent_id)
     existing_data_dir(data_dir)
     run = guarded(lambda: cancel_agent(agent_id, data_dir, reason))
     emit({"agent_id": agent_id, "run": to_jsonable(run)},
@@ -138,6 +145,7 @@ def retry(agent_id: str, data_dir: str, replica: str | None, app_dir: str) -> No
     """Run a failed agent again from its last completed step, in the foreground."""
     from .._fleet.run import retry_agent
 
+    _valid(agent_id)
     existing_data_dir(data_dir)
     sys.path.insert(0, str(Path(app_dir).resolve()))
     result = guarded(lambda: retry_agent(agent_id, data_dir, replica=replica))
@@ -157,6 +165,7 @@ def fork(agent_id: str, at_step: str, data_dir: str, inputs_json: str | None) ->
     from .._base.errors import InvalidInputs
     from .._fleet.run import fork_run
 
+    _valid(agent_id)
     existing_data_dir(data_dir)
     inputs: dict[str, Any] | None = None
     if inputs_json is not None:
@@ -184,10 +193,9 @@ def fork(agent_id: str, at_step: str, data_dir: str, inputs_json: str | None) ->
 @json_option
 def delete(agent_id: str, data_dir: str, replica: str | None, yes: bool, dry_run: bool) -> None:
     """Remove an agent everywhere: local shard, live replica, manifest, archive."""
-    from .._core.shard import validate_agent_id
     from .._replication.archive import delete_agent
 
-    guarded(lambda: validate_agent_id(agent_id))
+    _valid(agent_id)
     where = "local shard" + (", replica, manifest and archive" if replica else "")
     if dry_run:
         emit({"agent_id": agent_id, "would_remove": where, "removed": []},

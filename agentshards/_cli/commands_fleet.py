@@ -23,7 +23,7 @@ from .output import (
     to_jsonable,
     usage,
 )
-from .progress import Counts, Progress, fleet_progress
+from .progress import Counts, Progress, fleet_progress, outcome_states
 
 
 def _describe_result(agent_id: str, value: Any) -> str:
@@ -58,8 +58,9 @@ def run(target: str, count: int | None, inputs_file: str | None, data_dir: str, 
                                   app_dir=app_dir, lease_ttl_s=lease_ttl, archive_finished=archive_finished))
     guarded(lambda: fleet.launch(target, agents, new_run=new_run))
     say(f"running {len(agents)} agents of {target} in {data_dir}" + (f", replicated to {replica}" if replica else ""))
-    with fleet_progress("run", Path(data_dir), len(agents)):
+    with fleet_progress("run", Path(data_dir), len(agents)) as progress:
         results = _wait_in_foreground(fleet.wait)
+        progress.finish(outcome_states(results))
     finish_batch(results, _describe_result, "agents finished")
 
 
@@ -89,9 +90,11 @@ def recover(replica: str, data_dir: str, take_over: bool, app_dir: str, lease_tt
     """After node loss: restore every unfinished agent from the replica and run them to the end."""
     from .._fleet.fleet import recover as recover_fleet
 
-    with fleet_progress("recover", Path(data_dir), 0):
+    with fleet_progress("recover", Path(data_dir), 0) as progress:
         results = _wait_in_foreground(lambda: recover_fleet(data_dir, replica, take_over=take_over, app_dir=app_dir,
                                                             lease_ttl_s=lease_ttl))
+        progress.total = len(results)
+        progress.finish(outcome_states(results))
     say(f"recovered {len(results)} unfinished agents")
     finish_batch(results, _describe_result, "agents finished")
 

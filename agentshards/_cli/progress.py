@@ -36,6 +36,11 @@ class Progress:
         self._thread: threading.Thread | None = None
         self._started = time.monotonic()
         self._live: Any = None
+        self._final: dict[str, Any] | None = None
+
+    def finish(self, states: dict[str, int]) -> None:
+        """The outcome the command itself knows (its supervisor may be gone by the time the display closes)."""
+        self._final = {**self._safe_read(), "states": states}
 
     def __enter__(self) -> Progress:
         if live_allowed():
@@ -54,7 +59,7 @@ class Progress:
         if self._thread is not None:
             self._thread.join(5)
         if self._live is not None:
-            self._live.update(self._render(self._safe_read()))
+            self._live.update(self._render(self._final if self._final is not None else self._safe_read()))
             self._live.__exit__(exc_type, exc, tb)
 
     def _loop(self) -> None:
@@ -73,7 +78,7 @@ class Progress:
         states: Counter[str] = Counter(view.get("states", {}))
         done = sum(n for s, n in states.items() if s in FINAL)
         text = Text(f"{self.title}: ", style="bold")
-        text.append(f"{done}/{self.total} done")
+        text.append(f"{done}/{self.total} done" if self.total else f"{done} done")
         for state in sorted(states):
             style = "green" if state == "succeeded" else "red" if state in ("failed", "gave_up") else "cyan"
             text.append(f"  {state} {states[state]}", style=style)
@@ -119,13 +124,19 @@ class FleetProgressSource:
 
 
 @contextmanager
-def fleet_progress(title: str, data_dir: Path, total: int) -> Iterator[None]:
+def fleet_progress(title: str, data_dir: Path, total: int) -> Iterator[Progress]:
     source = FleetProgressSource(data_dir)
     try:
-        with Progress(title, total, source):
-            yield
+        with Progress(title, total, source) as progress:
+            yield progress
     finally:
         source.close()
+
+
+def outcome_states(results: dict[str, Any]) -> dict[str, int]:
+    """Counts of a finished batch: each agent succeeded, or failed with the exception it ended with."""
+    failed = sum(1 for value in results.values() if isinstance(value, BaseException))
+    return {k: v for k, v in (("succeeded", len(results) - failed), ("failed", failed)) if v}
 
 
 class Counts:
