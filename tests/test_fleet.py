@@ -23,6 +23,7 @@ from agentshards import (
     SupervisorConfig,
     inspect_agent,
     list_fleet,
+    restore_agent,
 )
 from agentshards.testing._fakellm import serial_of
 
@@ -149,7 +150,13 @@ def test_fleet_replicates_and_publishes_the_manifest(tmp_path: Path) -> None:
     assert [(e.agent_id, e.status, e.steps) for e in list_fleet(replica)] == [
         ("r0", "succeeded", 2), ("r1", "succeeded", 2), ("r2", "succeeded", 2)]
     assert not (tmp_path / "d" / "litestream.pid").exists()
-    assert sample_agents is not None
+    # replicated: another node restores each agent's shard from the replica alone, every step in it
+    for i in range(3):
+        restore_agent(f"r{i}", tmp_path / "elsewhere", replica)
+        (run,) = inspect_agent(tmp_path / "elsewhere", f"r{i}").runs
+        assert run.run.status == "succeeded" and len(run.steps) == 2
+        assert [(s.name, s.output_json) for s in run.steps] == [
+            (s.name, s.output_json) for s in inspect_agent(tmp_path / "d", f"r{i}").runs[0].steps]
 
 
 def test_workers_do_not_get_the_aws_secret(tmp_path: Path, s3_env: dict[str, str], bucket: str,
