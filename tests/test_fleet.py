@@ -27,7 +27,6 @@ from agentshards import (
 )
 from agentshards.testing._fakellm import serial_of
 
-import sample_agents
 from agent_process import TESTS_DIR
 
 
