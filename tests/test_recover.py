@@ -30,7 +30,9 @@ from agentshards.testing._fakellm import serial_of
 from agent_process import TESTS_DIR
 
 CLI = [sys.executable, "-m", "agentshards"]
-AGENTS, CALLS, TTL = 4, 10, 3.0
+# the lease must outlive the kill, the wait for its children and one CLI start (renewed every TTL/3, so at
+# least 2/3 TTL is left at the kill); recover asks again until it has run out, so a longer TTL costs only time
+AGENTS, CALLS, TTL = 4, 10, 10.0
 _T = TypeVar("_T")
 
 
