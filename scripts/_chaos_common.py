@@ -21,9 +21,17 @@ CLI = [sys.executable, "-m", "agentshards"]
 CANARY = "chaos-canary-secret-7f3a9c"
 
 
+OK, BROKEN, SKIPPED = "ok", "BROKEN", "skipped"
+
+
 @dataclass
 class Row:
-    """One scenario's totals. Any steps lost, completed calls repeated or corrupt restores fail the run."""
+    """One scenario's totals. Any steps lost, completed calls repeated or corrupt restores fail the run.
+
+    A scenario that could not run here (a tmpfs needs root) or whose fault never happened (every SIGKILL
+    came too late) checked nothing: it is "skipped" with the reason, never "ok", so a gate that did not
+    exercise a fault cannot pass for one that held.
+    """
 
     scenario: str
     runs: int = 0
@@ -34,16 +42,41 @@ class Row:
     errors_surfaced: int = 0
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    skipped: str = ""  # why the scenario checked nothing; empty when it ran
+
+    def skip(self, reason: str) -> Row:
+        self.skipped = reason
+        return self
 
     @property
-    def ok(self) -> bool:
-        return self.steps_lost == 0 and self.completed_repeated == 0 and self.corrupt_restores == 0
+    def broken(self) -> bool:
+        return self.steps_lost > 0 or self.completed_repeated > 0 or self.corrupt_restores > 0
+
+    @property
+    def skip_reason(self) -> str:
+        return self.skipped or ("nothing ran" if self.runs == 0 else "")
+
+    @property
+    def status(self) -> str:
+        """BROKEN when an invariant broke (even in a partly skipped scenario), else skipped, else ok."""
+        if self.broken:
+            return BROKEN
+        return SKIPPED if self.skip_reason else OK
 
     def add(self, other: Row) -> None:
+        """Fold another round of the same scenario in; a round that was skipped keeps the total skipped."""
         for attr in ("runs", "faults", "steps_lost", "completed_repeated", "corrupt_restores", "errors_surfaced",
                      "seconds"):
             setattr(self, attr, getattr(self, attr) + getattr(other, attr))
         self.notes += other.notes
+        self.skipped = self.skipped or other.skip_reason
+
+    def report(self) -> dict[str, Any]:
+        """The row as the JSON report carries it."""
+        return {"scenario": self.scenario, "status": self.status, "skipped": self.skip_reason, "runs": self.runs,
+                "faults": self.faults, "steps_lost": self.steps_lost, "completed_repeated": self.completed_repeated,
+                "corrupt_restores": self.corrupt_restores, "errors_surfaced": self.errors_surfaced,
+                "seconds": round(self.seconds, 1), "notes": list(dict.fromkeys(self.notes))}
 
 
 @dataclass

@@ -67,11 +67,17 @@ def long_reader(rng: random.Random, seconds: float, work: Path, s3: S3) -> Row:
 
 
 @contextlib.contextmanager
-def _tmpfs(where: Path, size: str) -> Iterator[Path | None]:
+def _tmpfs(where: Path, size: str) -> Iterator[Path | str]:
+    """The mounted tmpfs, or why it could not be mounted (not root: the scenario is reported as skipped)."""
     where.mkdir(parents=True)
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
-                      capture_output=True).returncode != 0:
-        yield None  # not root: the scenario is reported as skipped
+    try:
+        mount = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
+                               capture_output=True, text=True)
+    except OSError as exc:  # no mount(8) at all
+        yield f"mounting a tmpfs needs root and mount(8): {exc}"
+        return
+    if mount.returncode != 0:
+        yield f"mounting a tmpfs needs root: {(mount.stderr or mount.stdout).strip()[:200]}"
         return
     try:
         yield where
@@ -84,16 +90,15 @@ def disk_full(rng: random.Random, work: Path, s3: S3) -> Row:
     earlier steps survive, and after the disk grows the agent resumes and finishes."""
     row = Row("disk full (tmpfs)")
     with _tmpfs(work / "small", f"{rng.randint(500, 900)}k") as mnt:
-        if mnt is None:
-            row.notes.append("skipped: mounting a tmpfs needs root")
-            return row
+        if isinstance(mnt, str):
+            return row.skip(mnt)
         data = mnt / "data"
         sample_agents.BIG_STEPS.clear()
         row.runs += 1
         row.faults += 1
         try:
             agentshards.run_agent(sample_agents.big_steps, agent_id="full", data_dir=data, n=60)
-            row.notes.append("the disk never filled")
+            row.skip("the disk never filled: no step met a full disk")
         except agentshards.ShardError as exc:
             clear = "free disk space" in str(exc) and "step 'blob#" in str(exc)
             row.errors_surfaced += clear
@@ -137,6 +142,8 @@ def interrupted_restore(rng: random.Random, kills: int, work: Path, s3: S3) -> R
             final.unlink()
             for suffix in ("-wal", "-shm"):
                 Path(f"{final}{suffix}").unlink(missing_ok=True)
+    if not row.faults:
+        row.skip("every restore finished before its SIGKILL")
     leftovers = len(list(target.glob(".restore-*"))) if target.exists() else 0
     agentshards.restore_agent("big", target, replica, env=s3.env)
     rows, ok = shard_rows(target / "big.db")
@@ -198,6 +205,8 @@ def interrupted_archive(rng: random.Random, kills: int, work: Path, s3: S3) -> R
         rows, ok = shard_rows(fetched)
         row.corrupt_restores += not ok
         row.steps_lost += max(0, len(want) - len(rows)) + (rows[:len(want)] != want)
+    if not row.faults:
+        row.skip("every archive finished before its SIGKILL")
     return row
 
 

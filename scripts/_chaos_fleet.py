@@ -51,6 +51,8 @@ def worker_kills(rng: random.Random, kills: int, work: Path, s3: S3) -> Row:
         row.steps_lost = sum(calls - len(v) for v in finished.values())
         row.completed_repeated = repeats(llm.requests, finished)
         row.notes.append(f"{len(llm.requests) - 8 * calls} in-flight requests repeated over {row.faults} kills")
+    if not row.faults:
+        row.skip("the agents finished before any worker was killed")
     return row
 
 
@@ -73,6 +75,8 @@ def crash_points(rng: random.Random, per_point: int, work: Path, s3: S3) -> Row:
             log = [r for r in llm.requests if r.body.get("user") == agent_id]
             row.completed_repeated += repeats(log, {agent_id: json.loads(out)})
             row.steps_lost += 10 - completed_steps(data, agent_id)
+    if not row.faults:
+        row.skip("no crash point was reached")
     return row
 
 

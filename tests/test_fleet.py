@@ -23,10 +23,10 @@ from agentshards import (
     SupervisorConfig,
     inspect_agent,
     list_fleet,
+    restore_agent,
 )
 from agentshards.testing._fakellm import serial_of
 
-import sample_agents
 from agent_process import TESTS_DIR
 
 
@@ -149,7 +149,13 @@ def test_fleet_replicates_and_publishes_the_manifest(tmp_path: Path) -> None:
     assert [(e.agent_id, e.status, e.steps) for e in list_fleet(replica)] == [
         ("r0", "succeeded", 2), ("r1", "succeeded", 2), ("r2", "succeeded", 2)]
     assert not (tmp_path / "d" / "litestream.pid").exists()
-    assert sample_agents is not None
+    # replicated: another node restores each agent's shard from the replica alone, every step in it
+    for i in range(3):
+        restore_agent(f"r{i}", tmp_path / "elsewhere", replica)
+        (run,) = inspect_agent(tmp_path / "elsewhere", f"r{i}").runs
+        assert run.run.status == "succeeded" and len(run.steps) == 2
+        assert [(s.name, s.output_json) for s in run.steps] == [
+            (s.name, s.output_json) for s in inspect_agent(tmp_path / "d", f"r{i}").runs[0].steps]
 
 
 def test_workers_do_not_get_the_aws_secret(tmp_path: Path, s3_env: dict[str, str], bucket: str,
@@ -345,8 +351,7 @@ def test_the_stall_watchdog_thread_survives_a_failing_check_and_stops_with_the_f
     while len(calls) < 3 and time.monotonic() < deadline:
         time.sleep(0.01)
     assert len(calls) >= 3  # it went on after the failure
+    watchdog = fleet._watchdog
     fleet.close()
     assert fleet._watchdog is None
-    seen = len(calls)
-    time.sleep(1.5)
-    assert len(calls) == seen  # and stopped with the fleet
+    assert not watchdog.is_alive()  # and stopped with the fleet: no check can follow

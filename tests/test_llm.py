@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -97,16 +96,25 @@ def test_overlapping_unnamed_llm_calls_are_refused(data_dir: Path) -> None:
 
 
 def test_fake_server_is_deterministic_and_counts(fake_llm: FakeLLMServer) -> None:
+    """The answer is a function of the request alone (another server, another moment: the same text; another
+    prompt: another text); the serial and the log count every request."""
     import openai
 
     client = openai.OpenAI(api_key="k", base_url=fake_llm.base_url, max_retries=0)
     msgs = [{"role": "user", "content": "hello"}]
     a = client.chat.completions.create(model="m", messages=msgs)  # type: ignore[arg-type]
     b = client.chat.completions.create(model="m", messages=msgs)  # type: ignore[arg-type]
+    other = client.chat.completions.create(model="m", messages=[{"role": "user", "content": "bye"}])
     assert a.choices[0].message.content == b.choices[0].message.content
-    assert (serial_of(a.id), serial_of(b.id)) == (1, 2)
-    assert [r.body["messages"] for r in fake_llm.requests] == [msgs, msgs]
-    assert threading.active_count() >= 1
+    assert other.choices[0].message.content != a.choices[0].message.content
+    assert (serial_of(a.id), serial_of(b.id), serial_of(other.id)) == (1, 2, 3)
+    assert fake_llm.request_count == 3
+    assert [r.body["messages"] for r in fake_llm.requests] == [msgs, msgs, [{"role": "user", "content": "bye"}]]
+    with FakeLLMServer() as second:
+        fresh = openai.OpenAI(api_key="k", base_url=second.base_url, max_retries=0)
+        c = fresh.chat.completions.create(model="m", messages=msgs)  # type: ignore[arg-type]
+        assert c.choices[0].message.content == a.choices[0].message.content
+        assert serial_of(c.id) == 1 and second.request_count == 1
 
 
 def test_fake_server_ignores_requests_cut_off_mid_send(fake_llm: FakeLLMServer) -> None:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import random
+import shlex
 import struct
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -147,7 +148,33 @@ def test_a_missing_file_between_two_is_a_gap_not_an_older_restore(tmp_path: Path
     assert not (tmp_path / "n2" / "a.db").exists()
 
 
-def test_an_unknown_format_goes_to_the_litestream_binary(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+@dataclass(frozen=True)
+class RecordingBinary:
+    """A ``litestream`` that writes each invocation's arguments to a log, then execs the real binary."""
+
+    config: LitestreamConfig
+    log: Path
+
+    def calls(self) -> list[list[str]]:
+        """The binary's invocations, less its `version` query (asked once per process to warn about a newer
+        Litestream than the reader was verified against)."""
+        lines = self.log.read_text().splitlines() if self.log.exists() else []
+        return [call for call in (line.split("\t") for line in lines) if call[0] != "version"]
+
+
+@pytest.fixture
+def recording_binary(tmp_path: Path) -> RecordingBinary:
+    real = find_binary(LitestreamConfig(), dict(os.environ))
+    log = tmp_path / "litestream-calls.log"
+    wrapper = tmp_path / "bin" / "litestream"
+    wrapper.parent.mkdir()
+    wrapper.write_text(f"#!/bin/sh\n(IFS=\"$(printf '\\t')\"; printf '%s\\n' \"$*\") >> {shlex.quote(str(log))}\n"
+                       f"exec {shlex.quote(str(real))} \"$@\"\n")
+    wrapper.chmod(0o755)
+    return RecordingBinary(LitestreamConfig(binary=wrapper), log)
+
+
+def test_an_unknown_format_goes_to_the_litestream_binary(tmp_path: Path, recording_binary: RecordingBinary) -> None:
     """A header flag this version does not know is never guessed at: the binary gets the replica (and here
     refuses it too, so the restore fails with nothing written)."""
     replica = _replicated(tmp_path)
@@ -155,17 +182,21 @@ def test_an_unknown_format_goes_to_the_litestream_binary(tmp_path: Path, caplog:
     raw = bytearray(victim.read_bytes())
     struct.pack_into(">I", raw, 4, 0x6)  # an extra header flag
     victim.write_bytes(bytes(raw))
-    with caplog.at_level(logging.INFO, logger="agentshards"), pytest.raises(ReplicaNotRestorable):
-        restore_agent("a", tmp_path / "n2", str(replica))
-    assert any("header flags 0x6" in r.getMessage() and "litestream binary" in r.getMessage()
-               for r in caplog.records)
+    with pytest.raises(ReplicaNotRestorable):
+        restore_agent("a", tmp_path / "n2", str(replica), litestream=recording_binary.config)
+    url = parse_replica(str(replica)).litestream_url("a")
+    assert [(c[0], c[-1]) for c in recording_binary.calls()] == [("restore", url)]  # once, for this agent
     assert not (tmp_path / "n2" / "a.db").exists()
 
 
-def test_native_and_binary_restores_agree_through_the_public_entry_point(tmp_path: Path) -> None:
+def test_native_and_binary_restores_agree_through_the_public_entry_point(
+        tmp_path: Path, recording_binary: RecordingBinary) -> None:
     replica = _replicated(tmp_path)
-    native = restore_agent("a", tmp_path / "n2", str(replica))
-    binary = restore_agent("a", tmp_path / "n3", str(replica), litestream=LitestreamConfig(native_restore=False))
+    native = restore_agent("a", tmp_path / "n2", str(replica), litestream=recording_binary.config)
+    assert recording_binary.calls() == []  # a format the reader knows never starts the binary
+    binary = restore_agent("a", tmp_path / "n3", str(replica),
+                           litestream=replace(recording_binary.config, native_restore=False))
+    assert [c[0] for c in recording_binary.calls()] == ["restore"]
     assert native.read_bytes() == binary.read_bytes()
 
 

@@ -12,8 +12,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -29,7 +30,10 @@ from agentshards.testing._fakellm import serial_of
 from agent_process import TESTS_DIR
 
 CLI = [sys.executable, "-m", "agentshards"]
-AGENTS, CALLS, TTL = 4, 10, 3.0
+# the lease must outlive the kill, the wait for its children and one CLI start (renewed every TTL/3, so at
+# least 2/3 TTL is left at the kill); recover asks again until it has run out, so a longer TTL costs only time
+AGENTS, CALLS, TTL = 4, 10, 10.0
+_T = TypeVar("_T")
 
 
 def _alive(pid: int) -> bool:
@@ -44,6 +48,16 @@ def _wait_for(condition: object, deadline_s: float = 60.0) -> None:
     while not condition():  # type: ignore[operator]
         assert time.monotonic() < end, "condition not met before the deadline"
         time.sleep(0.02)
+
+
+def _until(attempt: Callable[[], _T], accept: Callable[[_T], bool], deadline_s: float) -> _T:
+    """Repeat ``attempt`` until ``accept`` takes its result or the deadline passes; return the last result."""
+    end = time.monotonic() + deadline_s
+    while True:
+        result = attempt()
+        if accept(result) or time.monotonic() > end:
+            return result
+        time.sleep(0.2)
 
 
 def test_fleet_node_loss_and_recovery(tmp_path: Path, s3_env: dict[str, str], bucket: str) -> None:
@@ -71,9 +85,11 @@ def test_fleet_node_loss_and_recovery(tmp_path: Path, s3_env: dict[str, str], bu
                                   "--app-dir", str(TESTS_DIR), "--lease-ttl", str(TTL)],
                                  env=env, capture_output=True, text=True, timeout=60)
         assert refused.returncode == 1 and "held by node" in refused.stderr, refused.stderr
-        time.sleep(TTL)  # the dead node's lease expires; even then only an explicit take-over proceeds
-        expired = subprocess.run([*CLI, "recover", "--replica", replica, "--data-dir", str(node2),
-                                  "--app-dir", str(TESTS_DIR)], env=env, capture_output=True, text=True, timeout=60)
+        # the dead node's lease runs out (asked again until it does); even then only an explicit take-over proceeds
+        expired = _until(lambda: subprocess.run([*CLI, "recover", "--replica", replica, "--data-dir", str(node2),
+                                                 "--app-dir", str(TESTS_DIR)], env=env, capture_output=True,
+                                                text=True, timeout=60),
+                         lambda done: "held by node" not in done.stderr, 60)
         assert expired.returncode == 1 and "--take-over" in expired.stderr, expired.stderr
         before = llm.request_count
         recovered = subprocess.run([*CLI, "recover", "--replica", replica, "--data-dir", str(node2), "--take-over",
