@@ -12,6 +12,7 @@ import click
 
 from .output import (
     OK,
+    allow_target_option,
     data_dir_option,
     emit,
     existing_data_dir,
@@ -140,15 +141,17 @@ def cancel(agent_id: str, data_dir: str, reason: str) -> None:
 @data_dir_option()
 @replica_option()
 @click.option("--app-dir", default=".", show_default=True, help="Put on sys.path to import the agent's code.")
+@allow_target_option
 @json_option
-def retry(agent_id: str, data_dir: str, replica: str | None, app_dir: str) -> None:
+def retry(agent_id: str, data_dir: str, replica: str | None, app_dir: str, allow_targets: tuple[str, ...]) -> None:
     """Run a failed agent again from its last completed step, in the foreground."""
     from .._fleet.run import retry_agent
 
     _valid(agent_id)
     existing_data_dir(data_dir)
     sys.path.insert(0, str(Path(app_dir).resolve()))
-    result = guarded(lambda: retry_agent(agent_id, data_dir, replica=replica))
+    result = guarded(lambda: retry_agent(agent_id, data_dir, replica=replica, app_dir=app_dir,
+                                         allow_targets=allow_targets))
     emit({"agent_id": agent_id, "result": result},
          lambda: click.echo(f"{agent_id}: succeeded: {json.dumps(result, default=str)[:500]}"))
 
@@ -159,8 +162,9 @@ def retry(agent_id: str, data_dir: str, replica: str | None, app_dir: str) -> No
               help="The first step to run afresh: its name, or its 1-based position as `inspect` lists steps.")
 @data_dir_option()
 @click.option("--inputs", "inputs_json", default=None, help="New inputs as a JSON object (default: unchanged).")
+@allow_target_option
 @json_option
-def fork(agent_id: str, at_step: str, data_dir: str, inputs_json: str | None) -> None:
+def fork(agent_id: str, at_step: str, data_dir: str, inputs_json: str | None, allow_targets: tuple[str, ...]) -> None:
     """Start a new run that keeps the steps before --at; run the agent again to continue from there."""
     from .._base.errors import InvalidInputs
     from .._fleet.run import fork_run
@@ -178,7 +182,7 @@ def fork(agent_id: str, at_step: str, data_dir: str, inputs_json: str | None) ->
             fail(InvalidInputs("--inputs must be a JSON object", agent_id=agent_id,
                                hint='e.g. --inputs \'{"topic": "wal"}\''))
     step: int | str = int(at_step) if at_step.isdigit() else at_step
-    run_id = guarded(lambda: fork_run(agent_id, data_dir, at_step=step, inputs=inputs))
+    run_id = guarded(lambda: fork_run(agent_id, data_dir, at_step=step, inputs=inputs, allow_targets=allow_targets))
     emit({"agent_id": agent_id, "run_id": run_id},
          lambda: click.echo(f"{agent_id}: new run {run_id[:12]} keeps the steps before {at_step!s}; "
                             "run the agent again to continue"))

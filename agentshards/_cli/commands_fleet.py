@@ -12,6 +12,7 @@ import click
 
 from .output import (
     INTERRUPTED,
+    allow_target_option,
     data_dir_option,
     emit,
     finish_batch,
@@ -85,14 +86,16 @@ def _wait_in_foreground(wait: Callable[[], Any]) -> dict[str, Any]:
 @click.option("--take-over", is_flag=True, help="Replace the expired lease of a node that is gone.")
 @click.option("--app-dir", default=".", show_default=True, help="Put on sys.path to import the agents' code.")
 @click.option("--lease-ttl", default=30.0, show_default=True, type=float)
+@allow_target_option
 @json_option
-def recover(replica: str, data_dir: str, take_over: bool, app_dir: str, lease_ttl: float) -> None:
+def recover(replica: str, data_dir: str, take_over: bool, app_dir: str, lease_ttl: float,
+            allow_targets: tuple[str, ...]) -> None:
     """After node loss: restore every unfinished agent from the replica and run them to the end."""
     from .._fleet.fleet import recover as recover_fleet
 
     with fleet_progress("recover", Path(data_dir), 0) as progress:
         results = _wait_in_foreground(lambda: recover_fleet(data_dir, replica, take_over=take_over, app_dir=app_dir,
-                                                            lease_ttl_s=lease_ttl))
+                                                            lease_ttl_s=lease_ttl, allow_targets=allow_targets))
         progress.total = len(results)
         progress.finish(outcome_states(results))
     say(f"recovered {len(results)} unfinished agents")

@@ -60,6 +60,14 @@ def _require(ctx: click.Context, param: click.Parameter, value: str | None) -> s
     return value
 
 
+def allow_target_option(fn: F) -> F:
+    """For commands that import a target stored in a replica or shard: by default only the app dir's own
+    modules are imported (the bucket's writer would otherwise choose the code that runs)."""
+    return click.option("--allow-target", "allow_targets", multiple=True, metavar="PATTERN",
+                        help="Also import stored targets matching PATTERN (fnmatch on module:function or on the "
+                             "module), beyond the modules under the app dir. Repeatable.")(fn)
+
+
 def json_option(fn: F) -> F:
     def set_json(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
         CTX.json = CTX.json or value

@@ -18,7 +18,7 @@ import os
 import resource
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -30,6 +30,7 @@ from .._base.errors import (
     BudgetExceeded,
     DataDirLocked,
     InvalidInputs,
+    InvalidTarget,
     NoReplica,
     ReplicationError,
     ShardError,
@@ -371,21 +372,25 @@ def _children_cpu_s() -> float:
 def recover(data_dir: str | os.PathLike[str], replica: str, *, take_over: bool = False,
             app_dir: str | os.PathLike[str] | None = None, config: SupervisorConfig | None = None,
             lease_ttl_s: float = 30.0, timeout_s: float | None = None,
-            env: Mapping[str, str] | None = None) -> dict[str, Any]:
+            env: Mapping[str, str] | None = None, allow_targets: Sequence[str] = ()) -> dict[str, Any]:
     """Node-loss recovery on a fresh machine: take the prefix lease, restore every unfinished agent the
     manifest lists (verified, in parallel), and run them under a supervisor to the end.
 
     Archived and finished agents are not restored. An agent whose code changed since its manifest entry is
     logged, and non-determinism detection guards its replay. Returns ``agent_id -> result or exception``.
+    The targets come from the bucket, so only those under ``app_dir`` or matching ``allow_targets`` are
+    imported (TargetPolicy); any other agent is not started and gets an InvalidTarget as its outcome.
     """
     import json
 
-    from .._core.target import resolve
+    from .._core.target_policy import TargetPolicy, resolve_stored
     from .._replication.manifest import list_manifests
     from .._replication.restore import restore_agents
 
     fleet = Fleet(data_dir, replica, app_dir=app_dir, config=config, take_over=take_over, lease_ttl_s=lease_ttl_s,
                   env=env)
+    policy = TargetPolicy.of(fleet.app_dir, allow_targets)
+    refused: dict[str, Any] = {}  # agent -> the InvalidTarget that kept it from starting
     fleet._begin()
     try:
         replication = fleet._replication
@@ -436,8 +441,12 @@ def recover(data_dir: str | os.PathLike[str], replica: str, *, take_over: bool =
             else:
                 target, input_json = run.target, run.input_json
             if target not in fleet._fingerprints:  # the fleet's cache: launch below reuses it
-                with _on_path(fleet.app_dir):
-                    fleet._fingerprints[target] = code_fingerprint(resolve(target))
+                try:
+                    fleet._fingerprints[target] = code_fingerprint(resolve_stored(target, policy, entry.agent_id))
+                except InvalidTarget as exc:
+                    log.error("recover: %s", exc)
+                    refused[entry.agent_id] = exc
+                    continue
             now = fleet._fingerprints[target]
             if entry.code_fingerprint and now and now != entry.code_fingerprint:
                 log.warning("agent %s: the code of %s changed since it last ran; replay relies on non-determinism "
@@ -449,8 +458,8 @@ def recover(data_dir: str | os.PathLike[str], replica: str, *, take_over: bool =
                  time.monotonic() - restored_at)
         if fleet._supervisor is None or not fleet._supervisor.agents:
             fleet.close()
-            return {}
-        return fleet.wait(timeout_s)
+            return refused
+        return {**refused, **fleet.wait(timeout_s)}
     except BaseException:
         fleet.close()
         raise

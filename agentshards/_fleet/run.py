@@ -10,7 +10,7 @@ import os
 import sys
 import time
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +29,8 @@ from .._core import codec as _codec
 from .._core.agent import Agent
 from .._core.journal import BUDGET_EXCEEDED, CANCELLED, FAILED, RUNNING, SUCCEEDED, Journal, Run
 from .._core.shard import open_shard, validate_agent_id
-from .._core.target import AgentFn, resolve, target_of
+from .._core.target import AgentFn, target_of
+from .._core.target_policy import TargetPolicy, resolve_stored
 
 if TYPE_CHECKING:  # replication modules load only when a replica is used: `import agentshards` stays fast
     from .._replication.replication import Replication
@@ -225,13 +226,16 @@ def _failure(agent_id: str, error_json: str | None, status: str = FAILED) -> Age
 
 
 def fork_run(agent_id: str, data_dir: str | os.PathLike[str], *, at_step: int | str,
-             inputs: dict[str, Any] | None = None) -> str:
+             inputs: dict[str, Any] | None = None, app_dir: str | os.PathLike[str] | None = None,
+             allow_targets: Sequence[str] = ()) -> str:
     """Start a new run of the agent that keeps the steps completed before ``at_step``; return its id.
 
     ``at_step`` is the 1-based position (in completion order) or the name of the first step to run
     afresh. The way out of a NonDeterminismError that keeps what is still valid: steps before the fork
     point replay, later ones run again. ``inputs`` replaces the run's inputs (default: unchanged); run
-    the agent again with those inputs to continue. The previous run stays in the journal.
+    the agent again with those inputs to continue. The previous run stays in the journal. Checking new
+    inputs imports the stored target, under the same policy as ``retry_agent`` (``app_dir``,
+    ``allow_targets``).
     """
     agent_id = validate_agent_id(agent_id)
     journal = Journal(open_shard(Path(data_dir), agent_id, RunConfig().shard, create=False), agent_id)
@@ -253,7 +257,7 @@ def fork_run(agent_id: str, data_dir: str | os.PathLike[str], *, at_step: int | 
             keep = at_step - 1
         input_json = digest = None
         if inputs is not None:
-            func = resolve(source.target)
+            func = resolve_stored(source.target, TargetPolicy.of(app_dir, allow_targets), agent_id)
             input_json = _check_inputs(func, source.target, agent_id, inputs)
             digest = _codec.digest(input_json)
         return journal.fork_run(source.id, keep, input_json=input_json, input_digest=digest).id
@@ -276,14 +280,21 @@ def cancel_agent(agent_id: str, data_dir: str | os.PathLike[str], reason: str = 
 
 
 def retry_agent(agent_id: str, data_dir: str | os.PathLike[str], *, config: RunConfig | None = None,
-                replica: str | None = None) -> Any:
-    """Run a failed agent again from its last completed step (its failed run is reopened, not replaced)."""
+                replica: str | None = None, app_dir: str | os.PathLike[str] | None = None,
+                allow_targets: Sequence[str] = ()) -> Any:
+    """Run a failed agent again from its last completed step (its failed run is reopened, not replaced).
+
+    The target is read from the shard (which may come from a replica), so it is imported only when its
+    module lies under ``app_dir`` (default: the working directory) or matches ``allow_targets``.
+    """
+    policy = TargetPolicy.of(app_dir, allow_targets)
     journal = _offline_journal(agent_id, data_dir, "retry")
     try:
         runs = journal.runs()
         if not runs or runs[-1].status != FAILED:
             raise InvalidInputs(f"has no failed run to retry ({runs[-1].status if runs else 'no run'})",
                                 agent_id=agent_id, hint="retry is for failed agents; running ones resume on their own")
+        resolve_stored(runs[-1].target, policy, agent_id)  # refused before the run is reopened; then cached
         run = journal.reopen(runs[-1].id)
     finally:
         journal.close()
