@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .._base.config import ShardConfig, SupervisorConfig
+from .._base.environ import worker_env
 from .._base.errors import AgentShardsError
 from .zygote import ForkedWorker, Zygote
 
@@ -30,7 +31,6 @@ log = logging.getLogger("agentshards")
 PENDING, RUNNING, RESTARTING = "pending", "running", "restarting"
 SUCCEEDED, FAILED, BUDGET_EXCEEDED = "succeeded", "failed", "budget_exceeded"
 FINAL_STATES = (SUCCEEDED, FAILED, BUDGET_EXCEEDED)
-_WORKER_SECRETS = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID")
 
 
 @dataclass
@@ -180,7 +180,7 @@ class Supervisor:
         with os.fdopen(fd, "w") as f:  # mkstemp: mode 0600
             json.dump(spec, f)
         if self._zygote is None:
-            env = {k: v for k, v in self.env.items() if k not in _WORKER_SECRETS}  # workers need no AWS secret
+            env = worker_env(self.env)  # agent code never needs the bucket: no AWS credential of any kind
             env["PYTHONPATH"] = os.pathsep.join(p for p in (str(self.app_dir), env.get("PYTHONPATH")) if p)
             self._zygote = Zygote(env, self.app_dir, self.fleet_dir / "workers.log")
         try:

