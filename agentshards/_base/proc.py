@@ -11,15 +11,22 @@ from typing import Any
 
 PR_SET_PDEATHSIG = 1
 
+# Resolved once, here in the parent. ``die_with_parent`` runs between fork and exec in a child of a
+# multi-threaded process, where only async-signal-safe work is sound: ``dlopen``/``dlsym`` there can deadlock
+# on a loader lock another thread held at the fork.
+_prctl = ctypes.CDLL(None, use_errno=True).prctl
+_prctl.argtypes = (ctypes.c_int, ctypes.c_ulong)
+_prctl.restype = ctypes.c_int
+
 
 def die_with_parent(sig: int = signal.SIGTERM) -> None:
     """Run in a child between fork and exec: deliver ``sig`` when the spawning thread's process dies.
 
     Linux ties the signal to the thread that spawned the child, so spawn from a thread that lives as long
-    as the child should (agentshards spawns from the thread that runs the supervisor loop).
+    as the child should (agentshards spawns from the thread that runs the supervisor loop). No library is
+    loaded or looked up here: ``prctl`` was resolved at import.
     """
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, sig)
+    _prctl(PR_SET_PDEATHSIG, sig)
     if os.getppid() == 1:  # the parent died before prctl took effect
         os._exit(1)
 
