@@ -15,7 +15,9 @@ single-threaded, so forking it is safe. It talks to the supervisor over its stdi
                             exit PID CODE            a worker ended (CODE as Popen: -N for signal N)
 
 The zygote reaps its workers itself and only signals workers it has not reaped yet, so a recycled pid is
-never signalled. It dies with the supervisor (parent-death signal), and workers die with it.
+never signalled. It dies with the supervisor (parent-death signal), and workers die with it: their
+parent-death signal is SIGKILL, so the supervisor never signals a worker pid itself (once the zygote is
+gone, nobody it could ask knows whether that pid is still the worker's).
 """
 
 from __future__ import annotations
@@ -103,9 +105,7 @@ class Zygote:
             if pid < 0:
                 raise AgentShardsError("the worker zygote exited before forking a worker",
                                        hint=f"see {self.log_path}")
-            if pid not in self._exits:  # it may already have ended (and been reported) by now
-                self._live.add(pid)
-            return ForkedWorker(self, pid)
+            return ForkedWorker(self, pid)  # the reader counted it live, in order with its exit line
 
     def signal(self, pid: int, sig: int) -> None:
         with self._lock, contextlib.suppress(OSError):
@@ -142,22 +142,24 @@ class Zygote:
 
     def _read(self, proc: subprocess.Popen[bytes], spawned: queue.Queue[int], live: set[int]) -> None:
         """One per zygote process, with that process's queue and worker set: a late cleanup of a dead zygote
-        never touches the workers of its successor."""
+        never touches the workers of its successor. Only this thread changes ``live``, in the order the
+        zygote wrote its lines ("spawned" before that pid's "exit"), so a worker that ended at once is never
+        counted live after its exit was seen."""
         assert proc.stdout is not None
         for raw in proc.stdout:
             word, *rest = raw.decode().split()
             if word == "spawned":
+                live.add(int(rest[0]))
                 spawned.put(int(rest[0]))
             elif word == "exit":
                 pid, code = int(rest[0]), int(rest[1])
                 self._exits[pid] = code
                 live.discard(pid)
-        # The zygote is gone: its workers got their parent-death signal. Make sure, then report them dead.
+        # The zygote is gone, and the kernel sent each of its workers SIGKILL (their parent-death signal)
+        # as it exited. They are dead or dying; their pids are not ours to signal (they may be reused).
         proc.wait()
         spawned.put(-1)
         for pid in list(live):
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGKILL)
             self._exits.setdefault(pid, -signal.SIGKILL)
             live.discard(pid)
 
@@ -176,7 +178,7 @@ def _fork_worker(spec_path: str, control: list[int]) -> int:
         os.dup2(2, 1)  # the worker's stdout joins its stderr in workers.log
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
-        die_with_parent()
+        die_with_parent(signal.SIGKILL)  # a handler installed by agent code cannot keep an orphan alive
         from .worker import main
 
         code = main(["agentshards._fleet.worker", spec_path])
