@@ -50,7 +50,10 @@ class Replication:
         self.store = store
         self.target = target
         self._healthy_at: dict[str, float] = {}
-        self._lock = threading.Lock()
+        # Held by whatever stops or starts Litestream (a confirm's repair, the watchdog's restart), so that
+        # one never restarts it in the middle of another (a repair resets a shard while it is stopped).
+        # Reentrant: a confirm that fails asks the watchdog's check while holding it.
+        self._lock = threading.RLock()
         self._stall_checked_at = self._stall_restarted_at = time.monotonic()
         self._answered_at = time.monotonic()  # the control socket's last answer (or Litestream's start)
         self._slow_logged_at = -1e9
@@ -145,7 +148,8 @@ class Replication:
             reason = stuck
         self._stall_restarted_at = self._answered_at = now
         try:
-            self.litestream.restart(reason)
+            with self._lock:  # not in the middle of a confirm's repair; status() above ran outside it
+                self.litestream.restart(reason)
         except (OSError, ReplicationError) as exc:  # the next health check starts it again
             log.warning("could not restart litestream for %s: %s", self.litestream.data_dir, exc)
             return False
