@@ -206,6 +206,10 @@ class Litestream:
         os.chmod(self.config_path, 0o600)
 
     def _spawn(self) -> None:
+        """Start the daemon, wait for its control socket and register every known agent. On any failure
+        (or an interrupt) the process just started is killed: a failed start leaves nothing running, and
+        ``ensure_running`` may try again later."""
+        self._kill()  # never two of ours at once (a start after a start)
         self._spawns += 1
         with contextlib.suppress(FileNotFoundError):
             self.socket_path.unlink()  # stale after a SIGKILL; Litestream would cope, we poll on it
@@ -217,6 +221,15 @@ class Litestream:
                 start_new_session=True)  # our own Ctrl-C must not stop it before the final sync
         finally:
             logf.close()
+        try:
+            self._await_and_register()
+        except BaseException:
+            self._kill()
+            self.pid_path.unlink(missing_ok=True)
+            raise
+
+    def _await_and_register(self) -> None:
+        assert self._proc is not None
         self.pid_path.write_text(f"{self._proc.pid}\n")
         deadline = time.monotonic() + self.config.start_timeout_s
         while True:
@@ -228,7 +241,6 @@ class Litestream:
                 break
             except OSError:
                 if time.monotonic() > deadline:
-                    self._kill()
                     raise ReplicationError(f"litestream did not open its control socket within "
                                            f"{self.config.start_timeout_s}s: {self._log_tail()}",
                                            hint=f"see {self.log_path}") from None
@@ -356,17 +368,27 @@ class Litestream:
 
     def unregister(self, agent_id: str) -> None:
         """Stop replicating one shard after Litestream's final sync of it (up to 30 s), outside the lock so
-        that finished agents are let go in parallel. A restart meanwhile has dropped it anyway."""
+        that finished agents are let go in parallel.
+
+        The agent is forgotten only once Litestream let it go: after a failed call it stays registered (a
+        later unregister tries again; a restart keeps replicating it). A restart that raced the call
+        registered it again in the new process, so then the call is repeated there, under the lock.
+        """
+        body = {"path": str(self._db(agent_id)), "timeout": 30}
         with self._lock:
-            if self._state.registered.pop(agent_id, None) is None:
+            if agent_id not in self._state.registered:
                 return
             spawns = self._spawns
         try:
-            self._call("POST", "/unregister", {"path": str(self._db(agent_id)), "timeout": 30}, timeout=40)
+            self._call("POST", "/unregister", body, timeout=40)
         except (OSError, ReplicationError):
             with self._lock:
                 if self._spawns == spawns:
                     raise
+        with self._lock:
+            if self._spawns != spawns and agent_id in self._state.registered:
+                self._call("POST", "/unregister", body, timeout=40)
+            self._state.registered.pop(agent_id, None)
 
     @property
     def registered(self) -> list[str]:
