@@ -47,6 +47,27 @@ class AgentState:
     error: dict[str, Any] | None = None
 
 
+def read_outcome(path: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """A worker's result file as ``(outcome, None)``; ``(None, None)`` when there is none (the worker died
+    first) and ``(None, why)`` when it cannot be used. Written by this package, but read by the loop that
+    keeps every other agent going: a truncated, foreign or hand-edited file must not stop that loop, so
+    anything but the shape ``write_result`` produces counts as no result and the agent is restarted."""
+    try:
+        outcome = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None, None
+    except (OSError, ValueError) as exc:
+        return None, f"unreadable result file {path.name}: {exc}"
+    if not isinstance(outcome, dict) or outcome.get("status") not in FINAL_STATES:
+        return None, f"malformed result file {path.name}"
+    if outcome["status"] != SUCCEEDED:
+        error = outcome.get("error")
+        if (not isinstance(error, dict) or not isinstance(error.get("type"), str)
+                or not isinstance(error.get("message"), str)):
+            return None, f"malformed result file {path.name}: no error type and message"
+    return outcome, None
+
+
 @dataclass
 class _Worker:
     proc: ForkedWorker
@@ -122,18 +143,18 @@ class Supervisor:
 
     def _settle(self, state: AgentState, worker_exit: str) -> None:
         path = self.results_dir / f"{state.agent_id}.json"
-        try:
-            outcome = json.loads(path.read_text())
-        except (OSError, ValueError):
-            outcome = None
+        outcome, problem = read_outcome(path)
         state.worker_pid = None
         if outcome is not None and outcome["status"] == SUCCEEDED:
             self._final(state, SUCCEEDED, result=outcome.get("result"))
-        elif outcome is not None and outcome.get("final"):
-            self._final(state, outcome["status"], error=outcome.get("error"),
+        elif outcome is not None and outcome.get("final") is True:
+            self._final(state, outcome["status"], error=outcome["error"],
                         reason=f"{outcome['error']['type']}: {outcome['error']['message'][:300]}")
         else:
-            reason = worker_exit if outcome is None else f"{outcome['error']['type']}: {outcome['error']['message']}"
+            if outcome is not None:
+                reason = f"{outcome['error']['type']}: {outcome['error']['message']}"
+            else:
+                reason = worker_exit if problem is None else f"{worker_exit}; {problem}"
             path.unlink(missing_ok=True)
             self._restart(state, reason)
 
