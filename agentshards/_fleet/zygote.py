@@ -6,7 +6,7 @@ froze them out of the garbage collector's reach, so the collector does not write
 worker shares them copy-on-write: ``scripts/bench_zygote.py`` measured 5.9 MB PSS per idle forked worker
 against 44.8 MB for a fresh one, and 2 ms per fork against 630 ms per start.
 
-The zygote runs ``python -m agentshards._fleet.zygote`` with the workers' environment (no AWS secrets) and is
+The zygote runs ``python -m agentshards._fleet.zygote`` with the workers' environment (no AWS credential) and is
 single-threaded, so forking it is safe. It talks to the supervisor over its stdin/stdout, one line each:
 
     supervisor -> zygote    spawn SPEC_PATH          fork a worker for that spec
