@@ -101,6 +101,44 @@ def test_a_killed_zygote_leaves_no_worker_pid_to_signal(tmp_path: Path, monkeypa
             real_kill(worker.pid, signal.SIGKILL)
 
 
+def test_a_worker_whose_exit_is_read_while_spawn_records_it_is_not_counted_live(tmp_path: Path) -> None:
+    """The interleaving that made a dead worker count as live (and its pid a target for SIGKILL later): its
+    exit is read by the reader thread between spawn's look at the exits and its note of the new worker.
+    A hook at that look forces it; the worker blocks on its spec (a FIFO) until the hook lets it fail."""
+    spec = tmp_path / "spec.json"
+    os.mkfifo(spec)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS_DIR), str(ROOT)])}
+    zygote = Zygote(env, TESTS_DIR, tmp_path / "workers.log")
+    released: list[bool] = []
+
+    def release_worker() -> None:  # it reads "not json" from the FIFO and exits 1
+        if not released:
+            released.append(True)
+            fd = os.open(spec, os.O_WRONLY)
+            os.write(fd, b"not json")
+            os.close(fd)
+
+    class ExitReadDuringTheLook(dict):  # type: ignore[type-arg]
+        def __contains__(self, pid: object) -> bool:
+            seen = super().__contains__(pid)  # the worker is blocked on the FIFO: not exited yet
+            release_worker()
+            _wait_for(lambda: super(ExitReadDuringTheLook, self).__contains__(pid), "the exit was not read")
+            zygote._send(f"spawn {tmp_path / 'missing.json'}")  # a later line: the reader is done with the exit
+            _wait_for(lambda: not zygote._spawned.empty(), "the reader did not go on")
+            return seen
+
+    zygote._exits = ExitReadDuringTheLook()
+    try:
+        worker = zygote.spawn(spec)
+        release_worker()
+        _wait_for(lambda: worker.poll() is not None, "the worker's exit was not reported")
+        assert worker.poll() == 1
+        assert worker.pid not in zygote._live  # so nobody will ever signal its (reusable) pid
+    finally:
+        release_worker()
+        zygote.stop()
+
+
 # -- Litestream: who restarts it, what a failed start or unregister leaves ----------------------------------
 
 class _SilentLitestream:
