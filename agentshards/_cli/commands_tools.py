@@ -127,7 +127,7 @@ def _data_dir(path: Path) -> str:
 
 
 def _replica_checks(replica: str, env: Any) -> list[dict[str, Any]]:
-    from .._replication.objectstore import store_for
+    from .._replication.objectstore import credential_source, store_for
     from .._replication.replica import parse_replica
 
     out = []
@@ -143,15 +143,13 @@ def _replica_checks(replica: str, env: Any) -> list[dict[str, Any]]:
     target = target_box["target"]
     if target.kind == "s3":
         def credentials() -> str:
-            import boto3
-
-            found = boto3.session.Session().get_credentials()
+            found = credential_source()
             if found is None:
                 from .._base.errors import InvalidReplica
 
                 raise InvalidReplica("no AWS credentials found", hint="set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
                                      "a profile, or run where an instance/pod role applies")
-            return f"found (from {found.method})"
+            return f"found (from {found})"
 
         out.append(_check("credentials", credentials))
     store_box: dict[str, Any] = {}

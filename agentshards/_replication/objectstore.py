@@ -250,6 +250,15 @@ class S3Store:
                                  hint="check AWS_ENDPOINT_URL / the network, and the credentials") from exc
 
 
+def credential_source() -> str | None:
+    """Where boto3's chain finds credentials here (``env``, ``shared-credentials-file``, ``iam-role``...), or
+    None: what ``agentshards doctor`` reports, without showing a key."""
+    import boto3
+
+    found = boto3.session.Session().get_credentials()
+    return None if found is None else str(found.method)
+
+
 def store_for(target: ReplicaTarget, env: Mapping[str, str]) -> ObjectStore:
     if target.kind == "file":
         assert target.root is not None
