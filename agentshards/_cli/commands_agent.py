@@ -20,8 +20,8 @@ from .output import (
     guarded,
     json_option,
     replica_option,
-    say,
     to_jsonable,
+    warn,
 )
 
 
@@ -209,7 +209,7 @@ def delete(agent_id: str, data_dir: str, replica: str | None, yes: bool, dry_run
         if not sys.stdin.isatty():
             fail(_refuse_unconfirmed(agent_id))
         if not click.confirm(f"delete agent {agent_id} everywhere ({where})?"):
-            say("nothing deleted")
+            warn("nothing deleted")
             sys.exit(1)
     removed = guarded(lambda: delete_agent(agent_id, data_dir, replica))
     emit({"agent_id": agent_id, "removed": removed},

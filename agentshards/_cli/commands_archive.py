@@ -20,6 +20,7 @@ from .output import (
     say,
     to_jsonable,
     usage,
+    warn,
 )
 from .progress import Counts, Progress
 
@@ -87,7 +88,7 @@ def archives(replica: str, expire_older_than_days: float | None, yes: bool, dry_
                 fail(InvalidInputs(f"expiring {len(doomed)} archives needs confirmation and there is no terminal",
                                    hint="pass --yes, or --dry-run to see which"))
             if not click.confirm(f"delete {len(doomed)} archives older than {days:g} days?"):
-                say("nothing deleted")
+                warn("nothing deleted")
                 sys.exit(1)
         expired = doomed if dry_run else guarded(lambda: expire_archives(replica, days))
         verb = "would expire" if dry_run else "expired"

@@ -23,6 +23,7 @@ from .output import (
     say,
     to_jsonable,
     usage,
+    warn,
 )
 from .progress import Counts, Progress, fleet_progress, outcome_states
 
@@ -74,7 +75,7 @@ def _wait_in_foreground(wait: Callable[[], Any]) -> dict[str, Any]:
     try:
         return dict(guarded(wait))
     except KeyboardInterrupt:
-        say("stopped; unfinished agents resume when they are launched again")
+        warn("stopped; unfinished agents resume when they are launched again")
         sys.exit(INTERRUPTED)
     finally:
         signal.signal(signal.SIGTERM, previous)

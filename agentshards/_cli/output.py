@@ -118,6 +118,11 @@ def say(message: str) -> None:
         click.echo(message, err=CTX.json)
 
 
+def warn(message: str) -> None:
+    """A line about something that went wrong or stopped: always stderr, even under -q."""
+    click.echo(message, err=True)
+
+
 def fail(exc: BaseException, code: int | None = None) -> NoReturn:
     code = exit_code(exc) if code is None else code
     if CTX.json:
@@ -146,7 +151,7 @@ def guarded(call: Callable[[], T]) -> T:
     except AgentShardsError as exc:
         fail(exc)
     except KeyboardInterrupt:
-        say("interrupted")
+        warn("interrupted")
         sys.exit(INTERRUPTED)
     except (OSError, ValueError, RuntimeError) as exc:  # the environment (a path, a permission): one line
         log.debug("unexpected error", exc_info=True)
