@@ -13,7 +13,8 @@ This is the only module that imports boto3. Both backends honour one contract, c
   ``put`` is the content's digest, which S3 verifies on upload (multipart ETags are not MD5s).
 - ``put_if`` is a compare-and-swap: ``expect=None`` writes only if the key is absent (If-None-Match),
   else only if the current ETag equals ``expect`` (If-Match). It returns the new ETag, or None when the
-  condition failed. ``get_etag`` returns ``(data, etag)``.
+  condition failed (or ``ConditionalWritesUnsupported`` when the server says it does not implement it).
+  ``get_etag`` returns ``(data, etag)``.
 """
 
 from __future__ import annotations
@@ -34,6 +35,10 @@ from .replica import ReplicaTarget
 
 class ObjectNotFound(KeyError):
     """No object at that key."""
+
+
+class ConditionalWritesUnsupported(Exception):
+    """The server rejected a conditional PUT's header as not implemented (``put_if`` cannot work there)."""
 
 
 class ObjectStore(Protocol):
@@ -199,8 +204,11 @@ class S3Store:
         try:
             response = self._client.put_object(Bucket=self.target.bucket, Key=key, Body=data, **condition)
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+            code = exc.response.get("Error", {}).get("Code")
+            if code in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
                 return None
+            if code in ("NotImplemented", "501"):
+                raise ConditionalWritesUnsupported(str(exc)) from exc
             raise
         return str(response["ETag"])
 
