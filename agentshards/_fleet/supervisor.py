@@ -9,6 +9,7 @@ The clock and the sleep are injectable, so the policy is testable without waitin
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -90,6 +91,22 @@ class Supervisor:
     _workers: list[_Worker] = field(default_factory=list)
     _serial: int = 0
     _zygote: Zygote | None = None
+    _halted: AgentShardsError | None = None
+
+    def halt(self, error: AgentShardsError) -> None:
+        """Kill everything now, from any thread, while the loop may be blocked (a lease fence): SIGKILL the
+        zygote and every worker. The loop raises ``error`` at its next tick and starts nothing more; agents
+        resume from their journals wherever they run next."""
+        self._halted = error
+        if self._zygote is not None:
+            self._zygote.kill()
+        for worker in list(self._workers):
+            with contextlib.suppress(OSError):
+                os.kill(worker.proc.pid, signal.SIGKILL)
+
+    def _check_halted(self) -> None:
+        if self._halted is not None:
+            raise self._halted
 
     @property
     def fleet_dir(self) -> Path:
@@ -121,6 +138,7 @@ class Supervisor:
         self.tick()  # publish the final state
 
     def tick(self) -> None:
+        self._check_halted()
         self._reap()
         self._start_due()
         self.on_tick()
@@ -192,6 +210,7 @@ class Supervisor:
                 self._spawn(batch[i:i + k])
 
     def _spawn(self, batch: list[AgentState]) -> None:
+        self._check_halted()
         self._serial += 1
         self.fleet_dir.mkdir(parents=True, exist_ok=True)
         spec = {"data_dir": str(self.data_dir), "target": batch[0].target, "app_dir": str(self.app_dir),
@@ -210,6 +229,9 @@ class Supervisor:
             log.warning("worker zygote for %s: %s; starting a new one", self.data_dir, exc)
             proc = self._zygote.spawn(Path(name))
         self._workers.append(_Worker(proc, [a.agent_id for a in batch], Path(name)))
+        if self._halted is not None:  # halted while this worker was being forked: it must not run either
+            self.halt(self._halted)
+            raise self._halted
         for state in batch:
             state.status, state.worker_pid = RUNNING, proc.pid
 

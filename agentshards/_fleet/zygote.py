@@ -111,6 +111,13 @@ class Zygote:
         with self._lock, contextlib.suppress(OSError):
             self._send(f"signal {pid} {int(sig)}")
 
+    def kill(self) -> None:
+        """SIGKILL the zygote now, from any thread, without the lock a spawn may hold: its workers get their
+        parent-death signal."""
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+
     def stop(self, timeout_s: float = 10.0) -> None:
         """Close the zygote's stdin (it exits, killing any worker left) and wait for it."""
         with self._lock:

@@ -170,6 +170,7 @@ class Litestream:
         self._state = _State()
         self._lock = threading.RLock()
         self._spawns = 0  # Litestream processes started so far: tells a registration that raced a restart
+        self._halted = False  # set by halt(): this node may no longer write to the replica
 
     # -- lifecycle ----------------------------------------------------------------------------------
 
@@ -205,10 +206,22 @@ class Litestream:
             f.write(text)
         os.chmod(self.config_path, 0o600)
 
+    def halt(self) -> None:
+        """SIGKILL Litestream now and refuse to start it again: this node may no longer write to the replica.
+
+        Safe from any thread and does not take the lock (a restart may hold it for seconds). No shutdown
+        sync: that would be a write; the shards keep everything on disk.
+        """
+        self._halted = True
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+
     def _spawn(self) -> None:
         """Start the daemon, wait for its control socket and register every known agent. On any failure
         (or an interrupt) the process just started is killed: a failed start leaves nothing running, and
         ``ensure_running`` may try again later."""
+        self._check_not_halted()
         self._kill()  # never two of ours at once (a start after a start)
         self._spawns += 1
         with contextlib.suppress(FileNotFoundError):
@@ -221,6 +234,9 @@ class Litestream:
                 start_new_session=True)  # our own Ctrl-C must not stop it before the final sync
         finally:
             logf.close()
+        if self._halted:  # halted while this process was being started
+            self._kill()
+            self._check_not_halted()
         try:
             self._await_and_register()
         except BaseException:
@@ -276,10 +292,15 @@ class Litestream:
             raise ReplicationError(f"litestream reset failed: {(proc.stderr or proc.stdout).strip()[-300:]}",
                                    agent_id=agent_id, hint=f"see {self.log_path}")
 
+    def _check_not_halted(self) -> None:
+        if self._halted:
+            raise ReplicationError(f"litestream for {self.data_dir} was halted: this node no longer holds the "
+                                   "replica prefix", hint="see the lease error logged before this one")
+
     def ensure_running(self) -> bool:
         """Health check: restart an exited Litestream (with backoff) and re-register. True if restarted."""
         with self._lock:
-            if self._proc is None or self._proc.poll() is None:
+            if self._halted or self._proc is None or self._proc.poll() is None:
                 return False
             code = self._proc.returncode
             pause = min(self.config.restart_backoff_max_s, self.config.restart_backoff_s * 2 ** self._state.restarts)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from .._base.errors import ReplicationError
+from .._base.errors import AgentShardsError, ReplicationError
 from .litestream import Litestream
 from .manifest import ManifestEntry, write_manifest
 from .objectstore import ObjectStore
@@ -58,6 +58,13 @@ class Replication:
         self._answered_at = time.monotonic()  # the control socket's last answer (or Litestream's start)
         self._slow_logged_at = -1e9
         self._pending_since: dict[str, float] = {}  # agent -> mtime of the oldest write seen unsynced
+        self.halted: AgentShardsError | None = None  # why this node stopped writing to the replica
+
+    def halt(self, error: AgentShardsError) -> None:
+        """Stop writing to the replica now, from any thread (a lease fence): Litestream is killed, and no
+        step is confirmed nor manifest written from here on (``error`` says why)."""
+        self.halted = error
+        self.litestream.halt()
 
     def snapshot_exists(self, agent_id: str) -> bool:
         keys = self.store.list(self.target.agent_key(agent_id) + "/")
@@ -65,6 +72,8 @@ class Replication:
 
     def confirm(self, agent_id: str, timeout_s: float) -> None:
         """Return once the replica holds everything committed so far; ReplicationError on timeout."""
+        if self.halted is not None:
+            raise self.halted
         with self._lock:
             deadline = time.monotonic() + timeout_s
             self.litestream.ensure_running()
@@ -122,6 +131,8 @@ class Replication:
         one stat per shard) and a restart at most once per ``stall_timeout_s``, so an S3 outage costs
         one restart per interval, not a restart loop.
         """
+        if self.halted is not None:
+            return False
         now = time.monotonic()
         stall = self.litestream.config.stall_timeout_s
         if not force_check and now - self._stall_checked_at < min(5.0, stall / 4):
@@ -212,6 +223,9 @@ class Replication:
         return max(0.0, time.time() - since)
 
     def publish(self, entry: ManifestEntry) -> None:
+        if self.halted is not None:
+            log.warning("not writing the manifest of agent %s: %s", entry.agent_id, self.halted.message)
+            return
         try:
             write_manifest(self.store, self.target, entry)
         except Exception as exc:  # the manifest is advisory: never fail an agent over it
