@@ -25,7 +25,9 @@ import agentshards, sample_agents
 config = None
 if os.environ.get("TEST_DURABILITY"):
     config = agentshards.RunConfig(llm=agentshards.LLMConfig(api_key=os.environ["OPENAI_API_KEY"],
-                                   base_url=os.environ["OPENAI_BASE_URL"]), durability=os.environ["TEST_DURABILITY"])
+                                   base_url=os.environ["OPENAI_BASE_URL"]), durability=os.environ["TEST_DURABILITY"],
+                                   lease_ttl_s=float(os.environ.get("TEST_LEASE_TTL", "30")),
+                                   lease_take_over=bool(os.environ.get("TEST_TAKE_OVER")))
 print("ready", flush=True)
 result = agentshards.run_agent(sample_agents.chat_calls, agent_id=sys.argv[2], data_dir=sys.argv[1], n=int(sys.argv[3]),
                                replica=os.environ.get("TEST_REPLICA"), config=config)

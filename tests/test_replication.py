@@ -255,7 +255,7 @@ def test_node_loss_with_replicated_llm_steps(tmp_path: Path, s3_env: dict[str, s
     """
     replica = f"s3://{bucket}/nodeloss"
     env = {k: v for k, v in s3_env.items() if k.startswith("AWS_")}
-    env.update(TEST_REPLICA=replica, TEST_DURABILITY="replicated")
+    env.update(TEST_REPLICA=replica, TEST_DURABILITY="replicated", TEST_LEASE_TTL="2")
     rng = random.Random(7)
     calls = 8
     node1 = tmp_path / "node1"
@@ -280,7 +280,8 @@ def test_node_loss_with_replicated_llm_steps(tmp_path: Path, s3_env: dict[str, s
         restored = {s.name for s in inspect_agent(node2, "nl").runs[0].steps}
         assert confirmed <= restored
         before = llm.request_count
-        result, _ = finish_and_check(node2, llm, "nl", calls, env)
+        # the killed process's prefix lease is still there: the new node takes it over once unchanged for TTL+margin
+        result, _ = finish_and_check(node2, llm, "nl", calls, dict(env, TEST_TAKE_OVER="1"))
         repeats = (llm.request_count - before) - (calls - len(restored))
         print(f"\nlocal steps at kill {len(local)}, confirmed {len(confirmed)}, restored {len(restored)}, "
               f"requests on resume {llm.request_count - before}", file=sys.stderr)
@@ -411,6 +412,10 @@ def authenticating_s3(tmp_path: Path) -> Iterator[str]:
 
 def test_wrong_credentials_fail_clearly_at_start_and_right_ones_replicate(
         tmp_path: Path, authenticating_s3: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from agentshards._core.journal import Journal
+    from agentshards._core.shard import open_shard
+    from agentshards._fleet.run import start_replication
+
     for key in [k for k in os.environ if k.startswith("AWS_")]:
         monkeypatch.delenv(key)
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", authenticating_s3)
@@ -423,9 +428,22 @@ def test_wrong_credentials_fail_clearly_at_start_and_right_ones_replicate(
     assert "AWS_SECRET_ACCESS_KEY" in str(info.value) and time.monotonic() - started < 30
     assert not (tmp_path / "d").exists()
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "good-secret")
-    run_agent(sample_agents.local_steps, agent_id="c", data_dir=tmp_path / "d", replica="s3://bkt/x", n=3)
+    # rclone's S3 server ignores conditional PUTs: no prefix lease can be held there, so run_agent refuses it
+    with pytest.raises(InvalidReplica, match=f"s3://bkt/x at {authenticating_s3} ignores If-None-Match on PUT"):
+        run_agent(sample_agents.local_steps, agent_id="c", data_dir=tmp_path / "d", replica="s3://bkt/x", n=3)
+    assert not (tmp_path / "d").exists()
+    # the right credentials do reach Litestream
+    replication = start_replication(tmp_path / "d", "s3://bkt/x", RunConfig(), os.environ)
+    try:
+        journal = Journal(open_shard(tmp_path / "d", "c", RunConfig().shard), "c")
+        replication.litestream.register("c")
+        journal.begin_run("sample_agents:local_steps", '{"n":3}', "digest")
+        journal.close()
+        replication.litestream.sync("c", 30)
+    finally:
+        replication.litestream.stop()
     restore_agent("c", tmp_path / "back", "s3://bkt/x")
-    assert len(inspect_agent(tmp_path / "back", "c").runs[0].steps) == 3
+    assert [r.run.target for r in inspect_agent(tmp_path / "back", "c").runs] == ["sample_agents:local_steps"]
 
 
 def test_a_hung_s3_connection_is_detected_and_litestream_restarted(tmp_path: Path, moto_endpoint: str,

@@ -134,12 +134,20 @@ class RunConfig:
     litestream: LitestreamConfig = field(default_factory=LitestreamConfig)
     crash_plan: str | None = field(default=None, repr=False)
     """Test-only: ``point@k`` kills the process at a crash point (see ``_crashpoints``)."""
+    lease_ttl_s: float = 30.0
+    """With a replica, ``run_agent`` holds the prefix's lease for the call: renewed every third of this, and
+    the call stops replicating by itself when it could not renew for this long (less a margin)."""
+    lease_take_over: bool = False
+    """A lease found on the prefix is taken only when this is set, and then only after watching it
+    unchanged for its TTL plus margin (its holder has stopped by then): the way to resume after node loss."""
 
     def __post_init__(self) -> None:
         if self.in_flight not in ("retry", "fail"):
             raise ValueError(f"in_flight must be 'retry' or 'fail', not {self.in_flight!r}")
         if self.durability not in ("local", "replicated"):
             raise ValueError(f"durability must be 'local' or 'replicated', not {self.durability!r}")
+        if not self.lease_ttl_s > 0:
+            raise ValueError(f"lease_ttl_s must be > 0, not {self.lease_ttl_s!r}")
 
 
 def litestream_owned(config: RunConfig) -> RunConfig:

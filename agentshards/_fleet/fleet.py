@@ -38,11 +38,11 @@ from .._base.errors import (
 from .._core import codec as _codec
 from .._core.journal import Journal, Run
 from .._core.shard import open_shard, validate_agent_id
-from .run import _check_inputs, code_fingerprint, start_replication
+from .run import _check_inputs, code_fingerprint, hold_prefix_lease, start_replication
 from .supervisor import BUDGET_EXCEEDED, SUCCEEDED, AgentState, Supervisor
 
 if TYPE_CHECKING:
-    from .._replication.lease import Lease
+    from .._replication.lease_keeper import LeaseKeeper
 from .._core.target import AgentFn, target_of
 
 log = logging.getLogger("agentshards")
@@ -74,7 +74,7 @@ class Fleet:
         # the files its restore has just verified (not examined again before they open)
         self._manifest_known: dict[str, tuple[str, str, str | None]] = {}
         self._verified: set[str] = set()
-        self._lease: Lease | None = None
+        self._lease: LeaseKeeper | None = None
         self._watchdog: threading.Thread | None = None
         self._finals: ThreadPoolExecutor | None = None  # _on_final's work, off the supervisor loop
         self._final_futures: list[Future[None]] = []
@@ -134,21 +134,19 @@ class Fleet:
         self._acquire_lock()
         try:
             if self.replica is not None:
-                from .._replication.lease import Lease
-                from .._replication.objectstore import store_for
-                from .._replication.replica import parse_replica
+                from .._replication.lease import LeaseConfig
 
-                target = parse_replica(self.replica, self._env)
-                store = store_for(target, self._env)
-                store.check()
-                self._lease = Lease(store, target, self.lease_ttl_s)
-                self._lease.acquire(take_over=self.take_over)
+                self._lease = hold_prefix_lease(self.replica, LeaseConfig(self.lease_ttl_s, take_over=self.take_over),
+                                                self._env)
                 self._replication = start_replication(self.data_dir, self.replica, self.run_config, self._env)
+                self._lease.add_fence(self._replication.halt)  # Litestream first: it is what writes to S3
         except BaseException:
             self.close()
             raise
         self._supervisor = Supervisor(self.data_dir, self.app_dir, self.config, self._env, self.run_config.shard,
                                       on_final=self._on_final, on_tick=self._on_tick)
+        if self._lease is not None:
+            self._lease.add_fence(self._supervisor.halt)
         return self._supervisor
 
     def wait(self, timeout_s: float | None = None) -> dict[str, Any]:
@@ -219,9 +217,8 @@ class Fleet:
                            error_message=str(error.get("message", "")), agent_id=state.agent_id)
 
     def _on_tick(self) -> None:
-        """Renew the prefix lease when due (losing it stops the fleet); keep Litestream running and moving."""
-        if self._lease is not None and self._lease.due():
-            self._lease.renew()  # LeaseError ends wait(): close() stops workers and replication
+        """Keep Litestream running and moving (the prefix lease is kept by its own threads, which halt the
+        supervisor and Litestream when it lapses: the next tick raises the LeaseError and ends wait())."""
         if self._replication is not None:
             self._replication.litestream.ensure_running()
         pending = []
@@ -264,6 +261,8 @@ class Fleet:
         it once the replica holds all of it (Litestream LISTs every registered shard's replica once per
         compaction and retention interval even when nothing changed: a finished agent would cost that
         forever)."""
+        if self._replication.halted is not None:  # fenced: this node no longer writes to the prefix
+            return
         synced = False
         with contextlib.suppress(AgentShardsError, OSError):
             result = self._replication.litestream.sync(state.agent_id)

@@ -33,6 +33,8 @@ from .._core.target import AgentFn, target_of
 from .._core.target_policy import TargetPolicy, resolve_stored
 
 if TYPE_CHECKING:  # replication modules load only when a replica is used: `import agentshards` stays fast
+    from .._replication.lease import LeaseConfig
+    from .._replication.lease_keeper import LeaseKeeper
     from .._replication.replication import Replication
 
 RESERVED_INPUTS = frozenset({"agent_id", "data_dir", "new_run", "config", "replica"})
@@ -70,16 +72,25 @@ def run_agent(
     if config is None:
         config = config_from_env(env)
     with contextlib.ExitStack() as stack:
-        replication = None
+        replication = lease = None
         if replica is not None:
+            from .._replication.lease import LeaseConfig
+
             config = litestream_owned(config)
+            # one live node per prefix, as for a fleet: held for the call, fenced when it cannot be renewed
+            lease = hold_prefix_lease(replica, LeaseConfig(config.lease_ttl_s, take_over=config.lease_take_over), env)
+            stack.callback(lease.release)
             replication = start_replication(Path(data_dir), replica, config, env)
             stack.callback(replication.litestream.stop)
+            lease.add_fence(replication.halt)
         journal = Journal(open_shard(Path(data_dir), agent_id, config.shard), agent_id)
         stack.callback(journal.close)
         if replication is not None:
             replication.litestream.register(agent_id)
-        return _execute(journal, replication, func, target, input_json, new_run, config)
+        result = _execute(journal, replication, func, target, input_json, new_run, config)
+        if lease is not None and lease.lost is not None:  # the result is in the journal; the replica may lack it
+            raise lease.lost
+        return result
     raise AssertionError("unreachable")  # pragma: no cover - ExitStack does not swallow exceptions
 
 
@@ -87,6 +98,22 @@ def config_from_env(env: Mapping[str, str], shard: ShardConfig | None = None) ->
     """The default RunConfig of a process's edge (run_agent, a fleet worker): OpenAI settings and the
     test-only crash plan from ``env``, the given shard settings."""
     return RunConfig(shard=shard or ShardConfig(), llm=llm_config_from_env(env), crash_plan=env.get(CRASH_ENV))
+
+
+def hold_prefix_lease(replica: str, config: LeaseConfig, env: Mapping[str, str]) -> LeaseKeeper:
+    """Check the replica, take its prefix lease and keep it from threads of its own; the caller registers
+    its fences (``add_fence``) and calls ``release`` at the end."""
+    from .._replication.lease import Lease
+    from .._replication.lease_keeper import LeaseKeeper
+    from .._replication.objectstore import store_for
+    from .._replication.replica import parse_replica
+
+    target = parse_replica(replica, env)
+    store = store_for(target, env)
+    store.check()
+    keeper = LeaseKeeper(Lease(store, target, config))
+    keeper.acquire()
+    return keeper
 
 
 def start_replication(data_dir: Path, replica: str, config: RunConfig, env: Mapping[str, str]) -> Replication:
