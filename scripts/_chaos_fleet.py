@@ -104,7 +104,7 @@ def node_loss(rng: random.Random, rounds: int, work: Path, s3: S3) -> Row:
             shutil.rmtree(node1)
             before = llm.request_count
             deadline = time.monotonic() + 30
-            while True:  # the dead node's lease (2 s) must expire first; recover says so until then
+            while True:  # --take-over watches the dead node's lease (2 s TTL + margin), then takes it
                 out = subprocess.run([*CLI, "recover", "--replica", replica, "--data-dir", str(node2),
                                       "--take-over", "--app-dir", str(TESTS)], env=env, capture_output=True,
                                      text=True, timeout=300)

@@ -84,7 +84,8 @@ def _wait_in_foreground(wait: Callable[[], Any]) -> dict[str, Any]:
 @click.command()
 @replica_option(required=True)
 @data_dir_option()
-@click.option("--take-over", is_flag=True, help="Replace the expired lease of a node that is gone.")
+@click.option("--take-over", is_flag=True, help="If another node's lease is on the prefix, watch it for that node's "
+              "TTL plus margin and take it only if nobody renewed it meanwhile (the node is gone).")
 @click.option("--app-dir", default=".", show_default=True, help="Put on sys.path to import the agents' code.")
 @click.option("--lease-ttl", default=30.0, show_default=True, type=float)
 @allow_target_option
