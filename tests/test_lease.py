@@ -183,6 +183,16 @@ def test_a_412_with_any_other_body_is_a_loss(replacer: str) -> None:
     assert not holder.held
 
 
+def test_a_lease_deleted_under_its_holder_is_lost() -> None:
+    store, clock = MemoryStore(), Clock()
+    holder = lease(store, clock)
+    holder.acquire()
+    store.delete(TARGET.lease_key())  # an operator's hand: a new node could take it at once
+    clock.now = holder.renew_at()
+    with pytest.raises(LeaseError, match="it was deleted"):
+        holder.renew()
+
+
 def test_without_take_over_a_held_lease_is_refused_naming_its_holder() -> None:
     store, clock = MemoryStore(), Clock()
     lease(store, clock).acquire()

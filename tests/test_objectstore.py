@@ -119,3 +119,21 @@ def test_errors_never_echo_credentials_from_a_url(url: str) -> None:
     with pytest.raises(InvalidReplica) as info:
         parse_replica(url, {})
     assert "topsecret" not in str(info.value) and "AKIAEXAMPLEKEY" not in str(info.value)
+
+
+def test_put_if_matching_a_key_that_is_gone_fails_the_condition(store: ObjectStore) -> None:
+    """S3 answers If-Match on a missing key with 404 NoSuchKey: to a compare-and-swap that is a failed
+    condition (a lease deleted under its holder is lost), not an error."""
+    etag = store.put_if("prefix/lease.json", b"node-1", None)
+    store.delete("prefix/lease.json")
+    assert store.put_if("prefix/lease.json", b"node-1 renewed", etag) is None
+    with pytest.raises(ObjectNotFound):
+        store.get("prefix/lease.json")
+
+
+def test_the_conditional_write_probe_passes_on_every_backend(store: ObjectStore, tmp_path: Path) -> None:
+    from agentshards._replication.lease import probe_conditional_writes
+
+    target = parse_replica(str(tmp_path / "replica"))  # only its lease key is used: prefix-less "lease.json"
+    probe_conditional_writes(store, target)
+    assert [k for k in store.list("") if "probe" in k] == []

@@ -207,6 +207,8 @@ class S3Store:
             code = exc.response.get("Error", {}).get("Code")
             if code in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
                 return None
+            if expect is not None and code in ("NoSuchKey", "404"):  # If-Match on a missing key: S3 answers 404
+                return None
             if code in ("NotImplemented", "501"):
                 raise ConditionalWritesUnsupported(str(exc)) from exc
             raise
