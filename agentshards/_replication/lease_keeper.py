@@ -57,7 +57,11 @@ class LeaseKeeper:
             thread.join(timeout=1.0)  # a renewal stuck on a dead connection is left to its daemon thread
         self._threads = []
         if self.lost is None:
-            self.lease.release()
+            try:
+                self.lease.release()
+            except Exception as exc:  # the store's transport errors: never let them replace the caller's outcome
+                log.warning("could not delete the lease on %s (%s: %s); the next node on this prefix will need "
+                            "--take-over", self.lease.target.describe(), type(exc).__name__, exc)
 
     def _renew_loop(self) -> None:
         clock = self.lease.clock
