@@ -118,3 +118,44 @@ def test_run_agent_holds_the_prefix_lease_for_the_call(tmp_path: Path) -> None:
     finally:
         runner.join(timeout=60)
     assert len(outcome) == 1 and not (replica / "lease.json").exists()  # released when the call returned
+
+
+def test_run_agent_cut_off_from_s3_stops_its_litestream_before_its_ttl_and_says_so(
+        tmp_path: Path, moto_endpoint: str, s3_env: dict[str, str], bucket: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from agentshards import RunConfig
+
+    ttl = 3.0
+    proxy = FaultProxy(int(moto_endpoint.rsplit(":", 1)[1]))
+    for key, value in dict(s3_env, AWS_ENDPOINT_URL_S3=proxy.endpoint).items():
+        if key.startswith("AWS_"):
+            monkeypatch.setenv(key, value)
+    outcome: list[object] = []
+
+    def run() -> None:
+        try:
+            outcome.append(run_agent(sample_agents.slow_step, agent_id="solo", data_dir=tmp_path / "d",
+                                     replica=f"s3://{bucket}/solo", config=RunConfig(lease_ttl_s=ttl), seconds=6.0,
+                                     timeout_s=30.0))
+        except BaseException as exc:
+            outcome.append(exc)
+
+    runner = threading.Thread(target=run)
+    runner.start()
+    try:
+        pid_path = tmp_path / "d" / "litestream.pid"
+        deadline = time.monotonic() + 30
+        while not pid_path.exists():
+            assert time.monotonic() < deadline and runner.is_alive(), "run_agent never started Litestream"
+            time.sleep(0.01)
+        litestream = int(pid_path.read_text())
+        cut = time.monotonic()
+        proxy.outage()
+        while _alive(litestream):
+            assert time.monotonic() < cut + ttl, "Litestream outlived the lease's TTL"
+            time.sleep(0.01)
+    finally:
+        runner.join(timeout=60)
+        proxy.close()
+    assert len(outcome) == 1 and isinstance(outcome[0], LeaseError), outcome
+    assert "could not renew the lease" in outcome[0].message
