@@ -14,7 +14,7 @@ import click
 
 from .. import __version__
 from . import commands_agent, commands_archive, commands_fleet, commands_tools, commands_view
-from .output import CTX, FAILED, one_line
+from .output import CTX, FAILED, INTERRUPTED, one_line
 
 
 class _Group(click.Group):
@@ -23,8 +23,11 @@ class _Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit, KeyboardInterrupt):
+        except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit):
             raise
+        except KeyboardInterrupt:  # Ctrl-C anywhere: one line, exit 130 (a fleet says more on its own)
+            click.echo("interrupted", err=True)
+            sys.exit(INTERRUPTED)
         except Exception as exc:
             logging.getLogger("agentshards").debug("unexpected error", exc_info=True)
             click.echo(f"error: {one_line(exc)}", err=True)

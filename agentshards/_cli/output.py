@@ -150,9 +150,6 @@ def guarded(call: Callable[[], T]) -> T:
         return call()
     except AgentShardsError as exc:
         fail(exc)
-    except KeyboardInterrupt:
-        warn("interrupted")
-        sys.exit(INTERRUPTED)
     except (OSError, ValueError, RuntimeError) as exc:  # the environment (a path, a permission): one line
         log.debug("unexpected error", exc_info=True)
         fail(exc, FAILED)
