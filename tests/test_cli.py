@@ -329,3 +329,57 @@ def test_progress_is_live_on_a_terminal_and_plain_in_a_pipe(tmp_path: Path) -> N
                  str(TESTS_DIR), cwd=tmp_path)
     assert piped.returncode == 0 and "\x1b[" not in piped.stdout + piped.stderr
     assert "3 agents finished ok, 0 failed" in piped.stdout
+
+
+def test_run_new_run_starts_each_agent_afresh_once(tmp_path: Path) -> None:
+    inputs = tmp_path / "agents.jsonl"
+    inputs.write_text('{"agent_id": "n1", "inputs": {"x": 1}}\n')
+    args = ["run", "sample_agents:two_steps", "--inputs", str(inputs), "--data-dir", "d", "--app-dir", str(TESTS_DIR)]
+    first = _json(*args, cwd=tmp_path)
+    again = _json(*args, cwd=tmp_path)  # finished: the recorded result, no new run
+    fresh = _json(*args, "--new-run", cwd=tmp_path)
+    assert first["agents"]["n1"] == again["agents"]["n1"] == fresh["agents"]["n1"]
+    from agentshards import inspect_agent
+
+    runs = inspect_agent(tmp_path / "d", "n1").runs
+    assert [r.run.status for r in runs] == ["succeeded", "succeeded"] and len(runs[-1].steps) == 2
+
+
+def test_fake_llm_serves_until_interrupted(tmp_path: Path) -> None:
+    import signal
+    import urllib.request
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "AGENTSHARDS_"))}
+    proc = subprocess.Popen([*CLI, "fake-llm", "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd=tmp_path, env=env)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        url = line.split()[3]
+        request = urllib.request.Request(url + "/chat/completions", method="POST", data=json.dumps(
+            {"model": "m", "messages": [{"role": "user", "content": "hi"}]}).encode(),
+            headers={"Content-Type": "application/json", "Authorization": "Bearer fake"})
+        answer = json.loads(urllib.request.urlopen(request, timeout=10).read())
+        assert "hi" in answer["choices"][0]["message"]["content"]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(10) == 0
+
+
+def test_status_watch_refreshes_until_interrupted(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    run_agent(sample_agents.two_steps, agent_id="w1", data_dir=tmp_path / "d", x=1)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "AGENTSHARDS_"))}
+    proc = subprocess.Popen([*CLI, "status", "--watch", "--interval", "0.2", "--data-dir", "d"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=env)
+    deadline = time.monotonic() + 30
+    seen = 0
+    assert proc.stdout is not None
+    while seen < 2 and time.monotonic() < deadline:
+        if proc.stdout.readline().startswith("1 agents: 1 succeeded"):
+            seen += 1
+    proc.send_signal(signal.SIGINT)
+    _out, err = proc.communicate(timeout=10)
+    assert seen == 2 and proc.returncode == 0 and "Traceback" not in err
