@@ -21,7 +21,6 @@ from agentshards import (
     LitestreamConfig,
     ReplicationError,
     RunConfig,
-    ShardError,
     SupervisorConfig,
     inspect_agent,
     list_fleet,
@@ -29,6 +28,7 @@ from agentshards import (
     retry_agent,
     run_agent,
 )
+from agentshards._base.errors import ReplicaNotRestorable
 from agentshards._replication.manifest import ManifestEntry, write_manifest
 from agentshards._replication.objectstore import store_for
 from agentshards._replication.replica import parse_replica
@@ -150,7 +150,7 @@ def test_one_agent_that_cannot_be_recovered_does_not_stop_the_others(tmp_path: P
     results = recover(tmp_path / "node2", replica, app_dir=TESTS_DIR, env=s3_env)
     assert sorted(results) == ["alien", "damaged", "good", "no-inputs"]
     assert results["good"]["b"] == {"v": 4}
-    assert isinstance(results["damaged"], ShardError) and results["damaged"].agent_id == "damaged"
+    assert isinstance(results["damaged"], ReplicaNotRestorable) and results["damaged"].agent_id == "damaged"
     assert isinstance(results["no-inputs"], ReplicationError) and results["no-inputs"].agent_id == "no-inputs"
     assert isinstance(results["alien"], InvalidTarget)
     assert dict(_states(replica, s3_env)) == {"alien": "running", "damaged": "running", "finished": "succeeded",
@@ -158,9 +158,9 @@ def test_one_agent_that_cannot_be_recovered_does_not_stop_the_others(tmp_path: P
 
     again = _cli("recover", "--replica", replica, "--data-dir", "node3", "--app-dir", str(TESTS_DIR), env=s3_env,
                  cwd=tmp_path)
-    assert again.returncode == 1 and "0 succeeded, 3 failed" in again.stdout, again.stderr
+    assert again.returncode == 1 and "0 agents finished ok, 3 failed" in again.stdout, again.stderr
     assert "Traceback" not in again.stderr
-    assert all(f"  {agent_id}: agent '{agent_id}'" in again.stderr for agent_id in ("damaged", "no-inputs"))
+    assert all(f"{agent_id}: FAILED agent '{agent_id}'" in again.stderr for agent_id in ("damaged", "no-inputs"))
 
 
 def test_a_failed_finalisation_is_that_agents_outcome_and_the_fleet_goes_on(
