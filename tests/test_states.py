@@ -208,7 +208,7 @@ def test_an_agent_past_its_restart_limit_is_published_gave_up_and_recover_and_re
     assert recover(tmp_path / "node2", replica, app_dir=TESTS_DIR, env=s3_env) == {"g": "alive"}
     assert _states(replica, s3_env) == [("g", "succeeded")]
 
-    assert retry_agent("g", node1) == "alive"  # the node that gave up resumes the open run too
+    assert retry_agent("g", node1, app_dir=TESTS_DIR) == "alive"  # the node that gave up resumes the open run too
     (run,) = inspect_agent(node1, "g").runs
     assert run.run.status == "succeeded" and [s.name for s in run.steps] == ["before"]
 
