@@ -3,8 +3,9 @@
 Faults, each switchable at any moment:
 
 * ``outage()``: connection refused, and every open connection dropped (an S3 server "offline").
-* ``errors(rate)``: that fraction of requests answered ``503 SlowDown`` / ``500 InternalError`` by the
-  proxy itself (the request never reaches the server) and the connection closed.
+* ``errors(rate, only=...)``: that fraction of requests (with ``only``: of the requests whose request line,
+  e.g. ``PUT /bucket/prefix/archive/a1.db``, contains it) answered ``503 SlowDown`` / ``500 InternalError``
+  by the proxy itself (the request never reaches the server) and the connection closed.
 * ``hang()``: every open connection and every new one becomes a black hole: bytes are read and
   dropped, nothing ever comes back. ``resume()`` serves new connections again but the hung ones stay
   hung, as a half-dead TCP connection does.
@@ -50,6 +51,7 @@ class FaultProxy:
         self.request_lines: collections.deque[str] = collections.deque(maxlen=100_000)  # "GET /bucket?list-type=2"
         self.injected = 0          # requests answered with an injected 5xx
         self.error_rate = 0.0
+        self.error_only: str | None = None
         self._hanging = False
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
@@ -69,7 +71,7 @@ class FaultProxy:
 
     def resume(self) -> None:
         """Accept and forward again; no injected errors. Connections that were hung stay hung."""
-        self.error_rate = 0.0
+        self.error_rate, self.error_only = 0.0, None
         self._hanging = False
         if self._listener is not None:  # already accepting
             return
@@ -92,9 +94,10 @@ class FaultProxy:
         for conn in conns:
             conn.close()
 
-    def errors(self, rate: float) -> None:
-        """Answer ``rate`` of the requests from now on with an injected 503/500."""
-        self.error_rate = rate
+    def errors(self, rate: float, *, only: str | None = None) -> None:
+        """Answer ``rate`` of the requests from now on with an injected 503/500; with ``only``, just those
+        whose request line contains it (one kind of request fails, the rest of the traffic flows)."""
+        self.error_rate, self.error_only = rate, only
 
     def hang(self) -> None:
         """Every open connection and each new one stops answering, for good."""
@@ -155,10 +158,12 @@ class FaultProxy:
                     if end < 0:
                         break
                     request, data, head = head[:end + 4], head[end + 4:], b""
+                    line = request.split(b"\r\n", 1)[0].decode("latin-1").rsplit(" ", 1)[0]
                     with self._lock:
                         self.requests += 1
-                        self.request_lines.append(request.split(b"\r\n", 1)[0].decode("latin-1").rsplit(" ", 1)[0])
-                        fail = self.error_rate > 0 and self._rng.random() < self.error_rate
+                        self.request_lines.append(line)
+                        fail = (self.error_rate > 0 and (self.error_only is None or self.error_only in line)
+                                and self._rng.random() < self.error_rate)
                         self.injected += fail
                     if fail:
                         if out:

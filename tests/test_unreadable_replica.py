@@ -163,8 +163,8 @@ def test_only_unknown_objects_are_not_restorable_by_either_reader(tmp_path: Path
 
 def test_recover_does_not_start_over_an_agent_whose_replica_it_cannot_read(tmp_path: Path, replica: str) -> None:
     """The manifest says "running" and has the inputs, the prefix holds only objects no reader here reads:
-    recovery reports the agent as not restorable instead of paying for its run again and registering a
-    fresh file over its replica."""
+    recovery reports the agent as not restorable (its outcome; recovery itself goes on) instead of paying for
+    its run again and registering a fresh file over its replica."""
     target = parse_replica(replica, os.environ)
     store = store_for(target, os.environ)
     write_manifest(store, target, ManifestEntry(
@@ -172,9 +172,8 @@ def test_recover_does_not_start_over_an_agent_whose_replica_it_cannot_read(tmp_p
         code_fingerprint=None, steps=1, updated_at=time.time(), inputs_json='{"x":3}'))
     store.put(target.agent_key("kept") + "/000a/0000000000000001-0000000000000009.ltx", b"LTX2 from later")
     before = _objects(store, target, "kept")
-    with pytest.raises(ReplicaNotRestorable) as caught:
-        recover(tmp_path / "node2", replica, app_dir=TESTS_DIR, lease_ttl_s=1)
-    assert caught.value.agent_id == "kept"
+    outcome = recover(tmp_path / "node2", replica, app_dir=TESTS_DIR, lease_ttl_s=1)["kept"]
+    assert isinstance(outcome, ReplicaNotRestorable) and outcome.agent_id == "kept"
     assert not (tmp_path / "node2" / "kept.db").exists()
     assert _objects(store, target, "kept") == before
 

@@ -8,6 +8,7 @@ The tree is deliberately shallow so callers can catch at the level they care abo
     ├── InvalidTarget                agent function not importable as module:function
     ├── InvalidInputs                inputs not JSON-able or not accepted by the function
     ├── ShardError                   the agent's SQLite file cannot be used as a shard
+    │   └── ShardExists              a restore or fetch would replace a local shard
     ├── RunMismatch                  re-run with another target/inputs than the open run
     ├── AgentFailed                  the run finished with an error (recorded in the journal)
     ├── ConcurrentStepError          unnamed steps started concurrently from several threads
@@ -17,7 +18,7 @@ The tree is deliberately shallow so callers can catch at the level they care abo
     ├── StepTimeout                  a step ran past its wall-clock timeout (retries included)
     ├── BudgetExceeded               the agent's recorded LLM spend reached its budget (final state)
     ├── InvalidReplica               a replica URL/settings that cannot be used or reached
-    ├── ReplicationError             Litestream could not start, sync or restore
+    ├── ReplicationError             Litestream could not start, sync or restore; a manifest write failed
     │   ├── NoReplica                the agent's replica prefix holds no object at all
     │   └── ReplicaNotRestorable     it holds objects, and neither reader can restore them
     ├── DataDirLocked                another supervisor owns the data dir
@@ -79,6 +80,12 @@ class InvalidInputs(AgentShardsError, ValueError):
 
 class ShardError(AgentShardsError):
     """The file at an agent's path cannot be used as that agent's shard."""
+
+
+class ShardExists(ShardError):
+    """A local shard is already where a restore or fetch would put one; nothing was overwritten.
+
+    A type of its own because recovery treats it as "use the local shard", not as a failure."""
 
 
 class RunMismatch(AgentShardsError):

@@ -144,7 +144,7 @@ def cancel(agent_id: str, data_dir: str, reason: str) -> None:
 @allow_target_option
 @json_option
 def retry(agent_id: str, data_dir: str, replica: str | None, app_dir: str, allow_targets: tuple[str, ...]) -> None:
-    """Run a failed agent again from its last completed step, in the foreground."""
+    """Run a failed agent again from its last completed step, or resume one its fleet gave up on."""
     from .._fleet.run import retry_agent
 
     _valid(agent_id)

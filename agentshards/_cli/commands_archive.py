@@ -24,8 +24,6 @@ from .output import (
 )
 from .progress import Counts, Progress
 
-FINISHED = ("succeeded", "failed", "budget_exceeded", "cancelled")
-
 
 @click.command()
 @click.argument("agent_ids", nargs=-1)
@@ -37,6 +35,7 @@ def archive(agent_ids: tuple[str, ...], replica: str, data_dir: str, all_finishe
     """Archive finished agents: one verified object each in the replica; local files removed last."""
     from .._fleet.views import agent_summary, shard_ids
     from .._replication.archive import archive_agent
+    from .._replication.states import ENDED
 
     ids = list(agent_ids)
     results: dict[str, Any] = {}
@@ -44,7 +43,7 @@ def archive(agent_ids: tuple[str, ...], replica: str, data_dir: str, all_finishe
         data = existing_data_dir(data_dir)
         for agent_id in shard_ids(data):
             try:
-                if agent_summary(data, agent_id).status in FINISHED:
+                if agent_summary(data, agent_id).status in ENDED:
                     ids.append(agent_id)
             except Exception as exc:  # one unreadable shard is reported on its own line; the rest go on
                 results[agent_id] = exc

@@ -109,16 +109,18 @@ def recover(replica: str, data_dir: str, take_over: bool, app_dir: str, lease_tt
 @replica_option(required=True)
 @data_dir_option()
 @click.option("--overwrite", is_flag=True, help="Replace existing local shards.")
-@click.option("--all", "all_unfinished", is_flag=True, help="Every agent the manifest lists as unfinished.")
+@click.option("--all", "all_unfinished", is_flag=True,
+              help="Every agent the manifest lists as unfinished (running, unsynced, gave_up).")
 @json_option
 def restore(agent_ids: tuple[str, ...], replica: str, data_dir: str, overwrite: bool, all_unfinished: bool) -> None:
     """Restore agents from the replica (verified, atomic), e.g. on a fresh machine after node loss."""
     from .._replication.restore import list_fleet, restore_agents
+    from .._replication.states import is_unfinished
 
     ids = list(agent_ids)
     if all_unfinished:
         entries = guarded(lambda: list_fleet(replica))
-        unfinished = [e.agent_id for e in entries if e.status == "running"]  # TODO-MERGE: published states
+        unfinished = [e.agent_id for e in entries if is_unfinished(e.status)]
         if not unfinished and not ids:
             emit({"agents": {}, "ok": 0, "failed": 0},
                  lambda: click.echo(f"nothing to restore: the replica lists {len(entries)} agents and none is "

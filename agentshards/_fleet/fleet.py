@@ -18,8 +18,8 @@ import os
 import resource
 import threading
 import time
-from collections.abc import Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -33,13 +33,23 @@ from .._base.errors import (
     InvalidTarget,
     NoReplica,
     ReplicationError,
-    ShardError,
+    ShardExists,
 )
 from .._core import codec as _codec
 from .._core.journal import Journal, Run
 from .._core.shard import open_shard, validate_agent_id
+from .._replication.states import (
+    BUDGET_EXCEEDED,
+    ENDED,
+    GAVE_UP,
+    RUNNING,
+    SUCCEEDED,
+    UNSYNCED,
+    is_unfinished,
+    published,
+)
 from .run import _check_inputs, code_fingerprint, hold_prefix_lease, start_replication
-from .supervisor import BUDGET_EXCEEDED, SUCCEEDED, AgentState, Supervisor
+from .supervisor import AgentState, Supervisor
 
 if TYPE_CHECKING:
     from .._replication.lease_keeper import LeaseKeeper
@@ -77,7 +87,8 @@ class Fleet:
         self._lease: LeaseKeeper | None = None
         self._watchdog: threading.Thread | None = None
         self._finals: ThreadPoolExecutor | None = None  # _on_final's work, off the supervisor loop
-        self._final_futures: list[Future[None]] = []
+        # agents whose launch or finalisation failed: that error is their outcome in wait()'s results
+        self._failed: dict[str, AgentShardsError] = {}
         self._watchdog_stop = threading.Event()
         self.take_over, self.lease_ttl_s = take_over, lease_ttl_s
         self.archive_finished = archive_finished
@@ -91,6 +102,10 @@ class Fleet:
 
         ``new_run``: each agent starts a fresh run even if it has one (kept in its journal). The run is opened
         here, once, so a worker that crashes and restarts resumes it instead of starting yet another.
+
+        Then each agent is prepared on its own (its shard, its manifest entry, its registration with
+        Litestream): an agent whose preparation fails is not started, and that error is its outcome in
+        ``wait()``'s results; the others run.
         """
         with _on_path(self.app_dir):
             name, func = target_of(target)
@@ -109,23 +124,37 @@ class Fleet:
         supervisor = self._begin()
         if name not in self._fingerprints:  # hashing the module source once per target, not per launch
             self._fingerprints[name] = code_fingerprint(func)
-        def prepare(agent_id: str) -> None:
-            # the file exists before Litestream sees it
-            conn = open_shard(self.data_dir, agent_id, self.run_config.shard, verified=agent_id in self._verified)
-            if new_run:
-                journal = Journal(conn, agent_id)
-                journal.begin_run(name, self._inputs_json[agent_id], checked[agent_id][1], new_run=True)
-            conn.close()
-            if self._replication is not None:
-                self._replication.litestream.register(agent_id)
-                entry = (name, checked[agent_id][1], self._fingerprints.get(name))
-                if self._manifest_known.pop(agent_id, None) != entry:  # a fresh node can find it from now on
-                    self._publish(agent_id, "running", name, checked[agent_id][1], "", 0)
+        def prepare(agent_id: str) -> AgentShardsError | None:
+            # the file exists before Litestream sees it, and the manifest lists the agent before its replica
+            # holds anything: a fresh node finds every agent that has a replica
+            try:
+                conn = open_shard(self.data_dir, agent_id, self.run_config.shard, verified=agent_id in self._verified)
+                if new_run:
+                    journal = Journal(conn, agent_id)
+                    journal.begin_run(name, self._inputs_json[agent_id], checked[agent_id][1], new_run=True)
+                conn.close()
+                if self._replication is not None:
+                    entry = (name, checked[agent_id][1], self._fingerprints.get(name))
+                    if self._manifest_known.pop(agent_id, None) != entry:  # a fresh node can find it from now on
+                        self._publish(agent_id, RUNNING, name, checked[agent_id][1], "", 0)
+                    self._replication.litestream.register(agent_id)
+            except AgentShardsError as exc:
+                return exc
+            except OSError as exc:
+                return AgentShardsError(f"could not be launched: {exc}", agent_id=agent_id,
+                                        hint=f"check the data dir {self.data_dir} and litestream.log in it")
+            return None
 
-        with ThreadPoolExecutor(max_workers=8) as pool:  # per agent: a file check, a socket call, a PUT
-            list(pool.map(prepare, checked))
+        with ThreadPoolExecutor(max_workers=8) as pool:  # per agent: a file check, a PUT, a socket call
+            prepared = dict(zip(checked, pool.map(prepare, checked), strict=True))
         for agent_id, (inputs, _digest) in checked.items():
-            supervisor.add(agent_id, name, inputs)
+            error = prepared[agent_id]
+            if error is None:
+                self._failed.pop(agent_id, None)
+                supervisor.add(agent_id, name, inputs)
+            else:
+                log.error("agent %s: not launched: %s", agent_id, error)
+                self._failed[agent_id] = error
 
     def _begin(self) -> Supervisor:
         """Once per fleet: the data-dir lock, then the prefix lease, then Litestream; undone on failure."""
@@ -150,7 +179,8 @@ class Fleet:
         return self._supervisor
 
     def wait(self, timeout_s: float | None = None) -> dict[str, Any]:
-        """Run the fleet to the end; return ``agent_id -> result`` (or the exception that ended the agent)."""
+        """Run the fleet to the end; return ``agent_id -> result``, or the exception that ended the agent or
+        its launch or its finalisation (one agent's failure never ends the others)."""
         supervisor = self._require()
         if self._replication is not None and self._watchdog is None:
             self._watchdog = threading.Thread(target=self._watch, args=(self._replication,), daemon=True,
@@ -165,7 +195,8 @@ class Fleet:
                      ran - started, time.monotonic() - ran)
         finally:
             self.close()
-        return {agent_id: self._outcome(state) for agent_id, state in supervisor.agents.items()}
+        outcomes = {agent_id: self._outcome(state) for agent_id, state in supervisor.agents.items()}
+        return {**outcomes, **self._failed}
 
     def status(self) -> dict[str, AgentState]:
         return dict(self._require().agents)
@@ -221,13 +252,6 @@ class Fleet:
         supervisor and Litestream when it lapses: the next tick raises the LeaseError and ends wait())."""
         if self._replication is not None:
             self._replication.litestream.ensure_running()
-        pending = []
-        for future in self._final_futures:  # a failed finalisation ends wait(), as it did when run inline
-            if not future.done():
-                pending.append(future)
-            elif future.exception() is not None:
-                future.result()
-        self._final_futures = pending
 
     def _watch(self, replication: Any) -> None:
         """The stall watchdog, in its own thread: asking an overloaded Litestream how far it got can take
@@ -245,46 +269,65 @@ class Fleet:
             return
         if self._finals is None:
             self._finals = ThreadPoolExecutor(max_workers=8, thread_name_prefix="agentshards-final")
-        self._final_futures.append(self._finals.submit(self._finalize, state))
+        self._finals.submit(self._finalize, state)
 
     def _drain_finals(self) -> None:
-        """Wait for every finalisation; raise the first that failed."""
+        """Wait for every finalisation (each records its own failure: see ``_finalize``)."""
         if self._finals is not None:
             self._finals.shutdown(wait=True)
             self._finals = None
-        futures, self._final_futures = self._final_futures, []
-        for future in futures:
-            future.result()
 
     def _finalize(self, state: AgentState) -> None:
-        """Push the finished agent's shard to the replica, publish its manifest entry, and stop replicating
-        it once the replica holds all of it (Litestream LISTs every registered shard's replica once per
-        compaction and retention interval even when nothing changed: a finished agent would cost that
-        forever)."""
+        """Push the agent's shard to the replica, publish its state, and stop replicating it once the
+        replica holds all of it (Litestream LISTs every registered shard's replica once per compaction and
+        retention interval even when nothing changed: a finished agent would cost that forever).
+
+        The state comes from the journal (``states.published``): an ending only with a confirmed sync
+        (else ``unsynced``), an open run as ``gave_up`` or ``running``. A failure here (an S3 5xx, a full
+        disk) becomes this agent's outcome; it never ends the fleet.
+        """
         if self._replication.halted is not None:  # fenced: this node no longer writes to the prefix
             return
-        synced = False
-        with contextlib.suppress(AgentShardsError, OSError):
-            result = self._replication.litestream.sync(state.agent_id)
-            synced = result.replicated_txid >= result.txid
-        journal = Journal(open_shard(self.data_dir, state.agent_id, self.run_config.shard, create=False),
-                          state.agent_id)
+        agent_id = state.agent_id
+        synced = self._replication.sync_final(agent_id)
         try:
-            runs = journal.runs()
-            run = runs[-1] if runs else None
-            steps = len(journal.steps(run.id)) if run else 0
-        finally:
-            journal.close()
-        self._publish(state.agent_id, state.status, state.target, run.input_digest if run else "",
-                      run.id if run else "", steps)
-        if self.archive_finished:
+            journal = Journal(open_shard(self.data_dir, agent_id, self.run_config.shard, create=False), agent_id)
+            try:
+                runs = journal.runs()
+                run = runs[-1] if runs else None
+                steps = len(journal.steps(run.id)) if run else 0
+            finally:
+                journal.close()
+            status = published(run.status if run else None, synced=synced, gave_up=state.status == GAVE_UP)
+            self._publish(agent_id, status, state.target, run.input_digest if run else "", run.id if run else "",
+                          steps)
+        except Exception as exc:  # whatever it is, it is this agent's: the fleet goes on
+            self._finalisation_failed(state, "publishing its state", exc, "its manifest entry still reads as "
+                                      "unfinished, so a recovery or a new launch of it publishes its end")
+            return
+        if status == UNSYNCED:
+            log.warning("agent %s: its run ended (%s) but the replica was not confirmed to hold the end; published "
+                        "as %s, so a recovery takes it", agent_id, run.status if run else "?", UNSYNCED)
+        if self.archive_finished and run is not None and run.status in ENDED:
             from .._replication.archive import archive_agent
 
-            archive_agent(state.agent_id, self.data_dir, self._replication.target, env=self._env,
-                          litestream=self._replication.litestream)
+            try:
+                archive_agent(agent_id, self.data_dir, self._replication.target, env=self._env,
+                              litestream=self._replication.litestream)
+            except Exception as exc:  # whatever it is, it is this agent's: the fleet goes on
+                self._finalisation_failed(state, "archiving it", exc, "nothing was removed locally; archive it "
+                                          f"again with `agentshards archive {agent_id}`")
         elif synced:  # otherwise it stays registered: Litestream keeps trying until the replica has it all
             with contextlib.suppress(AgentShardsError, OSError):
-                self._replication.litestream.unregister(state.agent_id)
+                self._replication.litestream.unregister(agent_id)
+
+    def _finalisation_failed(self, state: AgentState, stage: str, exc: Exception, hint: str) -> None:
+        detail = exc.message if isinstance(exc, AgentShardsError) else f"{type(exc).__name__}: {exc}"
+        error = ReplicationError(f"its run is over here ({state.status}), but {stage} failed: {detail}",
+                                 agent_id=state.agent_id, hint=hint)
+        error.__cause__ = exc
+        log.error("%s", error)
+        self._failed[state.agent_id] = error  # one key per agent, set by the one thread finalising it
 
     def _publish(self, agent_id: str, status: str, target: str, digest: str, run_id: str, steps: int) -> None:
         from .._replication.manifest import ManifestEntry
@@ -375,8 +418,10 @@ def recover(data_dir: str | os.PathLike[str], replica: str, *, take_over: bool =
     """Node-loss recovery on a fresh machine: take the prefix lease, restore every unfinished agent the
     manifest lists (verified, in parallel), and run them under a supervisor to the end.
 
-    Archived and finished agents are not restored. An agent whose code changed since its manifest entry is
-    logged, and non-determinism detection guards its replay. Returns ``agent_id -> result or exception``.
+    Unfinished is what ``states.UNFINISHED`` lists (``running``, ``unsynced``, ``gave_up``); archived and
+    finished agents are not restored. An agent whose code changed since its manifest entry is logged, and
+    non-determinism detection guards its replay. Returns ``agent_id -> result or exception``: an agent that
+    cannot be restored, read or launched gets its error there and the others go on.
     The targets come from the bucket, so only those under ``app_dir`` or matching ``allow_targets`` are
     imported (TargetPolicy); any other agent is not started and gets an InvalidTarget as its outcome.
     """
@@ -389,11 +434,19 @@ def recover(data_dir: str | os.PathLike[str], replica: str, *, take_over: bool =
     fleet = Fleet(data_dir, replica, app_dir=app_dir, config=config, take_over=take_over, lease_ttl_s=lease_ttl_s,
                   env=env)
     policy = TargetPolicy.of(fleet.app_dir, allow_targets)
-    refused: dict[str, Any] = {}  # agent -> the InvalidTarget that kept it from starting
     fleet._begin()
+    failed: dict[str, AgentShardsError] = {}  # agents that cannot be recovered: their outcome; the rest go on
+
+    def fail(agent_id: str, error: Exception) -> None:
+        if not isinstance(error, AgentShardsError):  # botocore's, OSError: one error root for callers
+            error = ReplicationError(f"could not be recovered: {type(error).__name__}: {error}", agent_id=agent_id,
+                                     hint="the other agents were recovered; run recover again for this one")
+        log.error("recover: agent %s: %s", agent_id, error)
+        failed[agent_id] = error
+
     try:
         replication = fleet._replication
-        entries = [e for e in list_manifests(replication.store, replication.target) if e.status == "running"]
+        entries = [e for e in list_manifests(replication.store, replication.target) if is_unfinished(e.status)]
         started, cpu, children = time.monotonic(), time.process_time(), _children_cpu_s()
         restored = restore_agents([e.agent_id for e in entries], fleet.data_dir, replication.target, env=fleet._env,
                                   litestream=replication.litestream.config)
@@ -403,37 +456,46 @@ def recover(data_dir: str | os.PathLike[str], replica: str, *, take_over: bool =
         on_disk = []  # agents with a shard here (restored or already local)
         for entry in entries:
             outcome: Path | Exception | None = restored[entry.agent_id]
-            if isinstance(outcome, ShardError) and "already exists" in str(outcome):
+            if isinstance(outcome, ShardExists):
                 log.info("agent %s: using the local shard already in %s", entry.agent_id, fleet.data_dir)
                 on_disk.append(entry.agent_id)
             elif isinstance(outcome, NoReplica):
                 pass  # killed before Litestream's first upload: nothing of it survived the node
             elif isinstance(outcome, Exception):
-                raise outcome
+                fail(entry.agent_id, outcome)
+                continue
             else:
                 fleet._verified.add(entry.agent_id)
                 on_disk.append(entry.agent_id)
-            fleet._manifest_known[entry.agent_id] = (entry.target, entry.input_digest, entry.code_fingerprint)
+            if entry.status == RUNNING:  # launching it again need not write the same entry (unsynced/gave_up: it does)
+                fleet._manifest_known[entry.agent_id] = (entry.target, entry.input_digest, entry.code_fingerprint)
 
-        def last_run(agent_id: str) -> tuple[str, Run | None]:
-            journal = Journal(open_shard(fleet.data_dir, agent_id, fleet.run_config.shard, create=False,
-                                         verified=agent_id in fleet._verified), agent_id)
+        def last_run(agent_id: str) -> tuple[str, Run | Exception | None]:
             try:
-                runs = journal.runs()
-                return agent_id, runs[-1] if runs else None
-            finally:
-                journal.close()
+                journal = Journal(open_shard(fleet.data_dir, agent_id, fleet.run_config.shard, create=False,
+                                             verified=agent_id in fleet._verified), agent_id)
+                try:
+                    runs = journal.runs()
+                    return agent_id, runs[-1] if runs else None
+                finally:
+                    journal.close()
+            except (AgentShardsError, OSError) as exc:
+                return agent_id, exc
 
         with ThreadPoolExecutor(max_workers=8) as pool:  # opening a restored file makes its WAL: I/O, GIL free
             last_runs = dict(pool.map(last_run, on_disk))
         batches: dict[str, dict[str, Any]] = {}  # target -> {agent: inputs}: one launch per target, not per agent
-        for entry in entries:
+        for entry in (e for e in entries if e.agent_id not in failed):
             run = last_runs.get(entry.agent_id)
+            if isinstance(run, Exception):
+                fail(entry.agent_id, run)
+                continue
             if run is None:  # its replica holds no run yet: start it from the beginning, from its manifest
                 if entry.inputs_json is None:
-                    raise ReplicationError(
+                    fail(entry.agent_id, ReplicationError(
                         f"agent {entry.agent_id} has no replicated run and its manifest entry has no inputs",
-                        agent_id=entry.agent_id, hint="launch it again by hand (manifest from an older version)")
+                        agent_id=entry.agent_id, hint="launch it again by hand (manifest from an older version)"))
+                    continue
                 log.warning("agent %s: nothing of its run reached the replica before the node was lost; starting "
                             "it from the beginning", entry.agent_id)
                 target, input_json = entry.target, entry.inputs_json
@@ -443,8 +505,7 @@ def recover(data_dir: str | os.PathLike[str], replica: str, *, take_over: bool =
                 try:
                     fleet._fingerprints[target] = code_fingerprint(resolve_stored(target, policy, entry.agent_id))
                 except InvalidTarget as exc:
-                    log.error("recover: %s", exc)
-                    refused[entry.agent_id] = exc
+                    fail(entry.agent_id, exc)
                     continue
             now = fleet._fingerprints[target]
             if entry.code_fingerprint and now and now != entry.code_fingerprint:
@@ -452,13 +513,33 @@ def recover(data_dir: str | os.PathLike[str], replica: str, *, take_over: bool =
                             "detection", entry.agent_id, target)
             batches.setdefault(target, {})[entry.agent_id] = json.loads(input_json)
         for target, agents in batches.items():
-            fleet.launch(target, agents)
+            _launch_each(fleet, target, agents, fail)
         log.info("recover: %d agents registered with Litestream and queued in %.1fs more", len(entries),
                  time.monotonic() - restored_at)
         if fleet._supervisor is None or not fleet._supervisor.agents:
             fleet.close()
-            return refused
-        return {**refused, **fleet.wait(timeout_s)}
+            return {**failed, **fleet._failed}
+        return {**failed, **fleet.wait(timeout_s)}
     except BaseException:
         fleet.close()
         raise
+
+
+def _launch_each(fleet: Fleet, target: str, agents: dict[str, Any], fail: Callable[[str, Exception], None]) -> None:
+    """Launch one target's agents; an agent the launch refuses (its inputs, say) fails alone.
+
+    ``launch`` checks every agent before it starts any, so after a refusal naming one agent the others
+    are launched again without it; a refusal of the target itself fails all of them.
+    """
+    agents = dict(agents)
+    while agents:
+        try:
+            fleet.launch(target, agents)
+            return
+        except AgentShardsError as exc:
+            if exc.agent_id not in agents:
+                for agent_id in agents:
+                    fail(agent_id, exc)
+                return
+            fail(exc.agent_id, exc)
+            del agents[exc.agent_id]

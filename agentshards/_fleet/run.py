@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import inspect
 import json
+import logging
 import os
 import sys
 import time
@@ -22,7 +23,6 @@ from .._base.errors import (
     DataDirLocked,
     InvalidInputs,
     LLMRequestRejected,
-    ReplicationError,
     ShardError,
 )
 from .._core import codec as _codec
@@ -36,6 +36,8 @@ if TYPE_CHECKING:  # replication modules load only when a replica is used: `impo
     from .._replication.lease import LeaseConfig
     from .._replication.lease_keeper import LeaseKeeper
     from .._replication.replication import Replication
+
+log = logging.getLogger("agentshards")
 
 RESERVED_INPUTS = frozenset({"agent_id", "data_dir", "new_run", "config", "replica"})
 CRASH_ENV = "AGENTSHARDS_TEST_CRASH"
@@ -172,20 +174,25 @@ def _execute(journal: Journal, replication: Replication | None, func: AgentFn, t
 
 def _publisher(journal: Journal, replication: Replication | None, target: str,
                func: AgentFn) -> Callable[[Run], None]:
-    """Write the agent's manifest entry (after a final sync when the run is over); no-op without a replica."""
+    """Write the agent's manifest entry; no-op without a replica. An ending is published only once a final
+    sync confirms the replica holds it, else as ``unsynced`` (see ``_replication.states``). A failed write
+    raises ReplicationError: an agent the manifest does not list is one a fresh node cannot recover."""
     if replication is None:
         return lambda run: None
     from .._replication.manifest import ManifestEntry
+    from .._replication.states import ENDED, UNSYNCED, published
 
     fingerprint = code_fingerprint(func)
 
     def publish(run: Run) -> None:
         assert replication is not None
-        if run.status != RUNNING:
-            with contextlib.suppress(ReplicationError, OSError):
-                replication.litestream.sync(journal.agent_id)
+        synced = run.status in ENDED and replication.sync_final(journal.agent_id)
+        status = published(run.status, synced=synced)
+        if status == UNSYNCED:
+            log.warning("agent %s: its run ended (%s) but the replica was not confirmed to hold the end; "
+                        "published as %s, so a recovery takes it", journal.agent_id, run.status, UNSYNCED)
         replication.publish(ManifestEntry(
-            agent_id=journal.agent_id, status=run.status, target=target, input_digest=run.input_digest,
+            agent_id=journal.agent_id, status=status, target=target, input_digest=run.input_digest,
             run_id=run.id, code_fingerprint=fingerprint, steps=len(journal.steps(run.id)), updated_at=time.time(),
             inputs_json=run.input_json))
 
@@ -309,7 +316,8 @@ def cancel_agent(agent_id: str, data_dir: str | os.PathLike[str], reason: str = 
 def retry_agent(agent_id: str, data_dir: str | os.PathLike[str], *, config: RunConfig | None = None,
                 replica: str | None = None, app_dir: str | os.PathLike[str] | None = None,
                 allow_targets: Sequence[str] = ()) -> Any:
-    """Run a failed agent again from its last completed step (its failed run is reopened, not replaced).
+    """Run a failed agent again from its last completed step (its failed run is reopened, not replaced),
+    or resume an open run no supervisor runs (an agent its fleet gave up on after ``max_restarts``).
 
     The target is read from the shard (which may come from a replica), so it is imported only when its
     module lies under ``app_dir`` (default: the working directory) or matches ``allow_targets``.
@@ -318,11 +326,12 @@ def retry_agent(agent_id: str, data_dir: str | os.PathLike[str], *, config: RunC
     journal = _offline_journal(agent_id, data_dir, "retry")
     try:
         runs = journal.runs()
-        if not runs or runs[-1].status != FAILED:
-            raise InvalidInputs(f"has no failed run to retry ({runs[-1].status if runs else 'no run'})",
-                                agent_id=agent_id, hint="retry is for failed agents; running ones resume on their own")
+        if not runs or runs[-1].status not in (FAILED, RUNNING):
+            raise InvalidInputs(f"has no failed or open run to retry ({runs[-1].status if runs else 'no run'})",
+                                agent_id=agent_id, hint="retry takes failed agents and open runs (gave_up); "
+                                                        "a finished one starts again with new_run=True")
         resolve_stored(runs[-1].target, policy, agent_id)  # refused before the run is reopened; then cached
-        run = journal.reopen(runs[-1].id)
+        run = journal.reopen(runs[-1].id) if runs[-1].status == FAILED else runs[-1]
     finally:
         journal.close()
     return run_agent(run.target, agent_id=agent_id, data_dir=data_dir, config=config, replica=replica,

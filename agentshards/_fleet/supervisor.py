@@ -1,10 +1,11 @@
 """The fleet supervisor: an explicit loop that runs agents in worker processes and restarts the dead.
 
 Each ``tick``: reap exited workers (an agent without a result file was on a worker that died: restart it
-with exponential backoff, up to a limit, then mark it failed with the reason), start workers for agents
-that may run (pending, or restarting and due) up to the concurrency cap, check Litestream's health, and
-publish the state to ``DATA_DIR/.fleet/status.json`` so ``agentshards status`` works from another shell.
-The clock and the sleep are injectable, so the policy is testable without waiting.
+with exponential backoff, up to a limit, then give up on it: ``gave_up`` with the reason, its run still
+open), start workers for agents that may run (pending, or restarting and due) up to the concurrency cap,
+check Litestream's health, and publish the state to ``DATA_DIR/.fleet/status.json`` so ``agentshards
+status`` works from another shell. The clock and the sleep are injectable, so the policy is testable
+without waiting.
 """
 
 from __future__ import annotations
@@ -25,13 +26,14 @@ from typing import Any
 from .._base.config import ShardConfig, SupervisorConfig
 from .._base.environ import worker_env
 from .._base.errors import AgentShardsError
+from .._replication.states import BUDGET_EXCEEDED, FAILED, GAVE_UP, SUCCEEDED
 from .zygote import ForkedWorker, Zygote
 
 log = logging.getLogger("agentshards")
 
 PENDING, RUNNING, RESTARTING = "pending", "running", "restarting"
-SUCCEEDED, FAILED, BUDGET_EXCEEDED = "succeeded", "failed", "budget_exceeded"
-FINAL_STATES = (SUCCEEDED, FAILED, BUDGET_EXCEEDED)
+FINAL_STATES = (SUCCEEDED, FAILED, BUDGET_EXCEEDED, GAVE_UP)
+"""The supervisor is done with these agents; a gave_up agent's run is still open (recover and retry take it)."""
 
 
 @dataclass
@@ -178,7 +180,7 @@ class Supervisor:
 
     def _restart(self, state: AgentState, reason: str) -> None:
         if state.restarts >= self.config.max_restarts:
-            self._final(state, FAILED, reason=f"gave up after {state.restarts} restarts; last: {reason}",
+            self._final(state, GAVE_UP, reason=f"gave up after {state.restarts} restarts; last: {reason}",
                         error={"type": "RestartLimit", "message": reason})
             return
         pause = min(self.config.restart_backoff_max_s, self.config.restart_backoff_s * 2 ** state.restarts)

@@ -26,18 +26,17 @@ from typing import TYPE_CHECKING
 
 from .._base.config import ShardConfig
 from .._base.crashpoints import CrashCounter, CrashPlan
-from .._base.errors import ReplicationError, ShardError
+from .._base.errors import ReplicationError, ShardError, ShardExists
 from .._core.journal import FINAL, Journal
 from .._core.shard import open_shard, shard_path, validate_agent_id
 from .manifest import ManifestEntry, delete_manifest, list_manifests, read_manifest, write_manifest
 from .objectstore import ObjectNotFound, ObjectStore, store_for
 from .replica import ReplicaTarget, parse_replica
 from .restore import verify_restored
+from .states import ARCHIVED
 
 if TYPE_CHECKING:
     from .litestream import Litestream
-
-ARCHIVED = "archived"
 
 
 @dataclass(frozen=True)
@@ -150,8 +149,8 @@ def fetch_archive(agent_id: str, data_dir: str | os.PathLike[str], replica: str 
     target, store = _target(replica, env, read_only=True)  # the replica is only read
     final = shard_path(Path(data_dir), agent_id)
     if final.exists():
-        raise ShardError(f"a local shard already exists at {final}", agent_id=agent_id,
-                         hint="fetch into another --data-dir")
+        raise ShardExists(f"a local shard already exists at {final}", agent_id=agent_id,
+                          hint="fetch into another --data-dir")
     try:
         blob, meta = store.get_with_metadata(target.archive_key(agent_id))
     except ObjectNotFound:

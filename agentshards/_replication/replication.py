@@ -222,14 +222,38 @@ class Replication:
             since = self._pending_since[agent_id] = local
         return max(0.0, time.time() - since)
 
+    def sync_final(self, agent_id: str, timeout_s: float | None = None) -> bool:
+        """Push the shard to the replica now; True once the replica holds every transaction committed so
+        far (so an ending recorded before the call may be published as such). False when Litestream cannot
+        say so in time: the caller publishes ``unsynced`` instead and recovery will take the agent."""
+        try:
+            result = self.litestream.sync(agent_id, timeout_s)
+        except (OSError, ReplicationError) as exc:
+            log.warning("agent %s: the final sync was not confirmed: %s", agent_id, exc)
+            return False
+        if result.replicated_txid < result.txid:
+            log.warning("agent %s: the final sync left the replica at txid %d, the shard at %d", agent_id,
+                        result.replicated_txid, result.txid)
+            return False
+        return True
+
     def publish(self, entry: ManifestEntry) -> None:
+        """Write the agent's manifest entry; ReplicationError when it cannot be written.
+
+        Never swallowed: a fresh node finds agents only through the manifest, so an agent whose entry was
+        not written would be invisible to recovery, and one whose ending was not written is recovered
+        again (harmless: its journal reports the ending). A node fenced off its lease writes nothing.
+        """
         if self.halted is not None:
             log.warning("not writing the manifest of agent %s: %s", entry.agent_id, self.halted.message)
             return
         try:
             write_manifest(self.store, self.target, entry)
-        except Exception as exc:  # the manifest is advisory: never fail an agent over it
-            log.warning("could not write the manifest of agent %s: %s", entry.agent_id, exc)
+        except Exception as exc:  # botocore's and OSError: one error root for callers
+            raise ReplicationError(
+                f"could not write its manifest entry ({entry.status}) to {self.target.describe()}: {exc}",
+                agent_id=entry.agent_id, hint="a fresh node finds agents through the manifest; check the "
+                "replica (endpoint, credentials, network), then run the agent again") from exc
 
 
 def _epoch(stamp: str | None) -> float | None:

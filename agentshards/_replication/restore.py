@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from .._base.config import LitestreamConfig, ShardConfig
-from .._base.errors import AgentShardsError, NoReplica, ReplicaNotRestorable, ReplicationError, ShardError
+from .._base.errors import AgentShardsError, NoReplica, ReplicaNotRestorable, ReplicationError, ShardError, ShardExists
 from .._core.schema import check_file
 from .._core.shard import shard_path, validate_agent_id
 from .._core.sqlite import open_connection, query
@@ -49,8 +49,8 @@ def restore_agent(agent_id: str, data_dir: str | os.PathLike[str], replica: str 
 
     Raises NoReplica (a ReplicationError) when nothing at all is stored for the agent, ReplicaNotRestorable
     when something is but neither the LTX reader nor ``litestream restore`` can bring back its newest state,
-    ShardError when the restored file fails its checks (nothing is written at the final path) or a local
-    shard exists and ``overwrite`` is false.
+    ShardExists (a ShardError) when a local shard exists and ``overwrite`` is false, ShardError when the
+    restored file fails its checks (nothing is written at the final path).
     """
     env = os.environ if env is None else env
     target = parse_replica(replica, env) if isinstance(replica, str) else replica
@@ -80,8 +80,8 @@ def _restore_one(agent_id: str, data: Path, target: ReplicaTarget, store: Object
     when the caller listed them already (one LIST for a whole fleet), else None."""
     final = shard_path(data, agent_id)
     if final.exists() and not overwrite:
-        raise ShardError(f"a local shard already exists at {final}", agent_id=agent_id,
-                         hint="resume it as it is, or pass overwrite=True (--overwrite) to replace it")
+        raise ShardExists(f"a local shard already exists at {final}", agent_id=agent_id,
+                          hint="resume it as it is, or pass overwrite=True (--overwrite) to replace it")
     data.mkdir(parents=True, exist_ok=True)
     prefix = f".restore-{agent_id}-"
     for stale in data.glob(prefix + "*"):  # left by a killed restore of this agent (not of "<id>-x")
