@@ -14,6 +14,7 @@ import boto3
 import pytest
 
 from agentshards import Fleet, LeaseError, run_agent
+from agentshards._replication.replica import parse_replica
 
 import sample_agents
 from agent_process import TESTS_DIR
@@ -149,6 +150,15 @@ def test_run_agent_cut_off_from_s3_stops_its_litestream_before_its_ttl_and_says_
             assert time.monotonic() < deadline and runner.is_alive(), "run_agent never started Litestream"
             time.sleep(0.01)
         litestream = int(pid_path.read_text())
+        # cut S3 off once the agent is under way (its manifest entry written): a cut before that write is
+        # a different failure, the manifest's, which ends the call with a ReplicationError instead
+        import boto3
+
+        direct = boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1")
+        key = parse_replica(f"s3://{bucket}/solo", {}).manifest_key("solo")
+        while "Contents" not in direct.list_objects_v2(Bucket=bucket, Prefix=key):
+            assert time.monotonic() < deadline and runner.is_alive(), "run_agent never published its manifest"
+            time.sleep(0.01)
         cut = time.monotonic()
         proxy.outage()
         while _alive(litestream):
