@@ -152,3 +152,32 @@ def test_a_thousand_agents_are_ready_within_two_seconds_and_nothing_is_written(b
     assert ready_ms < 2000, f"page ready {ready_ms} ms after navigation ({ready_s:.2f}s through the driver)"
     assert _files(data) == before  # serving and refreshing wrote, created and removed nothing
     assert not os.path.exists(data / ".fleet")
+
+
+def test_live_state_and_replication_lag_count_only_while_the_data_dir_is_held(tmp_path: Path) -> None:
+    """What a running fleet publishes (its agents' states and the watchdog's replication lag) shows in
+    status and on the page while the fleet holds the data dir, and is ignored once nobody does."""
+    import fcntl
+    import json
+
+    from agentshards._fleet.fleet import publish_replication
+    from agentshards._fleet.views import FleetView
+    from agentshards._replication.replication import AgentReplicationStatus
+
+    data = tmp_path / "data"
+    run_agent(two, agent_id="a1", data_dir=data, config=RunConfig())
+    (data / ".fleet").mkdir()
+    (data / ".fleet" / "status.json").write_text(json.dumps({"agents": {"a1": {"status": "restarting",
+                                                                                 "restarts": 2}}}))
+    publish_replication(data, 1.0, [AgentReplicationStatus("a1", "replicating", 1.0, 2.0, 1.5, True)])
+    view = FleetView(data)
+    try:
+        with open(data / "agentshards.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            (held,) = view.snapshot()["agents"]
+            fcntl.flock(lock, fcntl.LOCK_UN)
+        (free,) = view.snapshot()["agents"]
+    finally:
+        view.close()
+    assert (held["status"], held["restarts"], held["lag_s"]) == ("restarting", 2, 1.5)
+    assert (free["status"], free["restarts"], free["lag_s"]) == ("succeeded", 0, None)

@@ -28,10 +28,11 @@ def _status_text(snapshot: dict[str, Any], states: tuple[str, ...]) -> list[str]
     counts = Counter(a["status"] for a in snapshot["agents"])
     lines = [f"{len(snapshot['agents'])} agents: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
              + f"; spent ${snapshot['totals']['spent_usd']:.6f}, saved ${snapshot['totals']['saved_usd']:.6f}",
-             f"{'agent':<24} {'status':<16} {'steps':>6} {'llm':>5} {'cost':>11} {'restarts':>8}  why"]
+             f"{'agent':<24} {'status':<16} {'steps':>6} {'llm':>5} {'cost':>11} {'restarts':>8} {'lag':>7}  why"]
     for a in rows:
+        lag = "" if a.get("lag_s") is None else f"{a['lag_s']:.1f}s"
         lines.append(f"{a['agent_id']:<24} {a['status']:<16} {a['steps']:>6} {a['llm_calls']:>5} "
-                     f"${a['spent_usd']:>10.6f} {a['restarts']:>8}  {a['reason'] or ''}")
+                     f"${a['spent_usd']:>10.6f} {a['restarts']:>8} {lag:>7}  {a['reason'] or ''}")
     for e in snapshot["errors"]:
         lines.append(f"{e['agent_id']:<24} UNREADABLE  {e['error']}")
     return lines

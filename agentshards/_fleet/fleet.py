@@ -256,9 +256,13 @@ class Fleet:
     def _watch(self, replication: Any) -> None:
         """The stall watchdog, in its own thread: asking an overloaded Litestream how far it got can take
         seconds (measured at 1,000 shards), and the supervisor loop must keep noticing dead workers."""
+        published = None
         while not self._watchdog_stop.wait(1.0):
             try:
                 replication.restart_if_stalled()
+                if replication.last_status is not None and replication.last_status is not published:
+                    published = replication.last_status
+                    publish_replication(self.data_dir, *published)
             except Exception:  # never let the watchdog die silently; the next round tries again
                 log.exception("the litestream watchdog for %s failed", self.data_dir)
 
@@ -377,6 +381,23 @@ def _on_path(app_dir: Path) -> Any:
     finally:
         if added:
             sys.path.remove(str(app_dir))
+
+
+def publish_replication(data_dir: Path, at: float, statuses: list[Any]) -> None:
+    """Every shard's replication lag as the watchdog last saw it, in ``.fleet/replication.json``: `status`
+    and the dashboard show it (only while this node holds the data dir) without a control socket."""
+    import json
+    import tempfile
+
+    payload = {"pid": os.getpid(), "updated_at": at,
+               "agents": {s.agent_id: {"state": s.state, "lag_s": round(s.lag_s, 3), "last_sync_at": s.last_sync_at}
+                          for s in statuses}}
+    folder = data_dir / ".fleet"
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".replication-")
+    with os.fdopen(fd, "w") as f:
+        json.dump(payload, f)
+    os.replace(tmp, folder / "replication.json")
 
 
 def read_agents_file(path: str) -> dict[str, dict[str, Any]]:

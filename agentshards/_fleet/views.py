@@ -30,6 +30,7 @@ SERIES_POINTS = 120
 
 LOCK_NAME = "agentshards.lock"
 STATUS_FILE = Path(".fleet") / "status.json"
+REPLICATION_FILE = Path(".fleet") / "replication.json"
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,8 @@ class LiveState:
     status: str
     restarts: int
     reason: str | None
+    lag_s: float | None = None
+    """Local writes not yet in the replica for this long (the fleet's watchdog's last look); None: unknown."""
 
 
 def shard_ids(data_dir: Path) -> list[str]:
@@ -134,18 +137,28 @@ def agent_timeline(data_dir: Path, agent_id: str) -> dict[str, Any]:
 
 
 def live_states(data_dir: Path) -> dict[str, LiveState]:
-    """The supervisor's view, only while its writer still holds the data dir's lock (else: empty)."""
-    status_file = data_dir / STATUS_FILE
-    if not status_file.exists() or not _lock_held(data_dir):
+    """The supervisor's view (state, restarts, replication lag), only while its writer still holds the data
+    dir's lock: a file a stopped fleet left behind says nothing."""
+    if not (data_dir / STATUS_FILE).exists() or not _lock_held(data_dir):
         return {}
+    agents = _json_agents(data_dir / STATUS_FILE)
+    lags = _json_agents(data_dir / REPLICATION_FILE)
+    out = {}
+    for agent_id, state in agents.items():
+        lag = lags.get(agent_id, {}).get("lag_s")
+        out[agent_id] = LiveState(str(state.get("status", "?")), int(state.get("restarts", 0) or 0),
+                                  None if state.get("reason") is None else str(state.get("reason")),
+                                  None if lag is None else float(lag))
+    return out
+
+
+def _json_agents(path: Path) -> dict[str, dict[str, Any]]:
     try:
-        payload = json.loads(status_file.read_text())
+        payload = json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
     agents = payload.get("agents", {}) if isinstance(payload, dict) else {}
-    return {agent_id: LiveState(str(state.get("status", "?")), int(state.get("restarts", 0) or 0),
-                                None if state.get("reason") is None else str(state.get("reason")))
-            for agent_id, state in agents.items() if isinstance(state, dict)}
+    return {k: v for k, v in agents.items() if isinstance(v, dict)} if isinstance(agents, dict) else {}
 
 
 def _lock_held(data_dir: Path) -> bool:
@@ -209,8 +222,10 @@ class FleetView:
                 continue
             row = {name: getattr(entry.summary, name) for name in _ROW_FIELDS}
             state = live.get(agent_id)
+            row["lag_s"] = None
             if state is not None:
-                row.update(status=state.status, restarts=state.restarts, reason=state.reason or row["reason"])
+                row.update(status=state.status, restarts=state.restarts, reason=state.reason or row["reason"],
+                           lag_s=state.lag_s)
             states[row["status"]] = states.get(row["status"], 0) + 1
             agents.append(row)
         return {"data_dir": str(self.data_dir), "generated_at": time.time(), "agents": agents, "errors": errors,
@@ -261,7 +276,9 @@ class FleetView:
         return [{k: round(v, 10) for k, v in p.items()} for p in points]
 
 
-def _totals(agents: list[dict[str, Any]]) -> dict[str, float | int]:
+def _totals(agents: list[dict[str, Any]]) -> dict[str, float | int | None]:
+    lags = [a["lag_s"] for a in agents if a.get("lag_s") is not None]
     return {"agents": len(agents), "spent_usd": round(sum(a["spent_usd"] for a in agents), 10),
             "saved_usd": round(sum(a["saved_usd"] for a in agents), 10),
-            "llm_calls": sum(a["llm_calls"] for a in agents), "restarts": sum(a["restarts"] for a in agents)}
+            "llm_calls": sum(a["llm_calls"] for a in agents), "restarts": sum(a["restarts"] for a in agents),
+            "lag_max_s": max(lags) if lags else None}

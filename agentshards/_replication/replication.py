@@ -59,6 +59,9 @@ class Replication:
         self._slow_logged_at = -1e9
         self._pending_since: dict[str, float] = {}  # agent -> mtime of the oldest write seen unsynced
         self.halted: AgentShardsError | None = None  # why this node stopped writing to the replica
+        # (epoch seconds, every shard's replication) from the watchdog's last look: what a fleet publishes
+        # for `status` and the dashboard, so they need no control socket of their own
+        self.last_status: tuple[float, list[AgentReplicationStatus]] | None = None
 
     def halt(self, error: AgentShardsError) -> None:
         """Stop writing to the replica now, from any thread (a lease fence): Litestream is killed, and no
@@ -138,8 +141,7 @@ class Replication:
         if not force_check and now - self._stall_checked_at < min(5.0, stall / 4):
             return False
         self._stall_checked_at = now
-        if now - self._stall_restarted_at < stall:
-            return False
+        cooling = now - self._stall_restarted_at < stall  # a restart at most once per stall_timeout_s
         try:
             statuses = self.status(snapshots=False, timeout_s=min(10.0, max(1.0, stall / 6)))
         except (OSError, ReplicationError) as exc:
@@ -148,11 +150,14 @@ class Replication:
             # 2 cores), and restarting it there re-reads every shard and makes things worse: so silence
             # counts as a stall only after stall_timeout_s, like unsynced writes do.
             silent = now - self._answered_at
-            if silent < stall:
+            if cooling or silent < stall:
                 return False
             reason = f"its control socket has not answered for {silent:.0f} s ({exc})"
         else:
             self._answered_at = now
+            self.last_status = (time.time(), statuses)
+            if cooling:
+                return False
             stuck = self._stalled(statuses, stall)
             if stuck is None:
                 return False
