@@ -10,7 +10,7 @@ import os
 import sys
 import time
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +19,6 @@ from .._base.errors import (
     AgentFailed,
     AgentShardsError,
     BudgetExceeded,
-    DataDirLocked,
     InvalidInputs,
     LLMRequestRejected,
     ReplicationError,
@@ -28,6 +27,7 @@ from .._base.errors import (
 from .._core import codec as _codec
 from .._core.agent import Agent
 from .._core.journal import BUDGET_EXCEEDED, CANCELLED, FAILED, RUNNING, SUCCEEDED, Journal, Run
+from .._core.locks import lock_agent, lock_data_dir
 from .._core.shard import open_shard, validate_agent_id
 from .._core.target import AgentFn, resolve, target_of
 
@@ -58,7 +58,10 @@ def run_agent(
       (read here, at the edge, and nowhere else).
     - ``replica`` (``s3://bucket/prefix`` or a directory) replicates the shard with a Litestream process
       for the duration of the call, publishes the agent's manifest, and enables ``replicated`` steps.
-      S3 endpoint, region and credentials come from the standard AWS environment.
+      S3 endpoint, region and credentials come from the standard AWS environment. The call then owns the
+      data dir as a fleet does: DataDirLocked while another owner has it.
+    - One run of an agent at a time: AgentLocked (naming the holder's pid) while another process or
+      thread runs it.
 
     Everything is validated before the disk is touched. The result is the JSON value the journal holds.
     """
@@ -70,6 +73,9 @@ def run_agent(
         config = config_from_env(env)
     with contextlib.ExitStack() as stack:
         replication = None
+        if replica is not None:  # this call runs the data dir's Litestream: it must own the data dir
+            stack.enter_context(lock_data_dir(data_dir, f"run agent {agent_id} with a replica", agent_id=agent_id))
+        stack.enter_context(lock_agent(data_dir, agent_id))  # one run of an agent at a time
         if replica is not None:
             config = litestream_owned(config)
             replication = start_replication(Path(data_dir), replica, config, env)
@@ -233,9 +239,7 @@ def fork_run(agent_id: str, data_dir: str | os.PathLike[str], *, at_step: int | 
     point replay, later ones run again. ``inputs`` replaces the run's inputs (default: unchanged); run
     the agent again with those inputs to continue. The previous run stays in the journal.
     """
-    agent_id = validate_agent_id(agent_id)
-    journal = Journal(open_shard(Path(data_dir), agent_id, RunConfig().shard, create=False), agent_id)
-    try:
+    with _offline_journal(agent_id, data_dir, "fork") as journal:
         runs = journal.runs()
         if not runs:
             raise ShardError("has no run to fork", agent_id=agent_id, hint="run the agent first")
@@ -257,51 +261,41 @@ def fork_run(agent_id: str, data_dir: str | os.PathLike[str], *, at_step: int | 
             input_json = _check_inputs(func, source.target, agent_id, inputs)
             digest = _codec.digest(input_json)
         return journal.fork_run(source.id, keep, input_json=input_json, input_digest=digest).id
-    finally:
-        journal.close()
 
 
 def cancel_agent(agent_id: str, data_dir: str | os.PathLike[str], reason: str = "cancelled by an operator") -> Run:
     """End the agent's open run as ``cancelled`` (final). Refused while a supervisor owns the data dir."""
-    journal = _offline_journal(agent_id, data_dir, "cancel")
-    try:
+    with _offline_journal(agent_id, data_dir, "cancel") as journal:
         runs = journal.runs()
         if not runs or runs[-1].status != RUNNING:
             raise InvalidInputs(f"has no open run to cancel ({runs[-1].status if runs else 'no run'})",
                                 agent_id=agent_id, hint="only a running (open) run can be cancelled")
         return journal.finish_run(runs[-1].id, CANCELLED, error_json=json.dumps(
             {"type": "Cancelled", "message": reason}))
-    finally:
-        journal.close()
 
 
 def retry_agent(agent_id: str, data_dir: str | os.PathLike[str], *, config: RunConfig | None = None,
                 replica: str | None = None) -> Any:
     """Run a failed agent again from its last completed step (its failed run is reopened, not replaced)."""
-    journal = _offline_journal(agent_id, data_dir, "retry")
-    try:
+    with _offline_journal(agent_id, data_dir, "retry") as journal:
         runs = journal.runs()
         if not runs or runs[-1].status != FAILED:
             raise InvalidInputs(f"has no failed run to retry ({runs[-1].status if runs else 'no run'})",
                                 agent_id=agent_id, hint="retry is for failed agents; running ones resume on their own")
         run = journal.reopen(runs[-1].id)
-    finally:
-        journal.close()
     return run_agent(run.target, agent_id=agent_id, data_dir=data_dir, config=config, replica=replica,
                      **json.loads(run.input_json))
 
 
-def _offline_journal(agent_id: str, data_dir: str | os.PathLike[str], what: str) -> Journal:
-    import fcntl
-
-    lock = Path(data_dir) / "agentshards.lock"
-    if lock.exists():
-        with open(lock) as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                fcntl.flock(handle, fcntl.LOCK_UN)
-            except BlockingIOError:
-                raise DataDirLocked(f"cannot {what} while a supervisor (pid {handle.read().strip()}) owns {data_dir}",
-                                    agent_id=agent_id, hint="stop the fleet first") from None
+@contextlib.contextmanager
+def _offline_journal(agent_id: str, data_dir: str | os.PathLike[str], what: str) -> Iterator[Journal]:
+    """The agent's journal for a change made outside any run: only while no supervisor (nor run_agent with a
+    replica) owns the data dir and no run of the agent is under way, both held until the change is done."""
     agent_id = validate_agent_id(agent_id)
-    return Journal(open_shard(Path(data_dir), agent_id, RunConfig().shard, create=False), agent_id)
+    with lock_data_dir(data_dir, f"{what} agent {agent_id}", agent_id=agent_id), \
+            lock_agent(data_dir, agent_id, what):
+        journal = Journal(open_shard(Path(data_dir), agent_id, RunConfig().shard, create=False), agent_id)
+        try:
+            yield journal
+        finally:
+            journal.close()
