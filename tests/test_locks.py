@@ -16,6 +16,12 @@ from agentshards import (
     FakeLLMServer,
     LLMConfig,
     RunConfig,
+    archive_agent,
+    delete_agent,
+    fetch_archive,
+    fork_run,
+    inspect_agent,
+    restore_agent,
     run_agent,
 )
 from agentshards._base.errors import AgentLocked
@@ -92,3 +98,33 @@ def test_two_runs_of_one_agent_the_second_is_refused_and_pays_nothing(tmp_path: 
     # the lock goes with its run: the agent runs again (replaying, so still no request)
     assert len(run_agent(sample_agents.chat_calls, agent_id="a", data_dir=data, config=config, n=4)) == 4
     assert slow_llm.request_count == 4
+
+
+def test_commands_that_change_shards_refuse_beside_a_live_owner(tmp_path: Path, slow_llm: FakeLLMServer) -> None:
+    data, replica = tmp_path / "d", str(tmp_path / "r")
+    run_agent(sample_agents.local_steps, agent_id="done", data_dir=data, replica=replica, n=2)
+    run_agent(sample_agents.local_steps, agent_id="gone", data_dir=data, replica=replica, n=1)
+    archive_agent("gone", data, replica)
+    before = (data / "done.db").read_bytes()
+    proc, litestream_pid = _owner(data, replica, slow_llm)
+    try:
+        calls: dict[str, Callable[[], object]] = {  # the ones that only add come first
+            "fork": lambda: fork_run("done", data, at_step=1),
+            "fetch": lambda: fetch_archive("gone", data, replica),
+            "restore --overwrite": lambda: restore_agent("done", data, replica, overwrite=True),
+            "archive": lambda: archive_agent("done", data, replica),
+            "delete": lambda: delete_agent("done", data, replica),
+        }
+        ran = []
+        for name, call in calls.items():
+            try:
+                call()
+                ran.append(name)
+            except DataDirLocked as exc:
+                assert exc.pid == proc.pid, name
+        assert ran == [], "ran beside a live owner"
+        assert (data / "done.db").read_bytes() == before and not (data / "gone.db").exists()
+        assert _alive(litestream_pid)
+    finally:
+        _stop(proc, litestream_pid)
+    assert len(inspect_agent(data, "done").runs) == 1  # no fork was made

@@ -268,9 +268,9 @@ class Fleet:
         self._publish(state.agent_id, state.status, state.target, run.input_digest if run else "",
                       run.id if run else "", steps)
         if self.archive_finished:
-            from .._replication.archive import archive_agent
+            from .._replication.archive import archive_owned
 
-            archive_agent(state.agent_id, self.data_dir, self._replication.target, env=self._env,
+            archive_owned(state.agent_id, self.data_dir, self._replication.target, env=self._env,
                           litestream=self._replication.litestream)
         elif synced:  # otherwise it stays registered: Litestream keeps trying until the replica has it all
             with contextlib.suppress(AgentShardsError, OSError):

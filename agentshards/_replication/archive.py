@@ -28,6 +28,7 @@ from .._base.config import ShardConfig
 from .._base.crashpoints import CrashCounter, CrashPlan
 from .._base.errors import ReplicationError, ShardError
 from .._core.journal import FINAL, Journal
+from .._core.locks import lock_agent, lock_data_dir
 from .._core.shard import open_shard, shard_path, validate_agent_id
 from .manifest import ManifestEntry, delete_manifest, list_manifests, read_manifest, write_manifest
 from .objectstore import ObjectNotFound, ObjectStore, store_for
@@ -63,16 +64,34 @@ def _target(replica: str | ReplicaTarget, env: Mapping[str, str]) -> tuple[Repli
 def archive_agent(agent_id: str, data_dir: str | os.PathLike[str], replica: str | ReplicaTarget, *,
                   env: Mapping[str, str] | None = None, litestream: Litestream | None = None,
                   crash_plan: str | None = None) -> ArchiveEntry:
-    """Archive one finished agent (see the module docstring for the stages and their crash safety)."""
+    """Archive one finished agent (see the module docstring for the stages and their crash safety).
+
+    DataDirLocked while a fleet (or a run_agent with a replica) owns the data dir: its Litestream would go
+    on replicating the shard this removes. A fleet archives its own agents with ``archive_owned``.
+    """
+    agent_id = validate_agent_id(agent_id)
+    with lock_data_dir(data_dir, f"archive agent {agent_id}", agent_id=agent_id):
+        return archive_owned(agent_id, data_dir, replica, env=env, litestream=litestream, crash_plan=crash_plan)
+
+
+def archive_owned(agent_id: str, data_dir: str | os.PathLike[str], replica: str | ReplicaTarget, *,
+                  env: Mapping[str, str] | None = None, litestream: Litestream | None = None,
+                  crash_plan: str | None = None) -> ArchiveEntry:
+    """``archive_agent`` for the owner of the data dir (the caller holds its lock, and runs ``litestream``)."""
     env = os.environ if env is None else env
     agent_id = validate_agent_id(agent_id)
     target, store = _target(replica, env)
     crash = CrashCounter(CrashPlan.parse(crash_plan))
     data = Path(data_dir)
+    copy = data / ".archive" / f"{agent_id}.db"
+    with lock_agent(data, agent_id, "archive it"):
+        return _archive(agent_id, data, target, store, copy, litestream, crash)
+
+
+def _archive(agent_id: str, data: Path, target: ReplicaTarget, store: ObjectStore, copy: Path,
+             litestream: Litestream | None, crash: CrashCounter) -> ArchiveEntry:
     journal = Journal(open_shard(data, agent_id, ShardConfig(), create=False), agent_id)
-    work = data / ".archive"
-    work.mkdir(parents=True, exist_ok=True)
-    copy = work / f"{agent_id}.db"
+    copy.parent.mkdir(parents=True, exist_ok=True)
     copy.unlink(missing_ok=True)  # a leftover from an interrupted archive
     try:
         runs = journal.runs()
@@ -140,11 +159,20 @@ def list_archives(replica: str | ReplicaTarget, *, env: Mapping[str, str] | None
 
 def fetch_archive(agent_id: str, data_dir: str | os.PathLike[str], replica: str | ReplicaTarget, *,
                   env: Mapping[str, str] | None = None) -> Path:
-    """Bring an archived shard back (verified: sha256, integrity, schema, id) for inspection or a new run."""
+    """Bring an archived shard back (verified: sha256, integrity, schema, id) for inspection or a new run.
+
+    DataDirLocked while a fleet (or a run_agent with a replica) owns the data dir.
+    """
     env = os.environ if env is None else env
     agent_id = validate_agent_id(agent_id)
     target, store = _target(replica, env)
-    final = shard_path(Path(data_dir), agent_id)
+    with lock_data_dir(data_dir, f"fetch agent {agent_id}", agent_id=agent_id), \
+            lock_agent(data_dir, agent_id, "fetch it"):
+        return _fetch(agent_id, Path(data_dir), target, store)
+
+
+def _fetch(agent_id: str, data: Path, target: ReplicaTarget, store: ObjectStore) -> Path:
+    final = shard_path(data, agent_id)
     if final.exists():
         raise ShardError(f"a local shard already exists at {final}", agent_id=agent_id,
                          hint="fetch into another --data-dir")
@@ -183,12 +211,24 @@ def expire_archives(replica: str | ReplicaTarget, older_than_days: float, *, env
 
 def delete_agent(agent_id: str, data_dir: str | os.PathLike[str], replica: str | ReplicaTarget | None = None, *,
                  env: Mapping[str, str] | None = None) -> list[str]:
-    """Remove an agent everywhere: local shard, live replica, manifest entry, archive. Returns what went."""
+    """Remove an agent everywhere: local shard, live replica, manifest entry, archive. Returns what went.
+
+    DataDirLocked while a fleet (or a run_agent with a replica) owns the data dir, AgentLocked while the
+    agent runs.
+    """
     env = os.environ if env is None else env
     agent_id = validate_agent_id(agent_id)
+    if not Path(data_dir).is_dir():  # nothing local, nothing to lock: only the replica's copies go
+        return _delete(agent_id, Path(data_dir), replica, env)
+    with lock_data_dir(data_dir, f"delete agent {agent_id}", agent_id=agent_id), \
+            lock_agent(data_dir, agent_id, "delete it"):
+        return _delete(agent_id, Path(data_dir), replica, env)
+
+
+def _delete(agent_id: str, data: Path, replica: str | ReplicaTarget | None, env: Mapping[str, str]) -> list[str]:
     removed = []
-    if shard_path(Path(data_dir), agent_id).exists():
-        _remove_local(Path(data_dir), agent_id)
+    if shard_path(data, agent_id).exists():
+        _remove_local(data, agent_id)
         removed.append("local shard")
     if replica is not None:
         target, store = _target(replica, env)

@@ -9,6 +9,7 @@ file. A local shard is never overwritten unless asked.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -16,10 +17,12 @@ import shutil
 import tempfile
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 from .._base.config import LitestreamConfig, ShardConfig
 from .._base.errors import AgentShardsError, ReplicationError, ShardError
+from .._core.locks import lock_agent, lock_data_dir
 from .._core.schema import check_file
 from .._core.shard import shard_path, validate_agent_id
 from .._core.sqlite import open_connection, query
@@ -39,15 +42,24 @@ def restore_agent(agent_id: str, data_dir: str | os.PathLike[str], replica: str 
 
     Raises ReplicationError("no replica for agent X") when there is none, ShardError when the replica or
     the restored file fails its checks (nothing is written at the final path) or a local shard exists and
-    ``overwrite`` is false.
+    ``overwrite`` is false. With ``overwrite``, DataDirLocked while a fleet (or a run_agent with a replica)
+    owns the data dir, AgentLocked while the agent runs.
     """
     env = os.environ if env is None else env
+    agent_id = validate_agent_id(agent_id)
     target = parse_replica(replica, env) if isinstance(replica, str) else replica
     store = store_for(target, env)
     if check_replica:  # a missing bucket or bad credentials: a clear error, not a restore failure
         store.check()
-    return _restore_one(validate_agent_id(agent_id), Path(data_dir).resolve(), target, store,
-                        litestream or LitestreamConfig(), env, None, overwrite)
+    data = Path(data_dir).resolve()
+    with _owning(data, overwrite, f"restore agent {agent_id} over its local shard", agent_id):
+        return _restore_one(agent_id, data, target, store, litestream or LitestreamConfig(), env, None, overwrite)
+
+
+def _owning(data: Path, overwrite: bool, what: str, agent_id: str | None = None) -> AbstractContextManager[object]:
+    """Replacing shards needs the data dir to itself (no Litestream replicating them, no worker running
+    them); restoring only new files does not (recover restores into the data dir it owns)."""
+    return lock_data_dir(data, what, agent_id=agent_id) if overwrite else contextlib.nullcontext()
 
 
 def _restore_one(agent_id: str, data: Path, target: ReplicaTarget, store: ObjectStore, config: LitestreamConfig,
@@ -70,11 +82,12 @@ def _restore_one(agent_id: str, data: Path, target: ReplicaTarget, store: Object
             raise ReplicationError(f"no replica for agent {agent_id} at {target.describe()}", agent_id=agent_id,
                                    hint="check the replica URL; `agentshards fleet` lists what is there")
         verify_restored(candidate, agent_id)
-        for suffix in ("-wal", "-shm"):  # a stale WAL beside the new file would be replayed into it
-            Path(f"{final}{suffix}").unlink(missing_ok=True)
-        shutil.rmtree(final.parent / f".{final.name}-litestream", ignore_errors=True)
-        os.replace(candidate, final)
-        _fsync_dir(data)
+        with lock_agent(data, agent_id, "restore it") if overwrite else contextlib.nullcontext():
+            for suffix in ("-wal", "-shm"):  # a stale WAL beside the new file would be replayed into it
+                Path(f"{final}{suffix}").unlink(missing_ok=True)
+            shutil.rmtree(final.parent / f".{final.name}-litestream", ignore_errors=True)
+            os.replace(candidate, final)
+            _fsync_dir(data)
         log.info("restored agent %s from %s", agent_id, target.describe())
         return final
     finally:
@@ -200,6 +213,7 @@ def restore_agents(agent_ids: list[str], data_dir: str | os.PathLike[str], repli
             listed.setdefault(key[len(root):].split("/", 1)[0], []).append(key)
     results: dict[str, Path | Exception] = {}
     data = Path(data_dir).resolve()
+    owner = _owning(data, overwrite, "restore agents over their local shards")
 
     def one(agent_id: str) -> None:
         try:
@@ -209,7 +223,7 @@ def restore_agents(agent_ids: list[str], data_dir: str | os.PathLike[str], repli
         except Exception as exc:
             results[agent_id] = exc
 
-    with ThreadPoolExecutor(max_workers=max(1, parallelism)) as pool:
+    with owner, ThreadPoolExecutor(max_workers=max(1, parallelism)) as pool:
         list(pool.map(one, agent_ids))
     return results
 
