@@ -4,7 +4,9 @@ with real processes holding them; commands that change shards refuse beside a li
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -128,3 +130,32 @@ def test_commands_that_change_shards_refuse_beside_a_live_owner(tmp_path: Path, 
     finally:
         _stop(proc, litestream_pid)
     assert len(inspect_agent(data, "done").runs) == 1  # no fork was made
+
+
+RESTORER = """
+import sys
+from agentshards._replication.restore import restore_agent
+restore_agent(sys.argv[1], sys.argv[2], sys.argv[3], overwrite=True, crash_plan=sys.argv[4])
+"""
+
+
+def test_a_kill_during_restore_overwrite_leaves_the_old_shard_whole(tmp_path: Path, fake_llm: FakeLLMServer) -> None:
+    data, replica = tmp_path / "d", str(tmp_path / "r")
+    # the replica holds one version of "r" (from another node), this node another, most of it in its WAL
+    run_agent(sample_agents.local_steps, agent_id="r", data_dir=tmp_path / "other", replica=replica, n=1)
+    crashed = spawn_chat_agent(data, fake_llm.base_url, "r", 6, {"AGENTSHARDS_TEST_CRASH": "after_commit@3"})
+    crashed.communicate(timeout=60)
+    assert crashed.returncode == -signal.SIGKILL
+    assert Path(f"{data / 'r.db'}-wal").stat().st_size > 0, "the local steps should be in the WAL"
+
+    proc = subprocess.run([sys.executable, "-c", RESTORER, "r", str(data), replica, "restore_moved_aside@1"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+
+    def runs() -> list[tuple[str, int]]:
+        return [(r.run.target, len(r.steps)) for r in inspect_agent(data, "r").runs]
+
+    assert runs() == [("sample_agents:chat_calls", 3)]  # the old shard with its WAL: all three recorded calls
+    restore_agent("r", data, replica, overwrite=True)  # a second attempt replaces it
+    assert runs() == [("sample_agents:local_steps", 1)]
+    assert sorted(p.name for p in data.iterdir() if "r.db" in p.name) == ["r.db"]

@@ -10,6 +10,7 @@ import apsw
 
 from .._base.config import ShardConfig
 from .._base.errors import InvalidAgentId, ShardError
+from .replace import finish_interrupted_replace
 from .schema import check_file, migrate
 from .sqlite import open_connection, query, require_sqlite, write_transaction
 
@@ -46,6 +47,8 @@ def open_shard(data_dir: Path, agent_id: str, config: ShardConfig, *, create: bo
     """
     require_sqlite()
     path = shard_path(data_dir, agent_id)
+    if not path.exists():  # a replace killed before its new file arrived set the old shard aside
+        finish_interrupted_replace(path)
     if path.exists():
         if not verified:
             _check_existing(path, agent_id, config)

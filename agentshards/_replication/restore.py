@@ -21,8 +21,10 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 
 from .._base.config import LitestreamConfig, ShardConfig
+from .._base.crashpoints import CrashCounter, CrashPlan
 from .._base.errors import AgentShardsError, ReplicationError, ShardError
 from .._core.locks import lock_agent, lock_data_dir
+from .._core.replace import finish_interrupted_replace, replace_shard
 from .._core.schema import check_file
 from .._core.shard import shard_path, validate_agent_id
 from .._core.sqlite import open_connection, query
@@ -37,13 +39,14 @@ log = logging.getLogger("agentshards")
 
 def restore_agent(agent_id: str, data_dir: str | os.PathLike[str], replica: str | ReplicaTarget, *,
                   overwrite: bool = False, env: Mapping[str, str] | None = None,
-                  litestream: LitestreamConfig | None = None, check_replica: bool = True) -> Path:
+                  litestream: LitestreamConfig | None = None, check_replica: bool = True,
+                  crash_plan: str | None = None) -> Path:
     """Restore ``agent_id``'s shard from ``replica`` into ``data_dir``; return its path.
 
     Raises ReplicationError("no replica for agent X") when there is none, ShardError when the replica or
     the restored file fails its checks (nothing is written at the final path) or a local shard exists and
     ``overwrite`` is false. With ``overwrite``, DataDirLocked while a fleet (or a run_agent with a replica)
-    owns the data dir, AgentLocked while the agent runs.
+    owns the data dir, AgentLocked while the agent runs; the old files go only once the new one is in place.
     """
     env = os.environ if env is None else env
     agent_id = validate_agent_id(agent_id)
@@ -52,8 +55,10 @@ def restore_agent(agent_id: str, data_dir: str | os.PathLike[str], replica: str 
     if check_replica:  # a missing bucket or bad credentials: a clear error, not a restore failure
         store.check()
     data = Path(data_dir).resolve()
+    crash = CrashCounter(CrashPlan.parse(crash_plan))
     with _owning(data, overwrite, f"restore agent {agent_id} over its local shard", agent_id):
-        return _restore_one(agent_id, data, target, store, litestream or LitestreamConfig(), env, None, overwrite)
+        return _restore_one(agent_id, data, target, store, litestream or LitestreamConfig(), env, None, overwrite,
+                            crash)
 
 
 def _owning(data: Path, overwrite: bool, what: str, agent_id: str | None = None) -> AbstractContextManager[object]:
@@ -63,10 +68,12 @@ def _owning(data: Path, overwrite: bool, what: str, agent_id: str | None = None)
 
 
 def _restore_one(agent_id: str, data: Path, target: ReplicaTarget, store: ObjectStore, config: LitestreamConfig,
-                 env: Mapping[str, str], keys: list[str] | None, overwrite: bool) -> Path:
+                 env: Mapping[str, str], keys: list[str] | None, overwrite: bool,
+                 crash: CrashCounter | None = None) -> Path:
     """Restore into a temp dir beside the final path, verify, rename. ``keys``: the agent's replica keys
     when the caller listed them already (one LIST for a whole fleet), else None."""
     final = shard_path(data, agent_id)
+    finish_interrupted_replace(final)  # a restore killed mid-replace: its old shard comes back first
     if final.exists() and not overwrite:
         raise ShardError(f"a local shard already exists at {final}", agent_id=agent_id,
                          hint="resume it as it is, or pass overwrite=True (--overwrite) to replace it")
@@ -83,11 +90,8 @@ def _restore_one(agent_id: str, data: Path, target: ReplicaTarget, store: Object
                                    hint="check the replica URL; `agentshards fleet` lists what is there")
         verify_restored(candidate, agent_id)
         with lock_agent(data, agent_id, "restore it") if overwrite else contextlib.nullcontext():
-            for suffix in ("-wal", "-shm"):  # a stale WAL beside the new file would be replayed into it
-                Path(f"{final}{suffix}").unlink(missing_ok=True)
-            shutil.rmtree(final.parent / f".{final.name}-litestream", ignore_errors=True)
-            os.replace(candidate, final)
-            _fsync_dir(data)
+            shutil.rmtree(final.parent / f".{final.name}-litestream", ignore_errors=True)  # the old file's
+            replace_shard(candidate, final, crash)
         log.info("restored agent %s from %s", agent_id, target.describe())
         return final
     finally:
@@ -168,14 +172,6 @@ def verify_restored(path: Path, agent_id: str) -> None:
                          hint="the replica may be damaged or tampered with; nothing was overwritten") from exc
     finally:
         conn.close()
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def list_fleet(replica: str | ReplicaTarget, *, env: Mapping[str, str] | None = None) -> list[ManifestEntry]:
