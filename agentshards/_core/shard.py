@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from pathlib import Path
@@ -35,6 +36,16 @@ def validate_agent_id(agent_id: object) -> str:
 
 def shard_path(data_dir: Path, agent_id: str) -> Path:
     return Path(data_dir) / f"{validate_agent_id(agent_id)}{SHARD_SUFFIX}"
+
+
+def shard_ids(data_dir: str | os.PathLike[str]) -> list[str]:
+    """The agents with a shard in ``data_dir``, sorted: files named ``<agent id>.db``.
+
+    Other ``*.db`` files are not shards and are skipped: the temporary files of a fetch or a restore are
+    dot-files (no agent id starts with a dot), and a leftover one must not break every scan of the data dir.
+    """
+    ids = (p.name[: -len(SHARD_SUFFIX)] for p in Path(data_dir).glob(f"*{SHARD_SUFFIX}"))
+    return sorted(i for i in ids if _AGENT_ID.fullmatch(i) and ".." not in i)
 
 
 def open_shard(data_dir: Path, agent_id: str, config: ShardConfig, *, create: bool = True,

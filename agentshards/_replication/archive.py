@@ -29,6 +29,7 @@ from .._base.crashpoints import CrashCounter, CrashPlan
 from .._base.errors import ReplicationError, ShardError
 from .._core.journal import FINAL, Journal
 from .._core.locks import lock_agent, lock_data_dir
+from .._core.replace import aside_dir
 from .._core.shard import open_shard, shard_path, validate_agent_id
 from .manifest import ManifestEntry, delete_manifest, list_manifests, read_manifest, write_manifest
 from .objectstore import ObjectNotFound, ObjectStore, store_for
@@ -85,7 +86,11 @@ def archive_owned(agent_id: str, data_dir: str | os.PathLike[str], replica: str 
     data = Path(data_dir)
     copy = data / ".archive" / f"{agent_id}.db"
     with lock_agent(data, agent_id, "archive it"):
-        return _archive(agent_id, data, target, store, copy, litestream, crash)
+        try:
+            return _archive(agent_id, data, target, store, copy, litestream, crash)
+        except BaseException:
+            copy.unlink(missing_ok=True)  # the compact copy is only worth keeping in the archive
+            raise
 
 
 def _archive(agent_id: str, data: Path, target: ReplicaTarget, store: ObjectStore, copy: Path,
@@ -145,11 +150,25 @@ def _archive(agent_id: str, data: Path, target: ReplicaTarget, store: ObjectStor
 
 
 def _remove_local(data: Path, agent_id: str) -> None:
+    """The shard and everything this package keeps beside it for the agent (not its lock file: see _core.locks)."""
     path = shard_path(data, agent_id)
     for suffix in ("-wal", "-shm", ""):
         Path(f"{path}{suffix}").unlink(missing_ok=True)
     shutil.rmtree(data / f".{path.name}-litestream", ignore_errors=True)
+    shutil.rmtree(aside_dir(path), ignore_errors=True)
+    _remove_temp(_fetch_temp(data, agent_id))
+    (data / ".archive" / f"{agent_id}.db").unlink(missing_ok=True)
     (data / ".fleet" / "results" / f"{agent_id}.json").unlink(missing_ok=True)
+
+
+def _fetch_temp(data: Path, agent_id: str) -> Path:
+    """Where a fetch writes before its checks: a dot-file, so no scan of the data dir takes it for a shard."""
+    return data / f".fetch-{agent_id}.db"
+
+
+def _remove_temp(path: Path) -> None:
+    for suffix in ("-wal", "-shm", ""):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
 
 
 def list_archives(replica: str | ReplicaTarget, *, env: Mapping[str, str] | None = None) -> list[ManifestEntry]:
@@ -173,6 +192,8 @@ def fetch_archive(agent_id: str, data_dir: str | os.PathLike[str], replica: str 
 
 def _fetch(agent_id: str, data: Path, target: ReplicaTarget, store: ObjectStore) -> Path:
     final = shard_path(data, agent_id)
+    tmp = _fetch_temp(data, agent_id)
+    _remove_temp(tmp)  # left by a fetch that was killed
     if final.exists():
         raise ShardError(f"a local shard already exists at {final}", agent_id=agent_id,
                          hint="fetch into another --data-dir")
@@ -184,14 +205,12 @@ def _fetch(agent_id: str, data: Path, target: ReplicaTarget, store: ObjectStore)
     if hashlib.sha256(blob).hexdigest() != meta.get("sha256"):
         raise ShardError("the archived object does not match its recorded sha256", agent_id=agent_id,
                          hint="the archive is damaged or was tampered with; nothing was written")
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".fetch-{agent_id}.db"
-    tmp.write_bytes(blob)
     try:
+        tmp.write_bytes(blob)
         verify_restored(tmp, agent_id)
         os.replace(tmp, final)
     finally:
-        tmp.unlink(missing_ok=True)
+        _remove_temp(tmp)
     return final
 
 
