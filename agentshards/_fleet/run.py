@@ -32,6 +32,8 @@ from .._core.shard import open_shard, validate_agent_id
 from .._core.target import AgentFn, resolve, target_of
 
 if TYPE_CHECKING:  # replication modules load only when a replica is used: `import agentshards` stays fast
+    from .._replication.objectstore import ObjectStore
+    from .._replication.replica import ReplicaTarget
     from .._replication.replication import Replication
 
 RESERVED_INPUTS = frozenset({"agent_id", "data_dir", "new_run", "config", "replica"})
@@ -71,6 +73,7 @@ def run_agent(
     env = os.environ
     if config is None:
         config = config_from_env(env)
+    checked = None if replica is None else check_replica(replica, env)  # before anything touches the disk
     with contextlib.ExitStack() as stack:
         replication = None
         if replica is not None:  # this call runs the data dir's Litestream: it must own the data dir
@@ -78,7 +81,7 @@ def run_agent(
         stack.enter_context(lock_agent(data_dir, agent_id))  # one run of an agent at a time
         if replica is not None:
             config = litestream_owned(config)
-            replication = start_replication(Path(data_dir), replica, config, env)
+            replication = start_replication(Path(data_dir), replica, config, env, checked=checked)
             stack.callback(replication.litestream.stop)
         journal = Journal(open_shard(Path(data_dir), agent_id, config.shard), agent_id)
         stack.callback(journal.close)
@@ -94,16 +97,24 @@ def config_from_env(env: Mapping[str, str], shard: ShardConfig | None = None) ->
     return RunConfig(shard=shard or ShardConfig(), llm=llm_config_from_env(env), crash_plan=env.get(CRASH_ENV))
 
 
-def start_replication(data_dir: Path, replica: str, config: RunConfig, env: Mapping[str, str]) -> Replication:
-    """Check the replica is usable (clear errors before any agent starts), then start Litestream."""
-    from .._replication.litestream import Litestream
+def check_replica(replica: str, env: Mapping[str, str]) -> tuple[ReplicaTarget, ObjectStore]:
+    """Parse the replica and check it is usable: clear errors before any agent starts or any file is made."""
     from .._replication.objectstore import store_for
     from .._replication.replica import parse_replica
-    from .._replication.replication import Replication
 
     target = parse_replica(replica, env)
     store = store_for(target, env)
     store.check()
+    return target, store
+
+
+def start_replication(data_dir: Path, replica: str, config: RunConfig, env: Mapping[str, str], *,
+                      checked: tuple[ReplicaTarget, ObjectStore] | None = None) -> Replication:
+    """Check the replica is usable (unless ``checked`` by ``check_replica`` already), then start Litestream."""
+    from .._replication.litestream import Litestream
+    from .._replication.replication import Replication
+
+    target, store = checked or check_replica(replica, env)
     litestream = Litestream(data_dir, target, config.litestream, env)
     litestream.start()
     return Replication(litestream, store, target)
