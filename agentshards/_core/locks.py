@@ -24,7 +24,7 @@ import threading
 from pathlib import Path
 from typing import IO
 
-from .._base.errors import AgentLocked, DataDirLocked
+from .._base.errors import AgentLocked, DataDirLocked, ShardError
 
 DATA_DIR_LOCK = "agentshards.lock"
 AGENT_LOCKS = ".locks"
@@ -62,10 +62,18 @@ class HeldLock:
         self.release()
 
 
-def _try_lock(path: Path) -> IO[str] | str:
+def _try_lock(path: Path, agent_id: str | None) -> IO[str] | str:
     """The open handle, locked and holding our pid; or, when another open file holds it, the holder's pid."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = open(path, "a+")  # noqa: SIM115 - the caller keeps it for as long as it holds the lock
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(path, "a+")  # noqa: SIM115 - the caller keeps it for as long as it holds the lock
+        writable = True
+    except OSError as exc:
+        if not path.is_file():
+            raise ShardError(f"cannot create the lock file {path}: {exc}", agent_id=agent_id,
+                             hint="check free space, permissions and that the filesystem is writable") from exc
+        handle = open(path)  # noqa: SIM115 - read-only storage: flock works, the pid is not written
+        writable = False
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -73,10 +81,11 @@ def _try_lock(path: Path) -> IO[str] | str:
         holder = handle.read().strip() or "?"
         handle.close()
         return holder
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"{os.getpid()}\n")
-    handle.flush()
+    if writable:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
     return handle
 
 
@@ -88,10 +97,10 @@ def lock_data_dir(data_dir: str | os.PathLike[str], what: str, *, agent_id: str 
     """Become the data dir's owner for ``what`` (the caller's words: "run a fleet", "archive agent a1").
 
     Raises DataDirLocked naming the holder's pid when another owner (another process, or another owner in
-    this one) holds it. Creates the data dir if needed.
+    this one) holds it. Creates the data dir if needed; ShardError when the lock file cannot be created.
     """
     data = Path(data_dir).resolve()
-    got = _try_lock(data / DATA_DIR_LOCK)
+    got = _try_lock(data / DATA_DIR_LOCK, agent_id)
     if isinstance(got, str):
         raise DataDirLocked(f"cannot {what}: {data} is owned by another process (pid {got})", agent_id=agent_id,
                             pid=_pid(got), hint="one owner per data dir (a fleet, or run_agent with a replica): "
@@ -108,7 +117,7 @@ def holds_data_dir(data_dir: str | os.PathLike[str]) -> bool:
 def lock_agent(data_dir: str | os.PathLike[str], agent_id: str, what: str = "run it") -> HeldLock:
     """Hold ``agent_id``'s lock; AgentLocked naming the holder's pid when a run (or a command) has it."""
     path = Path(data_dir).resolve() / AGENT_LOCKS / f"{agent_id}.lock"
-    got = _try_lock(path)
+    got = _try_lock(path, agent_id)
     if isinstance(got, str):
         raise AgentLocked(f"cannot {what}: the agent is in use by another process (pid {got})", agent_id=agent_id,
                           pid=_pid(got), hint="it is running there (a run_agent call or a fleet worker); wait for "

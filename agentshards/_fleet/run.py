@@ -29,6 +29,7 @@ from .._core.agent import Agent
 from .._core.journal import BUDGET_EXCEEDED, CANCELLED, FAILED, RUNNING, SUCCEEDED, Journal, Run
 from .._core.locks import lock_agent, lock_data_dir
 from .._core.shard import open_shard, validate_agent_id
+from .._core.sqlite import require_sqlite
 from .._core.target import AgentFn, resolve, target_of
 
 if TYPE_CHECKING:  # replication modules load only when a replica is used: `import agentshards` stays fast
@@ -73,7 +74,8 @@ def run_agent(
     env = os.environ
     if config is None:
         config = config_from_env(env)
-    checked = None if replica is None else check_replica(replica, env)  # before anything touches the disk
+    require_sqlite()  # these two checks come before the locks, which create the data dir and their files
+    checked = None if replica is None else check_replica(replica, env)
     with contextlib.ExitStack() as stack:
         replication = None
         if replica is not None:  # this call runs the data dir's Litestream: it must own the data dir
