@@ -21,9 +21,12 @@ from agentshards import (
     inspect_agent,
     list_archives,
     list_fleet,
+    query_fleet,
     run_agent,
+    spend_report,
 )
 from agentshards._base.crashpoints import ARCHIVE_POINTS
+from agentshards._fleet.report import data_dir_status
 from agentshards._replication.objectstore import store_for
 from agentshards._replication.replica import parse_replica
 
@@ -108,3 +111,27 @@ def test_retention_and_delete_everywhere(tmp_path: Path) -> None:
     assert list_archives(replica) == []
     assert sorted(delete_agent("keep", data, replica)) == ["local shard", "manifest", "replica"]
     assert not (data / "keep.db").exists() and list_fleet(replica) == []
+
+
+def test_a_failed_archive_leaves_no_copy_behind(tmp_path: Path) -> None:
+    data, replica = tmp_path / "d", tmp_path / "r"
+    run_agent(sample_agents.local_steps, agent_id="f", data_dir=data, replica=str(replica), n=2)
+    (replica / "archive").write_text("in the way")  # the upload cannot create its folder
+    with pytest.raises(FileExistsError):
+        archive_agent("f", data, str(replica))
+    assert not (data / ".archive" / "f.db").exists()
+    assert len(inspect_agent(data, "f").runs[0].steps) == 2  # the shard itself is untouched
+
+
+def test_a_leftover_fetch_file_breaks_no_scan_and_goes_on_the_next_fetch(tmp_path: Path) -> None:
+    data, replica = tmp_path / "d", str(tmp_path / "r")
+    run_agent(sample_agents.local_steps, agent_id="kept", data_dir=data, replica=replica, n=2)
+    run_agent(sample_agents.local_steps, agent_id="away", data_dir=data, replica=replica, n=1)
+    archive_agent("away", data, replica)
+    (data / ".fetch-away.db").write_bytes(b"the first bytes of a fetch that was killed")
+    assert [s.agent_id for s in data_dir_status(data)] == ["kept"]
+    assert list(spend_report(data).agents) == ["kept"]
+    assert query_fleet(data, "SELECT count(*) FROM steps").rows == [("kept", 2)]
+    fetch_archive("away", data, replica)
+    assert not (data / ".fetch-away.db").exists()
+    assert len(inspect_agent(data, "away").runs[0].steps) == 1

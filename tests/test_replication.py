@@ -30,6 +30,7 @@ from agentshards import (
     run_agent,
 )
 from agentshards._base.errors import ReplicaNotRestorable
+from agentshards._core.locks import AGENT_LOCKS, DATA_DIR_LOCK
 from agentshards._replication.litestream import Litestream, socket_path_for
 from agentshards._replication.replica import parse_replica
 from agentshards.testing._fakellm import serial_of
@@ -92,7 +93,8 @@ def test_restore_never_overwrites_or_leaves_partial_files(tmp_path: Path, replic
     restore_agent("a", target, replica, overwrite=True)
     with pytest.raises(ReplicationError, match="no replica for agent ghost"):
         restore_agent("ghost", target, replica)
-    assert sorted(p.name for p in target.iterdir()) == ["a.db"]  # no temp dirs, no partial files
+    # no temp dirs, no partial files: the shard and the lock files the overwrite held
+    assert sorted(p.name for p in target.iterdir()) == sorted(["a.db", DATA_DIR_LOCK, AGENT_LOCKS])
 
 
 def test_tampered_and_foreign_replicas_are_rejected(tmp_path: Path) -> None:

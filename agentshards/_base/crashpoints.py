@@ -6,7 +6,8 @@ plan every ``reached`` call is a dictionary lookup and nothing else. Points:
 - ``after_intent``   an LLM attempt row is committed, the request has not gone out;
 - ``after_response`` the response arrived, the step is not yet recorded;
 - ``after_commit``   the step is recorded;
-- ``archive_*``      after each stage of archiving a finished agent (see ``_archive``).
+- ``archive_*``      after each stage of archiving a finished agent (see ``_archive``);
+- ``restore_moved_aside``  a restore with overwrite moved the old files aside, the new one is not in place.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 POINTS = ("after_intent", "after_response", "after_commit")
 ARCHIVE_POINTS = ("archive_vacuumed", "archive_uploaded", "archive_verified", "archive_published",
                   "archive_replica_deleted")
+RESTORE_POINTS = ("restore_moved_aside",)
 
 
 @dataclass(frozen=True)
@@ -31,7 +33,7 @@ class CrashPlan:
         if not spec:
             return cls()
         point, _, hit = spec.partition("@")
-        if point not in POINTS + ARCHIVE_POINTS or not hit.isdigit() or int(hit) < 1:
+        if point not in POINTS + ARCHIVE_POINTS + RESTORE_POINTS or not hit.isdigit() or int(hit) < 1:
             raise ValueError(f"AGENTSHARDS_TEST_CRASH={spec!r}: expected one of {POINTS} followed by @N (N >= 1)")
         return cls(point, int(hit))
 

@@ -21,7 +21,8 @@ The tree is deliberately shallow so callers can catch at the level they care abo
     ├── ReplicationError             Litestream could not start, sync or restore; a manifest write failed
     │   ├── NoReplica                the agent's replica prefix holds no object at all
     │   └── ReplicaNotRestorable     it holds objects, and neither reader can restore them
-    ├── DataDirLocked                another supervisor owns the data dir
+    ├── DataDirLocked                another process owns the data dir (a fleet, run_agent with a replica)
+    │   └── AgentLocked              another process is running (or changing) this agent
     ├── LeaseError                   another node holds (or took) the replica prefix
     └── LLMError                     a durable LLM call could not be made (config, not durable)
         └── LLMRequestRejected       the provider rejected the request itself (400/422): a recorded outcome
@@ -172,7 +173,18 @@ class BudgetExceeded(AgentShardsError):
 
 
 class DataDirLocked(AgentShardsError):
-    """Another supervisor owns this data dir (its pid is in the message)."""
+    """Another process owns this data dir: a fleet's supervisor or a run_agent with a replica. ``pid`` is the
+    holder's (also in the message), None when its lock file did not say."""
+
+    def __init__(self, message: str, *, pid: int | None = None, hint: str | None = None,
+                 agent_id: str | None = None) -> None:
+        self.pid = pid
+        super().__init__(message, hint=hint, agent_id=agent_id)
+
+
+class AgentLocked(DataDirLocked):
+    """Another process holds this agent: a run of it is under way there (or a command is changing its shard).
+    A DataDirLocked of one agent, so code that waits for a data dir's owner handles it the same way."""
 
 
 class LeaseError(AgentShardsError):

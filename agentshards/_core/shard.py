@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from pathlib import Path
@@ -10,6 +11,7 @@ import apsw
 
 from .._base.config import ShardConfig
 from .._base.errors import InvalidAgentId, ShardError
+from .replace import finish_interrupted_replace
 from .schema import check_file, migrate
 from .sqlite import open_connection, query, require_sqlite, write_transaction
 
@@ -36,6 +38,16 @@ def shard_path(data_dir: Path, agent_id: str) -> Path:
     return Path(data_dir) / f"{validate_agent_id(agent_id)}{SHARD_SUFFIX}"
 
 
+def shard_ids(data_dir: str | os.PathLike[str]) -> list[str]:
+    """The agents with a shard in ``data_dir``, sorted: files named ``<agent id>.db``.
+
+    Other ``*.db`` files are not shards and are skipped: the temporary files of a fetch or a restore are
+    dot-files (no agent id starts with a dot), and a leftover one must not break every scan of the data dir.
+    """
+    ids = (p.name[: -len(SHARD_SUFFIX)] for p in Path(data_dir).glob(f"*{SHARD_SUFFIX}"))
+    return sorted(i for i in ids if _AGENT_ID.fullmatch(i) and ".." not in i)
+
+
 def open_shard(data_dir: Path, agent_id: str, config: ShardConfig, *, create: bool = True,
                verified: bool = False) -> apsw.Connection:
     """Open (creating if asked) the agent's file, checked, migrated to the current schema and bound to its id.
@@ -46,6 +58,8 @@ def open_shard(data_dir: Path, agent_id: str, config: ShardConfig, *, create: bo
     """
     require_sqlite()
     path = shard_path(data_dir, agent_id)
+    if not path.exists():  # a replace killed before its new file arrived set the old shard aside
+        finish_interrupted_replace(path)
     if path.exists():
         if not verified:
             _check_existing(path, agent_id, config)

@@ -12,7 +12,6 @@ worker that died; every agent resumes from its journal, so a restart never repea
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import os
 import resource
@@ -21,14 +20,13 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
 from .._base.config import RunConfig, SupervisorConfig, litestream_owned
 from .._base.errors import (
     AgentFailed,
     AgentShardsError,
     BudgetExceeded,
-    DataDirLocked,
     InvalidInputs,
     InvalidTarget,
     NoReplica,
@@ -37,6 +35,7 @@ from .._base.errors import (
 )
 from .._core import codec as _codec
 from .._core.journal import Journal, Run
+from .._core.locks import HeldLock, lock_data_dir
 from .._core.shard import open_shard, validate_agent_id
 from .._replication.states import (
     BUDGET_EXCEEDED,
@@ -75,7 +74,7 @@ class Fleet:
         if replica is not None:
             self.run_config = litestream_owned(self.run_config)  # Litestream owns the shards' checkpoints
         self._env = dict(os.environ if env is None else env)  # read once, here at the edge
-        self._lock_file: IO[str] | None = None
+        self._lock: HeldLock | None = None  # the data-dir lock, held from the first launch to close()
         self._replication: Any = None
         self._supervisor: Supervisor | None = None
         self._fingerprints: dict[str, str | None] = {}
@@ -160,7 +159,7 @@ class Fleet:
         """Once per fleet: the data-dir lock, then the prefix lease, then Litestream; undone on failure."""
         if self._supervisor is not None:
             return self._supervisor
-        self._acquire_lock()
+        self._lock = lock_data_dir(self.data_dir, "run a fleet")
         try:
             if self.replica is not None:
                 from .._replication.lease import LeaseConfig
@@ -313,10 +312,10 @@ class Fleet:
             log.warning("agent %s: its run ended (%s) but the replica was not confirmed to hold the end; published "
                         "as %s, so a recovery takes it", agent_id, run.status if run else "?", UNSYNCED)
         if self.archive_finished and run is not None and run.status in ENDED:
-            from .._replication.archive import archive_agent
+            from .._replication.archive import archive_owned
 
             try:
-                archive_agent(agent_id, self.data_dir, self._replication.target, env=self._env,
+                archive_owned(agent_id, self.data_dir, self._replication.target, env=self._env,
                               litestream=self._replication.litestream)
             except Exception as exc:  # whatever it is, it is this agent's: the fleet goes on
                 self._finalisation_failed(state, "archiving it", exc, "nothing was removed locally; archive it "
@@ -341,31 +340,10 @@ class Fleet:
             code_fingerprint=self._fingerprints.get(target), steps=steps, updated_at=time.time(),
             inputs_json=self._inputs_json.get(agent_id)))
 
-    def _acquire_lock(self) -> None:
-        """An fcntl lock on a file of its own (locking a .db file would break SQLite's own locks)."""
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        path = self.data_dir / "agentshards.lock"
-        handle = open(path, "a+")  # noqa: SIM115 - held for the fleet's life
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            owner = handle.read().strip() or "?"
-            handle.close()
-            raise DataDirLocked(f"{self.data_dir} is owned by another supervisor (pid {owner})",
-                                hint="one supervisor per data dir: stop the other one or use another --data-dir"
-                                ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"{os.getpid()}\n")
-        handle.flush()
-        self._lock_file = handle
-
     def _release_lock(self) -> None:
-        if self._lock_file is not None:
-            fcntl.flock(self._lock_file, fcntl.LOCK_UN)
-            self._lock_file.close()
-            self._lock_file = None
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
 
 @contextlib.contextmanager

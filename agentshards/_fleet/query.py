@@ -18,7 +18,7 @@ import apsw
 from .._base.config import ShardConfig
 from .._base.errors import InvalidInputs
 from .._core.schema import check_file
-from .._core.shard import SHARD_SUFFIX, shard_path, validate_agent_id
+from .._core.shard import shard_ids, shard_path, validate_agent_id
 from .._core.sqlite import open_connection
 
 _ALLOWED = {apsw.SQLITE_SELECT, apsw.SQLITE_READ, apsw.SQLITE_FUNCTION, apsw.SQLITE_RECURSIVE}
@@ -54,7 +54,7 @@ def _run(conn: apsw.Connection, sql: str, where: str) -> QueryResult:
 
 def query_fleet(data_dir: str | os.PathLike[str], sql: str, *, reduce: str | None = None) -> QueryResult:
     """Run ``sql`` on every shard in ``data_dir`` (read-only); prefix each row with its agent id."""
-    ids = sorted(p.name[: -len(SHARD_SUFFIX)] for p in Path(data_dir).glob(f"*{SHARD_SUFFIX}"))
+    ids = shard_ids(data_dir)
     columns: list[str] = ["agent_id"]
     merged: list[tuple[Any, ...]] = []
     for agent_id in ids:

@@ -10,7 +10,7 @@ from pathlib import Path
 from .._base.config import ShardConfig
 from .._core.journal import Attempt, Journal, Run, StepRecord
 from .._core.ledger import Spend
-from .._core.shard import SHARD_SUFFIX, open_shard
+from .._core.shard import open_shard, shard_ids
 
 
 @dataclass(frozen=True)
@@ -53,8 +53,7 @@ class SpendReport:
 
 def spend_report(data_dir: str | os.PathLike[str], agent_id: str | None = None) -> SpendReport:
     """Spend, calls, savings by replay and in-flight estimates for one agent or every agent in ``data_dir``."""
-    ids = [agent_id] if agent_id is not None else sorted(
-        p.name[: -len(SHARD_SUFFIX)] for p in Path(data_dir).glob(f"*{SHARD_SUFFIX}"))
+    ids = [agent_id] if agent_id is not None else shard_ids(data_dir)
     agents: dict[str, Spend] = {}
     for one in ids:
         journal = Journal(open_shard(Path(data_dir), one, ShardConfig(), create=False), one)
@@ -97,7 +96,7 @@ def data_dir_status(data_dir: str | os.PathLike[str]) -> list[AgentStatus]:
     status_file = Path(data_dir) / ".fleet" / "status.json"
     if status_file.exists():
         live = json.loads(status_file.read_text()).get("agents", {})
-    ids = sorted({p.name[: -len(SHARD_SUFFIX)] for p in Path(data_dir).glob(f"*{SHARD_SUFFIX}")} | set(live))
+    ids = sorted(set(shard_ids(data_dir)) | set(live))
     out = []
     for agent_id in ids:
         journal = Journal(open_shard(Path(data_dir), agent_id, ShardConfig(), create=False), agent_id)

@@ -11,7 +11,7 @@ import os
 import sys
 import time
 import traceback
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,7 +20,6 @@ from .._base.errors import (
     AgentFailed,
     AgentShardsError,
     BudgetExceeded,
-    DataDirLocked,
     InvalidInputs,
     LLMRequestRejected,
     ShardError,
@@ -28,13 +27,17 @@ from .._base.errors import (
 from .._core import codec as _codec
 from .._core.agent import Agent
 from .._core.journal import BUDGET_EXCEEDED, CANCELLED, FAILED, RUNNING, SUCCEEDED, Journal, Run
+from .._core.locks import lock_agent, lock_data_dir
 from .._core.shard import open_shard, validate_agent_id
+from .._core.sqlite import require_sqlite
 from .._core.target import AgentFn, target_of
 from .._core.target_policy import TargetPolicy, resolve_stored
 
 if TYPE_CHECKING:  # replication modules load only when a replica is used: `import agentshards` stays fast
     from .._replication.lease import LeaseConfig
     from .._replication.lease_keeper import LeaseKeeper
+    from .._replication.objectstore import ObjectStore
+    from .._replication.replica import ReplicaTarget
     from .._replication.replication import Replication
 
 log = logging.getLogger("agentshards")
@@ -63,7 +66,10 @@ def run_agent(
       (read here, at the edge, and nowhere else).
     - ``replica`` (``s3://bucket/prefix`` or a directory) replicates the shard with a Litestream process
       for the duration of the call, publishes the agent's manifest, and enables ``replicated`` steps.
-      S3 endpoint, region and credentials come from the standard AWS environment.
+      S3 endpoint, region and credentials come from the standard AWS environment. The call then owns the
+      data dir as a fleet does (DataDirLocked while another owner has it) and the replica prefix's lease.
+    - One run of an agent at a time: AgentLocked (naming the holder's pid) while another process or
+      thread runs it.
 
     Everything is validated before the disk is touched. The result is the JSON value the journal holds.
     """
@@ -73,16 +79,22 @@ def run_agent(
     env = os.environ
     if config is None:
         config = config_from_env(env)
+    require_sqlite()  # these two checks come before the locks, which create the data dir and their files
+    checked = None if replica is None else check_replica(replica, env)
     with contextlib.ExitStack() as stack:
         replication = lease = None
-        if replica is not None:
+        if replica is not None:  # this call runs the data dir's Litestream: it must own the data dir
+            stack.enter_context(lock_data_dir(data_dir, f"run agent {agent_id} with a replica", agent_id=agent_id))
+        stack.enter_context(lock_agent(data_dir, agent_id))  # one run of an agent at a time
+        if replica is not None and checked is not None:
             from .._replication.lease import LeaseConfig
 
             config = litestream_owned(config)
             # one live node per prefix, as for a fleet: held for the call, fenced when it cannot be renewed
-            lease = hold_prefix_lease(replica, LeaseConfig(config.lease_ttl_s, take_over=config.lease_take_over), env)
+            lease = hold_prefix_lease(replica, LeaseConfig(config.lease_ttl_s, take_over=config.lease_take_over), env,
+                                      checked=checked)
             stack.callback(lease.release)
-            replication = start_replication(Path(data_dir), replica, config, env)
+            replication = start_replication(Path(data_dir), replica, config, env, checked=checked)
             stack.callback(replication.litestream.stop)
             lease.add_fence(replication.halt)
         journal = Journal(open_shard(Path(data_dir), agent_id, config.shard), agent_id)
@@ -102,32 +114,37 @@ def config_from_env(env: Mapping[str, str], shard: ShardConfig | None = None) ->
     return RunConfig(shard=shard or ShardConfig(), llm=llm_config_from_env(env), crash_plan=env.get(CRASH_ENV))
 
 
-def hold_prefix_lease(replica: str, config: LeaseConfig, env: Mapping[str, str]) -> LeaseKeeper:
-    """Check the replica, take its prefix lease and keep it from threads of its own; the caller registers
-    its fences (``add_fence``) and calls ``release`` at the end."""
-    from .._replication.lease import Lease
-    from .._replication.lease_keeper import LeaseKeeper
+def check_replica(replica: str, env: Mapping[str, str]) -> tuple[ReplicaTarget, ObjectStore]:
+    """Parse the replica and check it is usable: clear errors before any agent starts or any file is made."""
     from .._replication.objectstore import store_for
     from .._replication.replica import parse_replica
 
     target = parse_replica(replica, env)
     store = store_for(target, env)
     store.check()
+    return target, store
+
+
+def hold_prefix_lease(replica: str, config: LeaseConfig, env: Mapping[str, str], *,
+                      checked: tuple[ReplicaTarget, ObjectStore] | None = None) -> LeaseKeeper:
+    """Check the replica (unless ``checked`` already), take its prefix lease and keep it from threads of its
+    own; the caller registers its fences (``add_fence``) and calls ``release`` at the end."""
+    from .._replication.lease import Lease
+    from .._replication.lease_keeper import LeaseKeeper
+
+    target, store = checked or check_replica(replica, env)
     keeper = LeaseKeeper(Lease(store, target, config))
     keeper.acquire()
     return keeper
 
 
-def start_replication(data_dir: Path, replica: str, config: RunConfig, env: Mapping[str, str]) -> Replication:
-    """Check the replica is usable (clear errors before any agent starts), then start Litestream."""
+def start_replication(data_dir: Path, replica: str, config: RunConfig, env: Mapping[str, str], *,
+                      checked: tuple[ReplicaTarget, ObjectStore] | None = None) -> Replication:
+    """Check the replica is usable (unless ``checked`` by ``check_replica`` already), then start Litestream."""
     from .._replication.litestream import Litestream
-    from .._replication.objectstore import store_for
-    from .._replication.replica import parse_replica
     from .._replication.replication import Replication
 
-    target = parse_replica(replica, env)
-    store = store_for(target, env)
-    store.check()
+    target, store = checked or check_replica(replica, env)
     litestream = Litestream(data_dir, target, config.litestream, env)
     litestream.start()
     return Replication(litestream, store, target)
@@ -271,9 +288,7 @@ def fork_run(agent_id: str, data_dir: str | os.PathLike[str], *, at_step: int | 
     inputs imports the stored target, under the same policy as ``retry_agent`` (``app_dir``,
     ``allow_targets``).
     """
-    agent_id = validate_agent_id(agent_id)
-    journal = Journal(open_shard(Path(data_dir), agent_id, RunConfig().shard, create=False), agent_id)
-    try:
+    with _offline_journal(agent_id, data_dir, "fork") as journal:
         runs = journal.runs()
         if not runs:
             raise ShardError("has no run to fork", agent_id=agent_id, hint="run the agent first")
@@ -295,22 +310,17 @@ def fork_run(agent_id: str, data_dir: str | os.PathLike[str], *, at_step: int | 
             input_json = _check_inputs(func, source.target, agent_id, inputs)
             digest = _codec.digest(input_json)
         return journal.fork_run(source.id, keep, input_json=input_json, input_digest=digest).id
-    finally:
-        journal.close()
 
 
 def cancel_agent(agent_id: str, data_dir: str | os.PathLike[str], reason: str = "cancelled by an operator") -> Run:
     """End the agent's open run as ``cancelled`` (final). Refused while a supervisor owns the data dir."""
-    journal = _offline_journal(agent_id, data_dir, "cancel")
-    try:
+    with _offline_journal(agent_id, data_dir, "cancel") as journal:
         runs = journal.runs()
         if not runs or runs[-1].status != RUNNING:
             raise InvalidInputs(f"has no open run to cancel ({runs[-1].status if runs else 'no run'})",
                                 agent_id=agent_id, hint="only a running (open) run can be cancelled")
         return journal.finish_run(runs[-1].id, CANCELLED, error_json=json.dumps(
             {"type": "Cancelled", "message": reason}))
-    finally:
-        journal.close()
 
 
 def retry_agent(agent_id: str, data_dir: str | os.PathLike[str], *, config: RunConfig | None = None,
@@ -323,8 +333,7 @@ def retry_agent(agent_id: str, data_dir: str | os.PathLike[str], *, config: RunC
     module lies under ``app_dir`` (default: the working directory) or matches ``allow_targets``.
     """
     policy = TargetPolicy.of(app_dir, allow_targets)
-    journal = _offline_journal(agent_id, data_dir, "retry")
-    try:
+    with _offline_journal(agent_id, data_dir, "retry") as journal:
         runs = journal.runs()
         if not runs or runs[-1].status not in (FAILED, RUNNING):
             raise InvalidInputs(f"has no failed or open run to retry ({runs[-1].status if runs else 'no run'})",
@@ -332,23 +341,19 @@ def retry_agent(agent_id: str, data_dir: str | os.PathLike[str], *, config: RunC
                                                         "a finished one starts again with new_run=True")
         resolve_stored(runs[-1].target, policy, agent_id)  # refused before the run is reopened; then cached
         run = journal.reopen(runs[-1].id) if runs[-1].status == FAILED else runs[-1]
-    finally:
-        journal.close()
     return run_agent(run.target, agent_id=agent_id, data_dir=data_dir, config=config, replica=replica,
                      **json.loads(run.input_json))
 
 
-def _offline_journal(agent_id: str, data_dir: str | os.PathLike[str], what: str) -> Journal:
-    import fcntl
-
-    lock = Path(data_dir) / "agentshards.lock"
-    if lock.exists():
-        with open(lock) as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                fcntl.flock(handle, fcntl.LOCK_UN)
-            except BlockingIOError:
-                raise DataDirLocked(f"cannot {what} while a supervisor (pid {handle.read().strip()}) owns {data_dir}",
-                                    agent_id=agent_id, hint="stop the fleet first") from None
+@contextlib.contextmanager
+def _offline_journal(agent_id: str, data_dir: str | os.PathLike[str], what: str) -> Iterator[Journal]:
+    """The agent's journal for a change made outside any run: only while no supervisor (nor run_agent with a
+    replica) owns the data dir and no run of the agent is under way, both held until the change is done."""
     agent_id = validate_agent_id(agent_id)
-    return Journal(open_shard(Path(data_dir), agent_id, RunConfig().shard, create=False), agent_id)
+    with lock_data_dir(data_dir, f"{what} agent {agent_id}", agent_id=agent_id), \
+            lock_agent(data_dir, agent_id, what):
+        journal = Journal(open_shard(Path(data_dir), agent_id, RunConfig().shard, create=False), agent_id)
+        try:
+            yield journal
+        finally:
+            journal.close()

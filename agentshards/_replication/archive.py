@@ -28,6 +28,8 @@ from .._base.config import ShardConfig
 from .._base.crashpoints import CrashCounter, CrashPlan
 from .._base.errors import ReplicationError, ShardError, ShardExists
 from .._core.journal import FINAL, Journal
+from .._core.locks import lock_agent, lock_data_dir
+from .._core.replace import aside_dir
 from .._core.shard import open_shard, shard_path, validate_agent_id
 from .manifest import ManifestEntry, delete_manifest, list_manifests, read_manifest, write_manifest
 from .objectstore import ObjectNotFound, ObjectStore, store_for
@@ -66,16 +68,38 @@ def _target(replica: str | ReplicaTarget, env: Mapping[str, str], *,
 def archive_agent(agent_id: str, data_dir: str | os.PathLike[str], replica: str | ReplicaTarget, *,
                   env: Mapping[str, str] | None = None, litestream: Litestream | None = None,
                   crash_plan: str | None = None) -> ArchiveEntry:
-    """Archive one finished agent (see the module docstring for the stages and their crash safety)."""
+    """Archive one finished agent (see the module docstring for the stages and their crash safety).
+
+    DataDirLocked while a fleet (or a run_agent with a replica) owns the data dir: its Litestream would go
+    on replicating the shard this removes. A fleet archives its own agents with ``archive_owned``.
+    """
+    agent_id = validate_agent_id(agent_id)
+    with lock_data_dir(data_dir, f"archive agent {agent_id}", agent_id=agent_id):
+        return archive_owned(agent_id, data_dir, replica, env=env, litestream=litestream, crash_plan=crash_plan)
+
+
+def archive_owned(agent_id: str, data_dir: str | os.PathLike[str], replica: str | ReplicaTarget, *,
+                  env: Mapping[str, str] | None = None, litestream: Litestream | None = None,
+                  crash_plan: str | None = None) -> ArchiveEntry:
+    """``archive_agent`` for the owner of the data dir (the caller holds its lock, and runs ``litestream``)."""
     env = os.environ if env is None else env
     agent_id = validate_agent_id(agent_id)
     target, store = _target(replica, env)
     crash = CrashCounter(CrashPlan.parse(crash_plan))
     data = Path(data_dir)
+    copy = data / ".archive" / f"{agent_id}.db"
+    with lock_agent(data, agent_id, "archive it"):
+        try:
+            return _archive(agent_id, data, target, store, copy, litestream, crash)
+        except BaseException:
+            copy.unlink(missing_ok=True)  # the compact copy is only worth keeping in the archive
+            raise
+
+
+def _archive(agent_id: str, data: Path, target: ReplicaTarget, store: ObjectStore, copy: Path,
+             litestream: Litestream | None, crash: CrashCounter) -> ArchiveEntry:
     journal = Journal(open_shard(data, agent_id, ShardConfig(), create=False), agent_id)
-    work = data / ".archive"
-    work.mkdir(parents=True, exist_ok=True)
-    copy = work / f"{agent_id}.db"
+    copy.parent.mkdir(parents=True, exist_ok=True)
     copy.unlink(missing_ok=True)  # a leftover from an interrupted archive
     try:
         runs = journal.runs()
@@ -129,11 +153,25 @@ def archive_agent(agent_id: str, data_dir: str | os.PathLike[str], replica: str 
 
 
 def _remove_local(data: Path, agent_id: str) -> None:
+    """The shard and everything this package keeps beside it for the agent (not its lock file: see _core.locks)."""
     path = shard_path(data, agent_id)
     for suffix in ("-wal", "-shm", ""):
         Path(f"{path}{suffix}").unlink(missing_ok=True)
     shutil.rmtree(data / f".{path.name}-litestream", ignore_errors=True)
+    shutil.rmtree(aside_dir(path), ignore_errors=True)
+    _remove_temp(_fetch_temp(data, agent_id))
+    (data / ".archive" / f"{agent_id}.db").unlink(missing_ok=True)
     (data / ".fleet" / "results" / f"{agent_id}.json").unlink(missing_ok=True)
+
+
+def _fetch_temp(data: Path, agent_id: str) -> Path:
+    """Where a fetch writes before its checks: a dot-file, so no scan of the data dir takes it for a shard."""
+    return data / f".fetch-{agent_id}.db"
+
+
+def _remove_temp(path: Path) -> None:
+    for suffix in ("-wal", "-shm", ""):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
 
 
 def list_archives(replica: str | ReplicaTarget, *, env: Mapping[str, str] | None = None) -> list[ManifestEntry]:
@@ -143,11 +181,22 @@ def list_archives(replica: str | ReplicaTarget, *, env: Mapping[str, str] | None
 
 def fetch_archive(agent_id: str, data_dir: str | os.PathLike[str], replica: str | ReplicaTarget, *,
                   env: Mapping[str, str] | None = None) -> Path:
-    """Bring an archived shard back (verified: sha256, integrity, schema, id) for inspection or a new run."""
+    """Bring an archived shard back (verified: sha256, integrity, schema, id) for inspection or a new run.
+
+    DataDirLocked while a fleet (or a run_agent with a replica) owns the data dir.
+    """
     env = os.environ if env is None else env
     agent_id = validate_agent_id(agent_id)
     target, store = _target(replica, env, read_only=True)  # the replica is only read
-    final = shard_path(Path(data_dir), agent_id)
+    with lock_data_dir(data_dir, f"fetch agent {agent_id}", agent_id=agent_id), \
+            lock_agent(data_dir, agent_id, "fetch it"):
+        return _fetch(agent_id, Path(data_dir), target, store)
+
+
+def _fetch(agent_id: str, data: Path, target: ReplicaTarget, store: ObjectStore) -> Path:
+    final = shard_path(data, agent_id)
+    tmp = _fetch_temp(data, agent_id)
+    _remove_temp(tmp)  # left by a fetch that was killed
     if final.exists():
         raise ShardExists(f"a local shard already exists at {final}", agent_id=agent_id,
                           hint="fetch into another --data-dir")
@@ -159,14 +208,12 @@ def fetch_archive(agent_id: str, data_dir: str | os.PathLike[str], replica: str 
     if hashlib.sha256(blob).hexdigest() != meta.get("sha256"):
         raise ShardError("the archived object does not match its recorded sha256", agent_id=agent_id,
                          hint="the archive is damaged or was tampered with; nothing was written")
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".fetch-{agent_id}.db"
-    tmp.write_bytes(blob)
     try:
+        tmp.write_bytes(blob)
         verify_restored(tmp, agent_id)
         os.replace(tmp, final)
     finally:
-        tmp.unlink(missing_ok=True)
+        _remove_temp(tmp)
     return final
 
 
@@ -188,12 +235,24 @@ def expire_archives(replica: str | ReplicaTarget, older_than_days: float, *, env
 
 def delete_agent(agent_id: str, data_dir: str | os.PathLike[str], replica: str | ReplicaTarget | None = None, *,
                  env: Mapping[str, str] | None = None) -> list[str]:
-    """Remove an agent everywhere: local shard, live replica, manifest entry, archive. Returns what went."""
+    """Remove an agent everywhere: local shard, live replica, manifest entry, archive. Returns what went.
+
+    DataDirLocked while a fleet (or a run_agent with a replica) owns the data dir, AgentLocked while the
+    agent runs.
+    """
     env = os.environ if env is None else env
     agent_id = validate_agent_id(agent_id)
+    if not Path(data_dir).is_dir():  # nothing local, nothing to lock: only the replica's copies go
+        return _delete(agent_id, Path(data_dir), replica, env)
+    with lock_data_dir(data_dir, f"delete agent {agent_id}", agent_id=agent_id), \
+            lock_agent(data_dir, agent_id, "delete it"):
+        return _delete(agent_id, Path(data_dir), replica, env)
+
+
+def _delete(agent_id: str, data: Path, replica: str | ReplicaTarget | None, env: Mapping[str, str]) -> list[str]:
     removed = []
-    if shard_path(Path(data_dir), agent_id).exists():
-        _remove_local(Path(data_dir), agent_id)
+    if shard_path(data, agent_id).exists():
+        _remove_local(data, agent_id)
         removed.append("local shard")
     if replica is not None:
         target, store = _target(replica, env)

@@ -40,6 +40,7 @@ from .._base.config import LitestreamConfig
 from .._base.environ import litestream_env
 from .._base.errors import ReplicationError
 from .._base.proc import popen_from_long_lived_thread
+from .._core import locks
 from .._core.shard import shard_path
 from .ltx import VERIFIED_LITESTREAM
 from .replica import ReplicaTarget
@@ -265,7 +266,19 @@ class Litestream:
             self._call("POST", "/register", {"path": str(self._db(agent_id)), "replica_url": url})
 
     def _stop_leftover(self) -> None:
-        """A Litestream left by a killed owner of this data dir is stopped before a second one starts."""
+        """A Litestream left by a killed owner of this data dir is stopped before a second one starts.
+
+        Only by the data dir's owner: the pid file may name the Litestream of a live owner (a fleet, a
+        run_agent with a replica), which no one else may kill. A caller that does not hold the data-dir
+        lock takes it for the check, and so gets DataDirLocked beside a live owner.
+        """
+        if locks.holds_data_dir(self.data_dir):
+            self._kill_leftover()
+            return
+        with locks.lock_data_dir(self.data_dir, "start litestream"):
+            self._kill_leftover()
+
+    def _kill_leftover(self) -> None:
         try:
             pid = int(self.pid_path.read_text().strip())
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
@@ -335,7 +348,9 @@ class Litestream:
                                 self.config.stop_timeout_s)
                     self._kill()
             self._proc = None
-            self.pid_path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError, ValueError):
+                if int(self.pid_path.read_text().strip()) == proc.pid:  # never another owner's pid file
+                    self.pid_path.unlink()
 
     def _kill(self) -> None:
         if self._proc is not None and self._proc.poll() is None:

@@ -11,6 +11,7 @@ file. A local shard is never overwritten unless asked.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -18,10 +19,14 @@ import shutil
 import tempfile
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 from .._base.config import LitestreamConfig, ShardConfig
+from .._base.crashpoints import CrashCounter, CrashPlan
 from .._base.errors import AgentShardsError, NoReplica, ReplicaNotRestorable, ReplicationError, ShardError, ShardExists
+from .._core.locks import lock_agent, lock_data_dir
+from .._core.replace import finish_interrupted_replace, replace_shard
 from .._core.schema import check_file
 from .._core.shard import shard_path, validate_agent_id
 from .._core.sqlite import open_connection, query
@@ -44,23 +49,29 @@ log = logging.getLogger("agentshards")
 
 def restore_agent(agent_id: str, data_dir: str | os.PathLike[str], replica: str | ReplicaTarget, *,
                   overwrite: bool = False, env: Mapping[str, str] | None = None,
-                  litestream: LitestreamConfig | None = None, check_replica: bool = True) -> Path:
+                  litestream: LitestreamConfig | None = None, check_replica: bool = True,
+                  crash_plan: str | None = None) -> Path:
     """Restore ``agent_id``'s shard from ``replica`` into ``data_dir``; return its path.
 
     Raises NoReplica (a ReplicationError) when nothing at all is stored for the agent, ReplicaNotRestorable
     when something is but neither the LTX reader nor ``litestream restore`` can bring back its newest state,
     ShardExists (a ShardError) when a local shard exists and ``overwrite`` is false, ShardError when the
-    restored file fails its checks (nothing is written at the final path).
+    restored file fails its checks (nothing is written at the final path). With ``overwrite``, DataDirLocked
+    while a fleet (or a run_agent with a replica) owns the data dir, AgentLocked while the agent runs; the
+    old files go only once the new one is in place.
     """
     env = os.environ if env is None else env
+    agent_id = validate_agent_id(agent_id)
     target = parse_replica(replica, env) if isinstance(replica, str) else replica
     store = store_for(target, env)
     if check_replica:  # a missing bucket or bad credentials: a clear error, not a restore failure
         store.check()
     config = litestream or LitestreamConfig()
     _check_reader_version(config, env)
-    return _restore_one(validate_agent_id(agent_id), Path(data_dir).resolve(), target, store, config, env,
-                        None, overwrite)
+    data = Path(data_dir).resolve()
+    crash = CrashCounter(CrashPlan.parse(crash_plan))
+    with _owning(data, overwrite, f"restore agent {agent_id} over its local shard", agent_id):
+        return _restore_one(agent_id, data, target, store, config, env, None, overwrite, crash)
 
 
 def _check_reader_version(config: LitestreamConfig, env: Mapping[str, str]) -> None:
@@ -74,11 +85,19 @@ def _check_reader_version(config: LitestreamConfig, env: Mapping[str, str]) -> N
         return  # no usable binary: nothing newer is installed, and the reader needs none
 
 
+def _owning(data: Path, overwrite: bool, what: str, agent_id: str | None = None) -> AbstractContextManager[object]:
+    """Replacing shards needs the data dir to itself (no Litestream replicating them, no worker running
+    them); restoring only new files does not (recover restores into the data dir it owns)."""
+    return lock_data_dir(data, what, agent_id=agent_id) if overwrite else contextlib.nullcontext()
+
+
 def _restore_one(agent_id: str, data: Path, target: ReplicaTarget, store: ObjectStore, config: LitestreamConfig,
-                 env: Mapping[str, str], keys: list[str] | None, overwrite: bool) -> Path:
+                 env: Mapping[str, str], keys: list[str] | None, overwrite: bool,
+                 crash: CrashCounter | None = None) -> Path:
     """Restore into a temp dir beside the final path, verify, rename. ``keys``: the agent's replica keys
     when the caller listed them already (one LIST for a whole fleet), else None."""
     final = shard_path(data, agent_id)
+    finish_interrupted_replace(final)  # a restore killed mid-replace: its old shard comes back first
     if final.exists() and not overwrite:
         raise ShardExists(f"a local shard already exists at {final}", agent_id=agent_id,
                           hint="resume it as it is, or pass overwrite=True (--overwrite) to replace it")
@@ -95,11 +114,9 @@ def _restore_one(agent_id: str, data: Path, target: ReplicaTarget, store: Object
                             f"{target.agent_key(agent_id)}/", agent_id=agent_id,
                             hint="check the replica URL; `agentshards fleet` lists what is there")
         verify_restored(candidate, agent_id)
-        for suffix in ("-wal", "-shm"):  # a stale WAL beside the new file would be replayed into it
-            Path(f"{final}{suffix}").unlink(missing_ok=True)
-        shutil.rmtree(final.parent / f".{final.name}-litestream", ignore_errors=True)
-        os.replace(candidate, final)
-        _fsync_dir(data)
+        with lock_agent(data, agent_id, "restore it") if overwrite else contextlib.nullcontext():
+            shutil.rmtree(final.parent / f".{final.name}-litestream", ignore_errors=True)  # the old file's
+            replace_shard(candidate, final, crash)
         log.info("restored agent %s from %s", agent_id, target.describe())
         return final
     finally:
@@ -233,14 +250,6 @@ def verify_restored(path: Path, agent_id: str) -> None:
         conn.close()
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def list_fleet(replica: str | ReplicaTarget, *, env: Mapping[str, str] | None = None) -> list[ManifestEntry]:
     """Every agent the replica's manifest knows, with its last published state."""
     env = os.environ if env is None else env
@@ -277,6 +286,7 @@ def restore_agents(agent_ids: list[str], data_dir: str | os.PathLike[str], repli
             listed.setdefault(key[len(root):].split("/", 1)[0], []).append(key)
     results: dict[str, Path | Exception] = {}
     data = Path(data_dir).resolve()
+    owner = _owning(data, overwrite, "restore agents over their local shards")
 
     def one(agent_id: str) -> None:
         try:
@@ -286,7 +296,7 @@ def restore_agents(agent_ids: list[str], data_dir: str | os.PathLike[str], repli
         except Exception as exc:
             results[agent_id] = exc
 
-    with ThreadPoolExecutor(max_workers=max(1, parallelism)) as pool:
+    with owner, ThreadPoolExecutor(max_workers=max(1, parallelism)) as pool:
         list(pool.map(one, agent_ids))
     return results
 
