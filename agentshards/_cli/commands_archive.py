@@ -33,7 +33,8 @@ from .progress import Counts, Progress
 @json_option
 def archive(agent_ids: tuple[str, ...], replica: str, data_dir: str, all_finished: bool) -> None:
     """Archive finished agents: one verified object each in the replica; local files removed last."""
-    from .._fleet.views import agent_summary, shard_ids
+    from .._core.shard import shard_ids
+    from .._fleet.views import agent_summary
     from .._replication.archive import archive_agent
     from .._replication.states import ENDED
 

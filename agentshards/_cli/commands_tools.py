@@ -121,7 +121,7 @@ def _data_dir(path: Path) -> str:
         raise ShardError(f"{path} does not exist", hint="it is created by the first run; check the path")
     if not path.is_dir() or not os.access(path, os.W_OK | os.X_OK):
         raise ShardError(f"{path} is not a writable directory", hint="fix its permissions or pick another")
-    from .._fleet.views import shard_ids
+    from .._core.shard import shard_ids
 
     return f"{path.resolve()} ({len(shard_ids(path))} shards)"
 

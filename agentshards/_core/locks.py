@@ -114,6 +114,25 @@ def holds_data_dir(data_dir: str | os.PathLike[str]) -> bool:
         return Path(data_dir).resolve() in _held_here
 
 
+def is_owned(data_dir: str | os.PathLike[str]) -> bool:
+    """True while some process (this one included) owns the data dir. A read-only probe: it opens the lock
+    file read-only, tries a shared lock and lets go, and never creates a file (what `status` and the
+    dashboard use to tell a running fleet's published state from a file a stopped one left behind)."""
+    try:
+        fd = os.open(Path(data_dir) / DATA_DIR_LOCK, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
+
+
 def lock_agent(data_dir: str | os.PathLike[str], agent_id: str, what: str = "run it") -> HeldLock:
     """Hold ``agent_id``'s lock; AgentLocked naming the holder's pid when a run (or a command) has it."""
     path = Path(data_dir).resolve() / AGENT_LOCKS / f"{agent_id}.lock"

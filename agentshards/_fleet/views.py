@@ -7,7 +7,6 @@ process that wrote it still holds the data dir's lock: a file left by a stopped 
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import threading
@@ -22,13 +21,13 @@ import apsw
 from .._base.config import ShardConfig
 from .._base.errors import AgentShardsError, ShardError
 from .._core.journal import Journal
-from .._core.shard import SHARD_SUFFIX, shard_path, validate_agent_id
+from .._core.locks import is_owned
+from .._core.shard import shard_ids, shard_path, validate_agent_id
 from .._core.sqlite import open_connection
 
 SERIES_POINTS = 120
 """Points in the spend-over-time chart: enough to show a shape, few enough to draw at once."""
 
-LOCK_NAME = "agentshards.lock"
 STATUS_FILE = Path(".fleet") / "status.json"
 REPLICATION_FILE = Path(".fleet") / "replication.json"
 
@@ -58,19 +57,6 @@ class LiveState:
     reason: str | None
     lag_s: float | None = None
     """Local writes not yet in the replica for this long (the fleet's watchdog's last look); None: unknown."""
-
-
-def shard_ids(data_dir: Path) -> list[str]:
-    """Agent ids with a shard in ``data_dir``; names that are not valid agent ids (temp files) are skipped."""
-    ids = []
-    for path in data_dir.glob(f"*{SHARD_SUFFIX}"):
-        agent_id = path.name[: -len(SHARD_SUFFIX)]
-        try:
-            validate_agent_id(agent_id)
-        except ValueError:
-            continue
-        ids.append(agent_id)
-    return sorted(ids)
 
 
 def _journal(data_dir: Path, agent_id: str) -> Journal:
@@ -139,7 +125,7 @@ def agent_timeline(data_dir: Path, agent_id: str) -> dict[str, Any]:
 def live_states(data_dir: Path) -> dict[str, LiveState]:
     """The supervisor's view (state, restarts, replication lag), only while its writer still holds the data
     dir's lock: a file a stopped fleet left behind says nothing."""
-    if not (data_dir / STATUS_FILE).exists() or not _lock_held(data_dir):
+    if not (data_dir / STATUS_FILE).exists() or not is_owned(data_dir):
         return {}
     agents = _json_agents(data_dir / STATUS_FILE)
     lags = _json_agents(data_dir / REPLICATION_FILE)
@@ -159,23 +145,6 @@ def _json_agents(path: Path) -> dict[str, dict[str, Any]]:
         return {}
     agents = payload.get("agents", {}) if isinstance(payload, dict) else {}
     return {k: v for k, v in agents.items() if isinstance(v, dict)} if isinstance(agents, dict) else {}
-
-
-def _lock_held(data_dir: Path) -> bool:
-    """True while some process holds the data dir's lock: probed with a shared lock, never written."""
-    try:
-        fd = os.open(data_dir / LOCK_NAME, os.O_RDONLY)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    else:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return False
-    finally:
-        os.close(fd)
 
 
 _ROW_FIELDS = tuple(f.name for f in fields(AgentSummary) if f.name != "ledger")
