@@ -27,7 +27,13 @@ def _digest(path: Path) -> str:
 
 def _shard_with_data(data_dir: Path, agent_id: str = "a1", steps: int = 40) -> Path:
     run_agent(sample_agents.many_steps, agent_id=agent_id, data_dir=data_dir, n=steps)
-    return data_dir / f"{agent_id}.db"
+    path = data_dir / f"{agent_id}.db"
+    # The steps are in the WAL (agentshards never checkpoints on close): move them into the file, as
+    # Litestream's checkpoints do, so that damaging the file damages recorded steps.
+    conn = apsw.Connection(str(path))
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    return path
 
 
 def test_truncated_file_is_refused_untouched(data_dir: Path) -> None:
@@ -171,3 +177,4 @@ def test_a_journal_write_waits_again_when_the_lock_outlasts_one_busy_timeout(
         released.join()
         other.close()
         journal.close()
+

@@ -116,7 +116,8 @@ def test_litestream_tables_are_tolerated(tmp_path: Path) -> None:
 
 def test_renamed_shard_is_refused(tmp_path: Path) -> None:
     open_shard(tmp_path, "a1", ShardConfig()).close()
-    (tmp_path / "a1.db").rename(tmp_path / "a2.db")
+    for suffix in ("", "-wal", "-shm"):  # a WAL database is the file and its WAL: closing does not merge them
+        (tmp_path / f"a1.db{suffix}").rename(tmp_path / f"a2.db{suffix}")
     with pytest.raises(ShardError, match="belongs to agent 'a1'"):
         open_shard(tmp_path, "a2", ShardConfig())
 
@@ -137,3 +138,25 @@ def test_replicated_shards_leave_checkpoints_to_litestream(tmp_path: Path) -> No
         owned.close()
     with pytest.raises(ValueError, match="wal_autocheckpoint"):
         ShardConfig(wal_autocheckpoint=-1)
+
+
+@pytest.mark.parametrize("replicated", [True, False])
+def test_closing_a_shard_never_checkpoints_its_wal(tmp_path: Path, replicated: bool) -> None:
+    """SQLite checkpoints and deletes the WAL when the last connection closes, even with
+    wal_autocheckpoint=0. With no Litestream holding the file (a restart gap, a killed Litestream, an
+    offline command, Fleet.launch's open-and-close) that is an app-side checkpoint Litestream never sees."""
+    from agentshards._base.config import RunConfig, litestream_owned
+
+    config = litestream_owned(RunConfig()).shard if replicated else ShardConfig()
+    conn = open_shard(tmp_path, "a1", config)
+    conn.execute("INSERT INTO shard_meta VALUES ('note', 'in the WAL')")
+    conn.close()
+    db, wal = tmp_path / "a1.db", tmp_path / "a1.db-wal"
+    assert wal.exists() and wal.stat().st_size > 0
+    before = (_digest(db), _digest(wal))
+    open_shard(tmp_path, "a1", config).close()  # an existing shard opened and closed again
+    assert wal.stat().st_size > 0 and (_digest(db), _digest(wal)) == before
+    check = apsw.Connection(str(db), flags=apsw.SQLITE_OPEN_READONLY)
+    check.config(apsw.SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1)
+    assert check.execute("SELECT value FROM shard_meta WHERE key = 'note'").fetchall() == [("in the WAL",)]
+    check.close()

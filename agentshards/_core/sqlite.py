@@ -62,6 +62,14 @@ def open_connection(path: Path, config: ShardConfig, *, create: bool = True,
         conn.execute("PRAGMA trusted_schema=OFF")
         # Detect a damaged b-tree page as corruption instead of reading past it.
         conn.execute("PRAGMA cell_size_check=ON")
+        # Closing the last connection must not checkpoint (SQLite's default, even with wal_autocheckpoint=0):
+        # that copies the WAL into the file and deletes it, an app-side checkpoint that Litestream never sees
+        # when it is not holding the file (a restart gap, a killed Litestream, an offline command), and the
+        # mechanism behind the corrupt restores. Set on every shard connection, not only replicated ones:
+        # whether a file is replicated is not known where it is opened (the CLI, archive, recover), and a
+        # local-only shard loses nothing by it (its WAL stays bounded by wal_autocheckpoint and is read by
+        # the next open). Read-only connections never checkpoint; setting it there too costs nothing.
+        conn.config(apsw.SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1)
         if readonly:
             # Belt and braces on top of the read-only open: refuse any write through this connection.
             conn.execute("PRAGMA query_only=ON")
