@@ -383,3 +383,39 @@ def test_status_watch_refreshes_until_interrupted(tmp_path: Path) -> None:
     proc.send_signal(signal.SIGINT)
     _out, err = proc.communicate(timeout=10)
     assert seen == 2 and proc.returncode == 0 and "Traceback" not in err
+
+
+def _files(where: Path) -> dict[str, tuple[int, int, str]]:
+    import hashlib
+
+    return {str(p.relative_to(where)): (p.stat().st_size, p.stat().st_mtime_ns,
+                                        hashlib.sha256(p.read_bytes()).hexdigest())
+            for p in sorted(where.rglob("*")) if p.is_file()}
+
+
+def test_read_only_commands_create_and_change_no_file(tmp_path: Path) -> None:
+    """status, inspect, spend and query look at shards without writing: no migration, no checkpoint, no -wal
+    or -shm created, not even reader marks in an existing -shm. Two shapes of shard: as the app leaves it
+    (file, -wal, -shm) and as a restore or a checkpoint leaves it (the file alone)."""
+    import apsw
+
+    from agentshards import run_agent
+
+    import sample_agents
+
+    data = tmp_path / "d"
+    for agent_id in ("live", "packed"):
+        run_agent(sample_agents.many_steps, agent_id=agent_id, data_dir=data, n=3)
+    conn = apsw.Connection(str(data / "packed.db"))
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()  # a plain SQLite close: checkpoints and deletes packed's -wal and -shm
+    assert {p.name for p in data.iterdir()} == {"live.db", "live.db-wal", "live.db-shm", "packed.db"}
+    before = _files(data)
+    for args in (["status"], ["status", "--json"], ["inspect", "live"], ["inspect", "packed", "--json"], ["spend"],
+                 ["spend", "packed"], ["query", "SELECT count(*) FROM steps"]):
+        out = _run(*args, "--data-dir", "d", cwd=tmp_path)
+        assert out.returncode == 0, (args, out.stderr)
+        assert _files(data) == before, args
+    assert _run("query", "SELECT count(*) FROM steps", "--data-dir", "d", cwd=tmp_path).stdout.splitlines()[1:] == [
+        "live\t3", "packed\t3"]
+

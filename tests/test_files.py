@@ -178,3 +178,24 @@ def test_a_journal_write_waits_again_when_the_lock_outlasts_one_busy_timeout(
         other.close()
         journal.close()
 
+
+def test_an_older_shard_is_shown_migrated_and_left_as_it_was(data_dir: Path) -> None:
+    """Read-only commands do not migrate: they read a migrated copy in memory."""
+    from agentshards import spend_report
+
+    data_dir.mkdir()
+    conn = apsw.Connection(str(data_dir / "old.db"))
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute(MIGRATIONS[0])
+    conn.execute("PRAGMA user_version = 1")
+    conn.execute("INSERT INTO shard_meta VALUES ('agent_id', 'old'), ('created_at', '0')")
+    conn.execute("INSERT INTO workflows(id, seq, target, input_json, input_digest, status, created_at, updated_at)"
+                 " VALUES ('r1', 1, 'sample_agents:two_steps', '{}', 'd', 'running', 0, 0)")
+    conn.execute("INSERT INTO steps(workflow_id, step_name, kind, output_json, completed_at)"
+                 " VALUES ('r1', 'double', 'step', '{\"v\":4}', 0)")
+    conn.close()
+    before = {p.name: _digest(p) for p in data_dir.iterdir()}
+    report = inspect_agent(data_dir, "old")
+    assert [(r.run.id, [s.name for s in r.steps]) for r in report.runs] == [("r1", ["double"])]
+    assert spend_report(data_dir).agents["old"].calls == 0
+    assert {p.name: _digest(p) for p in data_dir.iterdir()} == before

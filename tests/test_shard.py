@@ -160,3 +160,40 @@ def test_closing_a_shard_never_checkpoints_its_wal(tmp_path: Path, replicated: b
     check.config(apsw.SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1)
     assert check.execute("SELECT value FROM shard_meta WHERE key = 'note'").fetchall() == [("in the WAL",)]
     check.close()
+
+
+def test_an_unlocked_read_is_redone_when_a_writer_starts_during_it(tmp_path: Path) -> None:
+    """A shard without a -wal is read immutable (no locks, no side files): SQLite cannot see a writer that
+    starts meanwhile, so read_file notices the -wal it creates and reads again with locks."""
+    from agentshards._core.sqlite import IMMUTABLE, read_file, readonly_mode
+
+    open_shard(tmp_path, "a1", ShardConfig()).close()
+    path = tmp_path / "a1.db"
+    conn = apsw.Connection(str(path))
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()  # a plain close: the WAL is merged and deleted
+    assert readonly_mode(path) == IMMUTABLE
+    seen: list[int] = []
+
+    def read(conn: apsw.Connection) -> int:
+        count = int(conn.execute("SELECT count(*) FROM shard_meta").fetchall()[0][0])
+        if not seen:  # a writer starts while the first read is under way
+            writer = open_shard(tmp_path, "a1", ShardConfig())
+            writer.execute("INSERT INTO shard_meta VALUES ('late', 'x')")
+            writer.close()
+        seen.append(count)
+        return count
+
+    assert read_file(path, ShardConfig(), read) == 3 and seen == [2, 3]
+
+
+def test_a_wal_without_its_shm_gets_only_the_shm(tmp_path: Path) -> None:
+    """SQLite rebuilds the WAL index only into a -shm it creates: the one file a read-only look may add."""
+    from agentshards import inspect_agent
+
+    run_agent(sample_agents.many_steps, agent_id="a1", data_dir=tmp_path, n=2)
+    (tmp_path / "a1.db-shm").unlink()
+    before = {p.name: _digest(p) for p in tmp_path.iterdir()}
+    assert len(inspect_agent(tmp_path, "a1").runs[0].steps) == 2
+    after = {p.name: _digest(p) for p in tmp_path.iterdir()}
+    assert after.pop("a1.db-shm") and after == before

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import apsw
@@ -12,8 +13,8 @@ import apsw
 from .._base.config import ShardConfig
 from .._base.errors import InvalidAgentId, ShardError
 from .replace import finish_interrupted_replace
-from .schema import check_file, migrate
-from .sqlite import open_connection, query, require_sqlite, write_transaction
+from .schema import SCHEMA_VERSION, check_file, migrate, user_version
+from .sqlite import T, open_connection, query, read_file, require_sqlite, write_transaction
 
 _AGENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 SHARD_SUFFIX = ".db"
@@ -85,25 +86,75 @@ def open_shard(data_dir: Path, agent_id: str, config: ShardConfig, *, create: bo
 
 def _check_existing(path: Path, agent_id: str, config: ShardConfig) -> None:
     try:
-        conn = open_connection(path, config, readonly=True)
-    except apsw.Error as exc:
-        raise _unusable(path, agent_id, exc) from exc
-    try:
-        check_file(conn, where=str(path))
+        read_file(path, config, lambda conn: check_file(conn, where=str(path)))
     except ShardError as exc:
         raise ShardError(exc.message, hint=exc.hint, agent_id=agent_id) from None
     except apsw.Error as exc:
-        raise _unusable(path, agent_id, exc) from exc
-    finally:
-        conn.close()
+        raise _unusable(path, agent_id, exc, verb="read") from exc
 
 
-def _unusable(path: Path, agent_id: str, exc: apsw.Error) -> ShardError:
+def read_shard(data_dir: Path, agent_id: str, config: ShardConfig, read: Callable[[apsw.Connection], T]) -> T:
+    """``read(conn)`` on the agent's shard opened read-only, for status, inspect, spend and query.
+
+    Checked as ``open_shard`` checks, but never migrated nor stamped, and no file is created or changed
+    (see ``read_file``): looking at a shard must not be a write Litestream has to replicate, nor a
+    checkpoint it never sees. A shard of an older schema is read through a migrated copy in memory.
+    """
+    require_sqlite()
+    path = shard_path(data_dir, agent_id)
+    if not path.exists():
+        raise ShardError(f"no shard at {path}", agent_id=agent_id, hint="check --data-dir and the agent id")
+
+    def owned(conn: apsw.Connection) -> T:
+        owner = query(conn, "SELECT value FROM shard_meta WHERE key = 'agent_id'")
+        if owner and owner[0][0] != agent_id:
+            raise ShardError(f"{path} belongs to agent {owner[0][0]!r}",
+                             hint="shard files must not be renamed or copied between agents")
+        return read(conn)
+
+    def checked(conn: apsw.Connection) -> T:
+        check_file(conn, where=str(path))
+        if user_version(conn) >= SCHEMA_VERSION:
+            return owned(conn)
+        copy = _migrated_copy(conn, where=str(path))
+        try:
+            return owned(copy)
+        finally:
+            copy.close()
+
+    try:
+        return read_file(path, config, checked)
+    except ShardError as exc:
+        if exc.agent_id is not None:
+            raise
+        raise ShardError(exc.message, hint=exc.hint, agent_id=agent_id) from None
+    except apsw.Error as exc:
+        raise _unusable(path, agent_id, exc, verb="read") from exc
+
+
+def _migrated_copy(conn: apsw.Connection, *, where: str) -> apsw.Connection:
+    """An in-memory copy of an older shard, migrated: what the file will hold once a read-write open
+    migrates it, without writing it now."""
+    image = bytearray(conn.serialize("main") or b"")
+    if len(image) >= 100:
+        image[18:20] = b"\x01\x01"  # the header's rollback-journal mode: an in-memory database has no WAL
+    memory = apsw.Connection(":memory:")
+    try:
+        if image:
+            memory.deserialize("main", bytes(image))
+        migrate(memory, where=where)
+    except BaseException:
+        memory.close()
+        raise
+    return memory
+
+
+def _unusable(path: Path, agent_id: str, exc: apsw.Error, *, verb: str = "write") -> ShardError:
     if isinstance(exc, apsw.NotADBError):
         return ShardError(f"{path} is not a SQLite database", agent_id=agent_id,
                           hint="something else wrote this file; move it away, it was left untouched")
     if isinstance(exc, (apsw.FullError, apsw.ReadOnlyError, apsw.IOError, apsw.CantOpenError)):
-        return ShardError(f"cannot write {path}: {exc}", agent_id=agent_id,
+        return ShardError(f"cannot {verb} {path}: {exc}", agent_id=agent_id,
                           hint="check free space, permissions and that the filesystem is writable")
     return ShardError(f"cannot use {path}: {exc}", agent_id=agent_id,
                       hint="the file may be damaged; restore it from its replica. It was left untouched")

@@ -6,13 +6,18 @@ so the settings below are chosen to cooperate with it (see ``litestream/README.m
 
 from __future__ import annotations
 
+import os
+import urllib.parse
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import apsw
 
 from .._base.config import ShardConfig
-from .._base.errors import ShardError
+from .._base.errors import AgentShardsError, ShardError
+
+T = TypeVar("T")
 
 MIN_SQLITE = (3, 51, 3)
 """SQLite 3.7.0-3.51.2 can corrupt a WAL database when an external process checkpoints it while the
@@ -36,24 +41,33 @@ def require_sqlite() -> None:
             hint="pip install -U apsw (its wheels bundle a current SQLite)")
 
 
-def open_connection(path: Path, config: ShardConfig, *, create: bool = True,
-                    readonly: bool = False) -> apsw.Connection:
+def open_connection(path: Path, config: ShardConfig, *, create: bool = True, readonly: bool = False,
+                    leave_no_trace: bool = False) -> apsw.Connection:
     """Open ``path`` with every pragma agentshards relies on, each set for a stated reason.
 
     ``readonly`` connections change nothing in the file (no WAL switch): they are how a file of unknown
-    origin is examined before agentshards writes to it.
+    origin is examined before agentshards writes to it, and how status, inspect, spend and query read.
+    ``leave_no_trace`` ones also create and change no file beside it where SQLite allows that (see
+    ``readonly_mode``); ``read_file`` opens them, because it alone notices a writer that starts during an
+    unlocked read.
     """
+    name = str(path)
     if readonly:
         flags = apsw.SQLITE_OPEN_READONLY
+        mode = readonly_mode(path) if leave_no_trace else None
+        if mode is not None:
+            # A URI built here from the quoted absolute path: no parameter can come from the file name.
+            name = f"file:{urllib.parse.quote(str(Path(path).absolute()))}?{mode}=1"
+            flags |= apsw.SQLITE_OPEN_URI
     else:
+        mode = None
         flags = apsw.SQLITE_OPEN_READWRITE | (apsw.SQLITE_OPEN_CREATE if create else 0)
-    # No URI filenames (plain path only), and extension loading stays disabled (apsw's default):
-    # shard files may arrive from a replica or an archive.
+    # Extension loading stays disabled (apsw's default): shard files may arrive from a replica or an archive.
     # 32 prepared statements kept, not apsw's 100: the per-step path uses 7 (BEGIN, the step row, COMMIT;
     # an LLM step 4 more), while creating a shard prepares ~40 once (schema, migrations) that would
     # otherwise stay cached for the connection's life: ~75 KB per new shard (apsw.memory_used). A fleet's
     # workers open shards the supervisor created, so their memory did not move (723 vs 727 MB, 1,000 agents).
-    conn = apsw.Connection(str(path), flags=flags, vfs=config.vfs, statementcachesize=STATEMENT_CACHE)
+    conn = apsw.Connection(name, flags=flags, vfs=config.vfs, statementcachesize=STATEMENT_CACHE)
     try:
         # First, before any other statement: Litestream holds locks briefly; without a busy timeout a
         # PRAGMA below (even journal_mode) can fail with SQLITE_BUSY at once.
@@ -73,11 +87,20 @@ def open_connection(path: Path, config: ShardConfig, *, create: bool = True,
         if readonly:
             # Belt and braces on top of the read-only open: refuse any write through this connection.
             conn.execute("PRAGMA query_only=ON")
+            if mode == READONLY_SHM:
+                # Read once now: a -shm that needs rebuilding (its last writer crashed, or one is starting
+                # up) cannot be rebuilt through a read-only mapping (SQLITE_READONLY_RECOVERY/CANTINIT).
+                # Then read as any reader does, which may update the -shm's reader marks.
+                try:
+                    conn.execute("SELECT 1 FROM sqlite_schema LIMIT 1").fetchall()
+                except (apsw.ReadOnlyError, apsw.CantOpenError, apsw.BusyError):
+                    conn.close()
+                    return open_connection(path, config, readonly=True)
             return conn
         # WAL: readers (Litestream, inspect) never block the agent's writes, and Litestream replicates the WAL.
-        mode = conn.execute("PRAGMA journal_mode=WAL").fetchall()[0][0]
-        if str(mode).lower() != "wal":
-            raise apsw.CantOpenError(f"could not switch {path} to WAL (got {mode!r})")
+        journal_mode = conn.execute("PRAGMA journal_mode=WAL").fetchall()[0][0]
+        if str(journal_mode).lower() != "wal":
+            raise apsw.CantOpenError(f"could not switch {path} to WAL (got {journal_mode!r})")
         # FULL (default) syncs the WAL at every commit: a recorded step survives power loss. NORMAL only
         # survives a process crash; configurable for users who accept that. Never OFF.
         conn.execute(f"PRAGMA synchronous={config.synchronous}")
@@ -91,6 +114,63 @@ def open_connection(path: Path, config: ShardConfig, *, create: bool = True,
         conn.close()
         raise
     return conn
+
+
+IMMUTABLE, READONLY_SHM = "immutable", "readonly_shm"
+
+
+def readonly_mode(path: Path) -> str | None:
+    """How to read ``path`` without creating or changing any file, measured on SQLite 3.54:
+
+    A plain read-only open of a WAL database creates a missing ``-wal`` and ``-shm`` and writes reader
+    marks into the ``-shm``. Without a ``-wal`` every committed page is in the file itself, so it is read
+    as ``immutable`` (no locks, no side files; ``read_file`` re-reads if a writer started meanwhile).
+    With both, ``readonly_shm`` maps the ``-shm`` read-only (SQLite's mode for read-only media, safe
+    beside a live writer). A ``-wal`` without its ``-shm`` needs the index rebuilt from the WAL, which
+    SQLite only does by creating the ``-shm``: None, a plain read-only open (the file and its WAL are still
+    left as they were).
+    """
+    if not Path(f"{path}-wal").exists():
+        return IMMUTABLE
+    if Path(f"{path}-shm").exists():
+        return READONLY_SHM
+    return None
+
+
+def _unlocked_state(path: Path) -> tuple[int, int, int] | None:
+    """What a writer starting during an ``immutable`` read would change (None: not read immutable)."""
+    if Path(f"{path}-wal").exists():
+        return None
+    st = os.stat(path)
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def read_file(path: Path, config: ShardConfig, read: Callable[[apsw.Connection], T]) -> T:
+    """``read(conn)`` on a read-only connection that leaves no trace, trusted only if no writer started
+    meanwhile.
+
+    An ``immutable`` read takes no locks, so a writer that opened the file during it (its ``-wal``
+    appears, the file may change) is invisible to SQLite: then the answer, or the error a torn read
+    raised, is dropped and ``read`` runs once more on a plain read-only connection, which locks as any
+    reader does. ``read`` must only read.
+    """
+    before = _unlocked_state(path)
+    conn = open_connection(path, config, readonly=True, leave_no_trace=True)
+    try:
+        result = read(conn)
+    except (apsw.Error, AgentShardsError):
+        if before is None or _unlocked_state(path) == before:
+            raise
+    else:
+        if before is None or _unlocked_state(path) == before:
+            return result
+    finally:
+        conn.close()
+    conn = open_connection(path, config, readonly=True)
+    try:
+        return read(conn)
+    finally:
+        conn.close()
 
 
 def query(conn: apsw.Connection, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:

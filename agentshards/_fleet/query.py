@@ -1,6 +1,7 @@
 """Fleet-wide SQL: one read-only query over every shard of a data dir, rows merged with an agent_id.
 
-Read-only for real, not by convention: each shard is opened read-only with ``query_only``, and an
+Read-only for real, not by convention: each shard is opened read-only with ``query_only`` (through
+``read_shard``, so no file is created or changed), and an
 authorizer allows only reads (SELECT, reading columns, calling functions), so writes, PRAGMA changes,
 ATTACH and DETACH are refused by SQLite itself. ``reduce`` runs a second query over the merged rows
 (an in-memory table ``rows``), for fleet totals such as spend by model.
@@ -8,6 +9,7 @@ ATTACH and DETACH are refused by SQLite itself. ``reduce`` runs a second query o
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,9 +19,7 @@ import apsw
 
 from .._base.config import ShardConfig
 from .._base.errors import InvalidInputs
-from .._core.schema import check_file
-from .._core.shard import shard_ids, shard_path, validate_agent_id
-from .._core.sqlite import open_connection
+from .._core.shard import read_shard, shard_ids, validate_agent_id
 
 _ALLOWED = {apsw.SQLITE_SELECT, apsw.SQLITE_READ, apsw.SQLITE_FUNCTION, apsw.SQLITE_RECURSIVE}
 
@@ -58,13 +58,8 @@ def query_fleet(data_dir: str | os.PathLike[str], sql: str, *, reduce: str | Non
     columns: list[str] = ["agent_id"]
     merged: list[tuple[Any, ...]] = []
     for agent_id in ids:
-        conn = open_connection(shard_path(Path(data_dir), validate_agent_id(agent_id)), ShardConfig(),
-                               readonly=True)
-        try:
-            check_file(conn, where=agent_id)
-            result = _run(conn, sql, f"agent {agent_id}")
-        finally:
-            conn.close()
+        result = read_shard(Path(data_dir), validate_agent_id(agent_id), ShardConfig(),
+                            functools.partial(_run, sql=sql, where=f"agent {agent_id}"))
         if result.columns:
             columns = ["agent_id", *result.columns]
         merged.extend((agent_id, *row) for row in result.rows)

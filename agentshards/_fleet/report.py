@@ -1,16 +1,22 @@
-"""Read-only views of a shard for people: what runs an agent has and which steps each completed."""
+"""Read-only views of a shard for people: what runs an agent has and which steps each completed.
+
+Every view reads through ``read_shard``: a read-only connection that creates and changes no file.
+"""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import apsw
+
 from .._base.config import ShardConfig
 from .._core.journal import Attempt, Journal, Run, StepRecord
 from .._core.ledger import Spend
-from .._core.shard import open_shard, shard_ids
+from .._core.shard import read_shard, shard_ids
 
 
 @dataclass(frozen=True)
@@ -33,13 +39,12 @@ class AgentReport:
 
 def inspect_agent(data_dir: str | os.PathLike[str], agent_id: str) -> AgentReport:
     """Every run of ``agent_id`` with its completed steps, oldest first. Raises ShardError if absent."""
-    conn = open_shard(Path(data_dir), agent_id, ShardConfig(), create=False)
-    journal = Journal(conn, agent_id)
-    try:
-        runs = [RunReport(run, journal.steps(run.id), journal.attempts(run.id), journal.in_flight(run.id),
+    def report(conn: apsw.Connection) -> list[RunReport]:
+        journal = Journal(conn, agent_id)
+        return [RunReport(run, journal.steps(run.id), journal.attempts(run.id), journal.in_flight(run.id),
                           journal.spend(run.id)) for run in journal.runs()]
-    finally:
-        journal.close()
+
+    runs = read_shard(Path(data_dir), agent_id, ShardConfig(), report)
     return AgentReport(agent_id, Path(data_dir) / f"{agent_id}.db", runs)
 
 
@@ -56,12 +61,12 @@ def spend_report(data_dir: str | os.PathLike[str], agent_id: str | None = None) 
     ids = [agent_id] if agent_id is not None else shard_ids(data_dir)
     agents: dict[str, Spend] = {}
     for one in ids:
-        journal = Journal(open_shard(Path(data_dir), one, ShardConfig(), create=False), one)
-        try:
-            agents[one] = journal.spend()
-        finally:
-            journal.close()
+        agents[one] = read_shard(Path(data_dir), one, ShardConfig(), functools.partial(_spend, one))
     return SpendReport(agents, _total(list(agents.values())))
+
+
+def _spend(agent_id: str, conn: apsw.Connection) -> Spend:
+    return Journal(conn, agent_id).spend()
 
 
 def _total(spends: list[Spend]) -> Spend:
@@ -89,6 +94,13 @@ class AgentStatus:
     reason: str | None
 
 
+def _summary(agent_id: str, conn: apsw.Connection) -> tuple[list[Run], Spend, int]:
+    """The latest run's step count, every run and the spend: what a status line shows."""
+    journal = Journal(conn, agent_id)
+    runs = journal.runs()
+    return runs, journal.spend(), len(journal.steps(runs[-1].id)) if runs else 0
+
+
 def data_dir_status(data_dir: str | os.PathLike[str]) -> list[AgentStatus]:
     """Every agent in ``data_dir``: live state from ``.fleet/status.json`` when a supervisor wrote one,
     else the state of its latest run, plus steps, LLM calls, tokens and cost from its shard."""
@@ -99,13 +111,8 @@ def data_dir_status(data_dir: str | os.PathLike[str]) -> list[AgentStatus]:
     ids = sorted(set(shard_ids(data_dir)) | set(live))
     out = []
     for agent_id in ids:
-        journal = Journal(open_shard(Path(data_dir), agent_id, ShardConfig(), create=False), agent_id)
-        try:
-            runs = journal.runs()
-            spend = journal.spend()
-            steps = len(journal.steps(runs[-1].id)) if runs else 0
-        finally:
-            journal.close()
+        runs, spend, steps = read_shard(Path(data_dir), agent_id, ShardConfig(),
+                                        functools.partial(_summary, agent_id))
         state = live.get(agent_id, {})
         out.append(AgentStatus(
             agent_id=agent_id, status=str(state.get("status") or (runs[-1].status if runs else "pending")),

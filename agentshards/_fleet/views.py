@@ -64,7 +64,10 @@ def _journal(data_dir: Path, agent_id: str) -> Journal:
     if not path.exists():
         raise ShardError(f"no shard at {path}", agent_id=agent_id, hint="check the data dir and the agent id")
     try:
-        return Journal(open_connection(path, ShardConfig(), readonly=True), agent_id)
+        # No trace: a plain read-only open would create a missing -wal/-shm and write reader marks into the
+        # -shm. A writer that starts during an unlocked read changes the signature taken before it, so the
+        # next refresh reads again (what read_file does at once).
+        return Journal(open_connection(path, ShardConfig(), readonly=True, leave_no_trace=True), agent_id)
     except apsw.Error as exc:
         raise ShardError(f"cannot read {path}: {exc}", agent_id=agent_id,
                          hint="inspect the file with `agentshards inspect`") from exc
