@@ -162,6 +162,46 @@ def test_closing_a_shard_never_checkpoints_its_wal(tmp_path: Path, replicated: b
     check.close()
 
 
+@pytest.mark.parametrize(("tamper", "named"), [
+    ("CREATE TRIGGER wipe AFTER INSERT ON steps BEGIN DELETE FROM workflows; END", "trigger wipe"),
+    ("CREATE VIEW runs AS SELECT * FROM workflows", "view runs"),
+    ("CREATE TABLE extra(x)", "table extra"),
+    ("CREATE INDEX steps_by_kind ON steps(kind)", "index steps_by_kind"),
+    ("DROP INDEX workflows_one_open", "index workflows_one_open"),  # the one-open-run guarantee, removed
+])
+def test_schema_objects_the_migrations_did_not_create_are_refused(tmp_path: Path, tamper: str, named: str) -> None:
+    """A replica from the bucket is untrusted: triggers or views in it would run or answer inside the agent."""
+    from agentshards import inspect_agent
+
+    open_shard(tmp_path, "a1", ShardConfig()).close()
+    conn = apsw.Connection(str(tmp_path / "a1.db"))
+    conn.execute(tamper)
+    conn.close()
+    before = {p.name: _digest(p) for p in tmp_path.iterdir()}
+    with pytest.raises(ShardError, match=named) as info:
+        open_shard(tmp_path, "a1", ShardConfig())
+    assert info.value.agent_id == "a1" and info.value.hint
+    with pytest.raises(ShardError, match=named):
+        inspect_agent(tmp_path, "a1")
+    assert {p.name: _digest(p) for p in tmp_path.iterdir()} == before
+
+
+def test_litestream_and_sqlite_tables_are_the_only_extras_allowed(tmp_path: Path) -> None:
+    open_shard(tmp_path, "a1", ShardConfig()).close()
+    conn = apsw.Connection(str(tmp_path / "a1.db"))
+    conn.execute("CREATE TABLE _litestream_seq (id INTEGER PRIMARY KEY, seq INTEGER)")
+    conn.execute("CREATE TABLE _litestream_lock (id INTEGER)")
+    conn.execute("ANALYZE")  # sqlite_stat1, SQLite's own
+    conn.execute("CREATE TABLE _litestream_other (id INTEGER)")
+    conn.close()
+    with pytest.raises(ShardError, match="table _litestream_other"):
+        open_shard(tmp_path, "a1", ShardConfig())
+    conn = apsw.Connection(str(tmp_path / "a1.db"))
+    conn.execute("DROP TABLE _litestream_other")
+    conn.close()
+    open_shard(tmp_path, "a1", ShardConfig()).close()
+
+
 def test_an_unlocked_read_is_redone_when_a_writer_starts_during_it(tmp_path: Path) -> None:
     """A shard without a -wal is read immutable (no locks, no side files): SQLite cannot see a writer that
     starts meanwhile, so read_file notices the -wal it creates and reads again with locks."""

@@ -6,6 +6,8 @@ unique index makes "at most one open run per shard" a property of the file, not 
 
 from __future__ import annotations
 
+import functools
+
 import apsw
 
 from .._base.errors import ShardError
@@ -124,18 +126,39 @@ MIGRATIONS: tuple[str, ...] = (SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4)
 
 SCHEMA_VERSION = len(MIGRATIONS)
 
-OUR_TABLES = frozenset({"shard_meta", "workflows", "steps", "attempts", "llm_ledger", "workflows_v4"})
+LITESTREAM_TABLES = frozenset({"_litestream_seq", "_litestream_lock"})
+"""The two tables Litestream creates in every database it replicates; restored files carry them too."""
+
+SQLITE_TABLES = frozenset({"sqlite_sequence", "sqlite_stat1", "sqlite_stat2", "sqlite_stat3", "sqlite_stat4"})
+"""Tables SQLite itself may add (AUTOINCREMENT, ANALYZE); other ``sqlite_`` names take writable_schema to make."""
 
 
 def user_version(conn: apsw.Connection) -> int:
     return int(query(conn, "PRAGMA user_version")[0][0])
 
 
+@functools.cache
+def expected_objects(version: int) -> frozenset[tuple[str, str, str]]:
+    """(type, name, table) of every schema object that MIGRATIONS[:version] create, SQLite's automatic
+    indexes included: read from an in-memory database built by the migrations themselves (once per
+    version and process), so the list cannot drift from the migrations."""
+    memory = apsw.Connection(":memory:")
+    try:
+        for migration in MIGRATIONS[:version]:
+            memory.execute(migration)
+        return frozenset(query(memory, "SELECT type, name, tbl_name FROM sqlite_schema"))
+    finally:
+        memory.close()
+
+
 def check_file(conn: apsw.Connection, *, where: str) -> None:
     """Refuse, without writing anything, a file this agentshards must not touch.
 
-    Run on a read-only connection: a newer schema, tables that are neither ours nor Litestream's, or a
-    damaged file (``quick_check``) each raise ShardError and leave the file exactly as it was.
+    Run on a read-only connection: a newer schema, any schema object (table, index, trigger, view)
+    that the file's migrations did not create or one they created gone missing (a foreign or tampered
+    file: a replica from the bucket can carry triggers and views), or a damaged file (``quick_check``)
+    each raise ShardError and leave the file exactly as it was. Litestream's two tables and SQLite's own
+    are allowed. One small ``sqlite_schema`` read: this runs on every open of an existing shard.
     """
     version = user_version(conn)
     if version > SCHEMA_VERSION:
@@ -143,17 +166,33 @@ def check_file(conn: apsw.Connection, *, where: str) -> None:
             f"{where} has schema version {version}, newer than this agentshards ({SCHEMA_VERSION})",
             hint="upgrade agentshards; the file was left untouched",
         )
-    tables = {str(r[0]) for r in query(conn, "SELECT name FROM sqlite_schema WHERE type = 'table'")}
-    foreign = {t for t in tables - OUR_TABLES if not t.startswith(("sqlite_", "_litestream_"))}
-    if foreign:
-        raise ShardError(
-            f"{where} has tables that are not an agent shard's ({', '.join(sorted(foreign)[:5])})",
-            hint="point data_dir at a directory that only agentshards writes to; the file was left untouched",
-        )
+    expected = expected_objects(version)
+    found = set(query(conn, "SELECT type, name, tbl_name FROM sqlite_schema"))
+    if found != expected:
+        _refuse_schema(found, expected, version, where)
     problems = [str(r[0]) for r in query(conn, "PRAGMA quick_check(5)")]
     if problems != ["ok"]:
         raise ShardError(f"{where} is damaged: {'; '.join(problems)[:300]}",
                          hint="restore it from its replica or archive; the file was left untouched")
+
+
+def _refuse_schema(found: set[tuple[str, ...]], expected: frozenset[tuple[str, str, str]], version: int,
+                   where: str) -> None:
+    """Raise for objects the migrations did not create or for ones they did that are missing; let pass
+    Litestream's and SQLite's own tables."""
+    foreign = sorted(f"{t} {n}" for t, n, _ in found - expected
+                     if not (t == "table" and (n in LITESTREAM_TABLES or n in SQLITE_TABLES)))
+    if foreign:
+        raise ShardError(
+            f"{where} has schema objects that its migrations did not create ({', '.join(foreign[:5])})",
+            hint="a foreign or tampered file (from another program, or a replica someone changed); "
+                 "point data_dir at a directory only agentshards writes to. The file was left untouched",
+        )
+    missing = sorted(f"{t} {n}" for t, n, _ in expected - found)
+    if missing:
+        raise ShardError(f"{where} lacks schema objects of version {version} ({', '.join(missing[:5])})",
+                         hint="the file was changed outside agentshards; restore it from its replica or "
+                              "archive. It was left untouched")
 
 
 def migrate(conn: apsw.Connection, *, where: str) -> None:
