@@ -419,3 +419,66 @@ def test_read_only_commands_create_and_change_no_file(tmp_path: Path) -> None:
     assert _run("query", "SELECT count(*) FROM steps", "--data-dir", "d", cwd=tmp_path).stdout.splitlines()[1:] == [
         "live\t3", "packed\t3"]
 
+
+CTE = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c"
+
+
+def _one_shard(tmp_path: Path) -> None:
+    from agentshards import run_agent
+
+    import sample_agents
+
+    run_agent(sample_agents.many_steps, agent_id="a1", data_dir=tmp_path / "d", n=1)
+
+
+def test_query_stops_at_its_timeout(tmp_path: Path) -> None:
+    import time
+
+    from agentshards import InvalidInputs, query_fleet
+
+    _one_shard(tmp_path)
+    started = time.monotonic()
+    with pytest.raises(InvalidInputs, match=r"agent a1: the query ran past its 0.3 s timeout") as info:
+        query_fleet(tmp_path / "d", CTE, timeout_s=0.3)
+    assert time.monotonic() - started < 5 and info.value.hint
+    out = _run("query", CTE, "--data-dir", "d", "--timeout", "0.3", cwd=tmp_path)
+    assert out.returncode == 2 and len(out.stderr.splitlines()) == 1 and "timeout" in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def _cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def test_query_stops_on_ctrl_c(tmp_path: Path) -> None:
+    """An endless recursive CTE runs inside SQLite, where Python's SIGINT handler would never run."""
+    import signal
+    import time
+
+    _one_shard(tmp_path)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "AGENTSHARDS_"))}
+    proc = subprocess.Popen([*CLI, "query", CTE, "--data-dir", "d"], cwd=tmp_path, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        shard = str(tmp_path / "d" / "a1.db")
+        deadline = time.monotonic() + 30
+
+        def running(what: str) -> bool:
+            assert proc.poll() is None, (what, proc.communicate())
+            assert time.monotonic() < deadline, what
+            return True
+
+        while running("the query never opened the shard") and not any(
+                os.path.realpath(f"/proc/{proc.pid}/fd/{fd}") == shard for fd in os.listdir(f"/proc/{proc.pid}/fd")):
+            time.sleep(0.01)
+        opened = _cpu_s(proc.pid)
+        while running("the query did not run") and _cpu_s(proc.pid) < opened + 0.5:  # now it is in the CTE
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130 and err.splitlines() == ["interrupted"]

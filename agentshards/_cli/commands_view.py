@@ -121,13 +121,15 @@ def spend(agent_id: str | None, data_dir: str) -> None:
 @click.argument("sql")
 @data_dir_option()
 @click.option("--reduce", "reduce_sql", default=None, help="SQL over the merged rows (a table named `rows`).")
+@click.option("--timeout", "timeout_s", default=30.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Stop the query after this many seconds (every shard and --reduce together).")
 @json_option
-def query(sql: str, data_dir: str, reduce_sql: str | None) -> None:
-    """Read-only SQL against every shard; rows merged with an agent_id column."""
+def query(sql: str, data_dir: str, reduce_sql: str | None, timeout_s: float) -> None:
+    """Read-only SQL against every shard; rows merged with an agent_id column. Ctrl-C stops it."""
     from .._fleet.query import query_fleet
 
     existing_data_dir(data_dir)
-    result = guarded(lambda: query_fleet(data_dir, sql, reduce=reduce_sql))
+    result = guarded(lambda: query_fleet(data_dir, sql, reduce=reduce_sql, timeout_s=timeout_s))
 
     def text() -> None:
         click.echo("\t".join(result.columns))
