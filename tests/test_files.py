@@ -194,8 +194,8 @@ def test_an_older_shard_is_shown_migrated_and_left_as_it_was(data_dir: Path) -> 
     conn.execute("INSERT INTO steps(workflow_id, step_name, kind, output_json, completed_at)"
                  " VALUES ('r1', 'double', 'step', '{\"v\":4}', 0)")
     conn.close()
-    before = {p.name: _digest(p) for p in data_dir.iterdir()}
+    before = {p.name: _digest(p) for p in data_dir.iterdir() if p.is_file()}
     report = inspect_agent(data_dir, "old")
     assert [(r.run.id, [s.name for s in r.steps]) for r in report.runs] == [("r1", ["double"])]
     assert spend_report(data_dir).agents["old"].calls == 0
-    assert {p.name: _digest(p) for p in data_dir.iterdir()} == before
+    assert {p.name: _digest(p) for p in data_dir.iterdir() if p.is_file()} == before

@@ -177,13 +177,13 @@ def test_schema_objects_the_migrations_did_not_create_are_refused(tmp_path: Path
     conn = apsw.Connection(str(tmp_path / "a1.db"))
     conn.execute(tamper)
     conn.close()
-    before = {p.name: _digest(p) for p in tmp_path.iterdir()}
+    before = {p.name: _digest(p) for p in tmp_path.iterdir() if p.is_file()}
     with pytest.raises(ShardError, match=named) as info:
         open_shard(tmp_path, "a1", ShardConfig())
     assert info.value.agent_id == "a1" and info.value.hint
     with pytest.raises(ShardError, match=named):
         inspect_agent(tmp_path, "a1")
-    assert {p.name: _digest(p) for p in tmp_path.iterdir()} == before
+    assert {p.name: _digest(p) for p in tmp_path.iterdir() if p.is_file()} == before
 
 
 def test_litestream_and_sqlite_tables_are_the_only_extras_allowed(tmp_path: Path) -> None:
@@ -233,7 +233,7 @@ def test_a_wal_without_its_shm_gets_only_the_shm(tmp_path: Path) -> None:
 
     run_agent(sample_agents.many_steps, agent_id="a1", data_dir=tmp_path, n=2)
     (tmp_path / "a1.db-shm").unlink()
-    before = {p.name: _digest(p) for p in tmp_path.iterdir()}
+    before = {p.name: _digest(p) for p in tmp_path.iterdir() if p.is_file()}
     assert len(inspect_agent(tmp_path, "a1").runs[0].steps) == 2
-    after = {p.name: _digest(p) for p in tmp_path.iterdir()}
+    after = {p.name: _digest(p) for p in tmp_path.iterdir() if p.is_file()}
     assert after.pop("a1.db-shm") and after == before
