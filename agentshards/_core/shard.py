@@ -12,7 +12,7 @@ import apsw
 
 from .._base.config import ShardConfig
 from .._base.errors import InvalidAgentId, ShardError
-from .replace import finish_interrupted_replace
+from .replace import aside_dir, finish_interrupted_replace
 from .schema import SCHEMA_VERSION, check_file, migrate, user_version
 from .sqlite import T, open_connection, query, read_file, require_sqlite, write_transaction
 
@@ -103,7 +103,12 @@ def read_shard(data_dir: Path, agent_id: str, config: ShardConfig, read: Callabl
     require_sqlite()
     path = shard_path(data_dir, agent_id)
     if not path.exists():
-        raise ShardError(f"no shard at {path}", agent_id=agent_id, hint="check --data-dir and the agent id")
+        # A replace killed before its new file arrived set the old shard aside: it is read there, where it
+        # is whole; the next read-write open puts it back.
+        path = aside_dir(path) / path.name
+        if not path.exists():
+            raise ShardError(f"no shard at {shard_path(data_dir, agent_id)}", agent_id=agent_id,
+                             hint="check --data-dir and the agent id")
 
     def owned(conn: apsw.Connection) -> T:
         owner = query(conn, "SELECT value FROM shard_meta WHERE key = 'agent_id'")
