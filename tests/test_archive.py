@@ -26,7 +26,7 @@ from agentshards import (
     spend_report,
 )
 from agentshards._base.crashpoints import ARCHIVE_POINTS
-from agentshards._fleet.report import data_dir_status
+from agentshards._fleet.views import FleetView
 from agentshards._replication.objectstore import store_for
 from agentshards._replication.replica import parse_replica
 
@@ -129,7 +129,11 @@ def test_a_leftover_fetch_file_breaks_no_scan_and_goes_on_the_next_fetch(tmp_pat
     run_agent(sample_agents.local_steps, agent_id="away", data_dir=data, replica=replica, n=1)
     archive_agent("away", data, replica)
     (data / ".fetch-away.db").write_bytes(b"the first bytes of a fetch that was killed")
-    assert [s.agent_id for s in data_dir_status(data)] == ["kept"]
+    view = FleetView(data)
+    try:
+        assert [a["agent_id"] for a in view.snapshot()["agents"]] == ["kept"]
+    finally:
+        view.close()
     assert list(spend_report(data).agents) == ["kept"]
     assert query_fleet(data, "SELECT count(*) FROM steps").rows == [("kept", 2)]
     fetch_archive("away", data, replica)

@@ -163,6 +163,9 @@ def test_one_unreadable_file_is_reported_and_the_rest_shown(tmp_path: Path) -> N
     assert [a["agent_id"] for a in payload["agents"]] == ["good"]
     assert sorted(e["agent_id"] for e in payload["errors"]) == ["broken", "notes"]
     assert result.stderr.count("error: ") == 2
+    spent = _run("spend", "--data-dir", "d", "--json", cwd=tmp_path)
+    assert spent.returncode == 1 and list(json.loads(spent.stdout)["agents"]) == ["good"]
+    assert sorted(json.loads(spent.stdout)["errors"]) == ["broken", "notes"] and spent.stderr.count("error: ") == 2
     assert {p.name: p.read_bytes() for p in data.iterdir() if p.is_file()} == before
 
 

@@ -115,6 +115,9 @@ def spend(agent_id: str | None, data_dir: str) -> None:
                        f"{s.replayed_calls:>8} {s.in_flight_calls:>9} {money(s.unrecorded_estimate_usd):>18}{unpriced}")
 
     emit(report, text)
+    for agent, error in sorted(report.errors.items()):
+        click.echo(f"error: {agent}: {error}", err=True)
+    sys.exit(FAILED if report.errors else OK)
 
 
 @click.command()

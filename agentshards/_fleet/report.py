@@ -6,14 +6,14 @@ Every view reads through ``read_shard``: a read-only connection that creates and
 from __future__ import annotations
 
 import functools
-import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import apsw
 
 from .._base.config import ShardConfig
+from .._base.errors import AgentShardsError
 from .._core.journal import Attempt, Journal, Run, StepRecord
 from .._core.ledger import Spend
 from .._core.shard import read_shard, shard_ids
@@ -54,15 +54,23 @@ class SpendReport:
 
     agents: dict[str, Spend]
     total: Spend
+    errors: dict[str, str] = field(default_factory=dict)
+    """Agents whose shard could not be read (the others are still counted), each with why."""
 
 
 def spend_report(data_dir: str | os.PathLike[str], agent_id: str | None = None) -> SpendReport:
     """Spend, calls, savings by replay and in-flight estimates for one agent or every agent in ``data_dir``."""
-    ids = [agent_id] if agent_id is not None else shard_ids(data_dir)
+    if agent_id is not None:
+        spend = read_shard(Path(data_dir), agent_id, ShardConfig(), functools.partial(_spend, agent_id))
+        return SpendReport({agent_id: spend}, _total([spend]))
     agents: dict[str, Spend] = {}
-    for one in ids:
-        agents[one] = read_shard(Path(data_dir), one, ShardConfig(), functools.partial(_spend, one))
-    return SpendReport(agents, _total(list(agents.values())))
+    errors: dict[str, str] = {}
+    for one in shard_ids(data_dir):
+        try:
+            agents[one] = read_shard(Path(data_dir), one, ShardConfig(), functools.partial(_spend, one))
+        except AgentShardsError as exc:  # one unreadable file is reported; the rest still count
+            errors[one] = str(exc)
+    return SpendReport(agents, _total(list(agents.values())), errors)
 
 
 def _spend(agent_id: str, conn: apsw.Connection) -> Spend:
@@ -77,46 +85,3 @@ def _total(spends: list[Spend]) -> Spend:
         replayed_calls=sum(s.replayed_calls for s in spends), in_flight_calls=sum(s.in_flight_calls for s in spends),
         unrecorded_estimate_usd=round(sum(estimates), 10) if estimates else None,
         input_tokens=sum(s.input_tokens for s in spends), output_tokens=sum(s.output_tokens for s in spends))
-
-
-@dataclass(frozen=True)
-class AgentStatus:
-    """One agent of a data dir: the supervisor's live view (if one published it) joined with its shard."""
-
-    agent_id: str
-    status: str
-    steps: int
-    llm_calls: int
-    input_tokens: int
-    output_tokens: int
-    cost_usd: float
-    restarts: int
-    reason: str | None
-
-
-def _summary(agent_id: str, conn: apsw.Connection) -> tuple[list[Run], Spend, int]:
-    """The latest run's step count, every run and the spend: what a status line shows."""
-    journal = Journal(conn, agent_id)
-    runs = journal.runs()
-    return runs, journal.spend(), len(journal.steps(runs[-1].id)) if runs else 0
-
-
-def data_dir_status(data_dir: str | os.PathLike[str]) -> list[AgentStatus]:
-    """Every agent in ``data_dir``: live state from ``.fleet/status.json`` when a supervisor wrote one,
-    else the state of its latest run, plus steps, LLM calls, tokens and cost from its shard."""
-    live: dict[str, dict[str, object]] = {}
-    status_file = Path(data_dir) / ".fleet" / "status.json"
-    if status_file.exists():
-        live = json.loads(status_file.read_text()).get("agents", {})
-    ids = sorted(set(shard_ids(data_dir)) | set(live))
-    out = []
-    for agent_id in ids:
-        runs, spend, steps = read_shard(Path(data_dir), agent_id, ShardConfig(),
-                                        functools.partial(_summary, agent_id))
-        state = live.get(agent_id, {})
-        out.append(AgentStatus(
-            agent_id=agent_id, status=str(state.get("status") or (runs[-1].status if runs else "pending")),
-            steps=steps, llm_calls=spend.calls, input_tokens=spend.input_tokens, output_tokens=spend.output_tokens,
-            cost_usd=spend.spent_usd, restarts=int(str(state.get("restarts", 0))),
-            reason=None if state.get("reason") is None else str(state.get("reason"))))
-    return out

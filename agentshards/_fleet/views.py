@@ -11,19 +11,19 @@ import json
 import os
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
-
-import apsw
+from typing import Any, TypeVar
 
 from .._base.config import ShardConfig
-from .._base.errors import AgentShardsError, ShardError
+from .._base.errors import AgentShardsError
 from .._core.journal import Journal
 from .._core.locks import is_owned
-from .._core.shard import shard_ids, shard_path, validate_agent_id
-from .._core.sqlite import open_connection
+from .._core.shard import read_shard, shard_ids, validate_agent_id
+
+T = TypeVar("T")
 
 SERIES_POINTS = 120
 """Points in the spend-over-time chart: enough to show a shape, few enough to draw at once."""
@@ -59,33 +59,18 @@ class LiveState:
     """Local writes not yet in the replica for this long (the fleet's watchdog's last look); None: unknown."""
 
 
-def _journal(data_dir: Path, agent_id: str) -> Journal:
-    path = shard_path(data_dir, validate_agent_id(agent_id))
-    if not path.exists():
-        raise ShardError(f"no shard at {path}", agent_id=agent_id, hint="check the data dir and the agent id")
-    try:
-        # No trace: a plain read-only open would create a missing -wal/-shm and write reader marks into the
-        # -shm. A writer that starts during an unlocked read changes the signature taken before it, so the
-        # next refresh reads again (what read_file does at once).
-        return Journal(open_connection(path, ShardConfig(), readonly=True, leave_no_trace=True), agent_id)
-    except apsw.Error as exc:
-        raise ShardError(f"cannot read {path}: {exc}", agent_id=agent_id,
-                         hint="inspect the file with `agentshards inspect`") from exc
+def _read(data_dir: Path, agent_id: str, read: Callable[[Journal], T]) -> T:
+    """``read(journal)`` on the shard opened read-only, leaving no trace (``read_shard``)."""
+    return read_shard(data_dir, validate_agent_id(agent_id), ShardConfig(), lambda conn: read(Journal(conn, agent_id)))
 
 
 def agent_summary(data_dir: Path, agent_id: str) -> AgentSummary:
-    journal = _journal(data_dir, agent_id)
-    try:
+    def read(journal: Journal) -> tuple[Any, ...]:
         runs = journal.runs()
         run = runs[-1] if runs else None
-        steps = journal.steps(run.id) if run else []
-        spend = journal.spend()
-        ledger = journal.ledger_events()
-    except apsw.Error as exc:
-        raise ShardError(f"cannot read its shard: {exc}", agent_id=agent_id,
-                         hint="inspect the file with `agentshards inspect`") from exc
-    finally:
-        journal.close()
+        return run, (journal.steps(run.id) if run else []), journal.spend(), journal.ledger_events()
+
+    run, steps, spend, ledger = _read(data_dir, agent_id, read)
     reason = None
     if run is not None and run.error_json:
         error = json.loads(run.error_json)
@@ -100,15 +85,16 @@ def agent_summary(data_dir: Path, agent_id: str) -> AgentSummary:
 def agent_timeline(data_dir: Path, agent_id: str) -> dict[str, Any]:
     """The latest run's steps in order, each with when it started (its first LLM attempt, else the end of
     the step before) and when it completed, plus the LLM attempts still in flight."""
-    journal = _journal(data_dir, agent_id)
-    try:
+    def read(journal: Journal) -> tuple[Any, ...]:
         runs = journal.runs()
         if not runs:
-            return {"agent_id": agent_id, "run": None, "steps": [], "in_flight": []}
+            return None, [], [], []
         run = runs[-1]
-        steps, attempts, in_flight = journal.steps(run.id), journal.attempts(run.id), journal.in_flight(run.id)
-    finally:
-        journal.close()
+        return run, journal.steps(run.id), journal.attempts(run.id), journal.in_flight(run.id)
+
+    run, steps, attempts, in_flight = _read(data_dir, agent_id, read)
+    if run is None:
+        return {"agent_id": agent_id, "run": None, "steps": [], "in_flight": []}
     first_attempt: dict[str, float] = {}
     for attempt in attempts:
         first_attempt.setdefault(attempt.step_name, attempt.started_at)
