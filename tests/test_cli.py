@@ -155,7 +155,11 @@ def test_one_unreadable_file_is_reported_and_the_rest_shown(tmp_path: Path) -> N
     data = tmp_path / "d"
     run_agent(sample_agents.two_steps, agent_id="good", data_dir=data, x=1)
     (data / "broken.db").write_bytes(b"this is not sqlite" * 100)
-    (data / "notes.db").write_bytes(b"")
+    import sqlite3
+
+    with sqlite3.connect(data / "notes.db") as notes:  # somebody's own database dropped in the data dir
+        notes.execute("CREATE TABLE todo (item TEXT)")
+    notes.close()
     before = {p.name: p.read_bytes() for p in data.iterdir() if p.is_file()}
     result = _run("status", "--data-dir", "d", "--json", cwd=tmp_path)
     assert result.returncode == 1
