@@ -45,10 +45,12 @@ def _describe_result(agent_id: str, value: Any) -> str:
 @click.option("--lease-ttl", default=30.0, show_default=True, type=float, help="Replica prefix lease, seconds.")
 @click.option("--archive-finished", is_flag=True, help="Archive each agent to the replica when it finishes.")
 @click.option("--new-run", is_flag=True, help="Start each agent afresh even if it has a run (kept in its journal).")
+@click.option("--take-over", is_flag=True, help="Take the replica prefix over from a node that is gone (its lease is "
+                                                "watched for TTL + margin first).")
 @json_option
 def run(target: str, count: int | None, inputs_file: str | None, data_dir: str, replica: str | None,
         concurrency: int, agents_per_worker: int, app_dir: str, lease_ttl: float, archive_finished: bool,
-        new_run: bool) -> None:
+        new_run: bool, take_over: bool) -> None:
     """Run a fleet of TARGET (module:function) agents in the foreground until every one is final."""
     from .._fleet.fleet import Fleet, read_agents_file
 
@@ -57,7 +59,8 @@ def run(target: str, count: int | None, inputs_file: str | None, data_dir: str, 
     agents = {f"agent-{i:04d}": {} for i in range(1, (count or 0) + 1)} if count else guarded(
         lambda: read_agents_file(inputs_file or ""))
     fleet = guarded(lambda: Fleet(data_dir, replica, concurrency=concurrency, agents_per_worker=agents_per_worker,
-                                  app_dir=app_dir, lease_ttl_s=lease_ttl, archive_finished=archive_finished))
+                                  app_dir=app_dir, lease_ttl_s=lease_ttl, archive_finished=archive_finished,
+                                  take_over=take_over))
     guarded(lambda: fleet.launch(target, agents, new_run=new_run))
     say(f"running {len(agents)} agents of {target} in {data_dir}" + (f", replicated to {replica}" if replica else ""))
     with fleet_progress("run", Path(data_dir), len(agents)) as progress:
