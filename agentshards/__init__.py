@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from ._base.config import LitestreamConfig, LLMConfig, RunConfig, ShardConfig, SupervisorConfig
 from ._base.errors import (
     AgentFailed,
+    AgentLocked,
     AgentShardsError,
     BudgetExceeded,
     ConcurrentStepError,
@@ -25,10 +26,13 @@ from ._base.errors import (
     LLMError,
     LLMRequestRejected,
     NonDeterminismError,
+    NoReplica,
+    ReplicaNotRestorable,
     ReplicationError,
     ResultNotStorable,
     RunMismatch,
     ShardError,
+    ShardExists,
     StepTimeout,
 )
 from ._base.prices import ModelPrice
@@ -58,6 +62,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Agent",
     "AgentFailed",
+    "AgentLocked",
     "AgentReport",
     "AgentShardsError",
     "ArchiveEntry",
@@ -79,8 +84,10 @@ __all__ = [
     "LitestreamConfig",
     "ManifestEntry",
     "ModelPrice",
+    "NoReplica",
     "NonDeterminismError",
     "QueryResult",
+    "ReplicaNotRestorable",
     "ReplicationError",
     "ResultNotStorable",
     "RunConfig",
@@ -88,6 +95,7 @@ __all__ = [
     "RunReport",
     "ShardConfig",
     "ShardError",
+    "ShardExists",
     "Spend",
     "SpendReport",
     "StepOptions",

@@ -287,8 +287,13 @@ def test_environment_twins_and_recover_in_json(tmp_path: Path) -> None:
 
 
 def test_doctor_and_completion(tmp_path: Path) -> None:
+    missing = _json("doctor", "--replica", str(tmp_path / "rep"), cwd=tmp_path, code=1, report=True)
+    assert [c["check"] for c in missing["checks"] if not c["ok"]] == ["bucket"] and not (tmp_path / "rep").exists()
+    (tmp_path / "rep").mkdir()
     doctor = _json("doctor", "--replica", str(tmp_path / "rep"), cwd=tmp_path)
     checks = {c["check"]: c for c in doctor["checks"]}
+    assert checks["conditional writes"]["ok"] and "this host only" in checks["conditional writes"]["detail"]
+    assert list((tmp_path / "rep").iterdir()) == []  # a check writes nothing into a directory replica
     assert doctor["ok"] is True and checks["litestream"]["ok"] and "0.5" in checks["litestream"]["detail"]
     assert checks["sqlite"]["ok"] and "SQLite 3." in checks["sqlite"]["detail"]
     broken = _json("doctor", "--data-dir", str(tmp_path / "absent"), cwd=tmp_path, code=1, report=True)

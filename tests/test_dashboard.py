@@ -167,17 +167,39 @@ def test_live_state_and_replication_lag_count_only_while_the_data_dir_is_held(tm
     data = tmp_path / "data"
     run_agent(two, agent_id="a1", data_dir=data, config=RunConfig())
     (data / ".fleet").mkdir()
-    (data / ".fleet" / "status.json").write_text(json.dumps({"agents": {"a1": {"status": "restarting",
-                                                                                 "restarts": 2}}}))
+    (data / ".fleet" / "status.json").write_text(json.dumps({"pid": os.getpid(), "agents": {
+        "a1": {"status": "restarting", "restarts": 2}}}))
     publish_replication(data, 1.0, [AgentReplicationStatus("a1", "replicating", 1.0, 2.0, 1.5, True)])
     view = FleetView(data)
     try:
         with open(data / "agentshards.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
+            lock.write(f"{os.getpid()}\n")
+            lock.flush()
             (held,) = view.snapshot()["agents"]
+            (data / ".fleet" / "status.json").write_text(json.dumps({"pid": os.getpid() + 1, "agents": {
+                "a1": {"status": "restarting", "restarts": 2}}}))
+            (other,) = view.snapshot()["agents"]  # written by another process than the owner: ignored
             fcntl.flock(lock, fcntl.LOCK_UN)
         (free,) = view.snapshot()["agents"]
     finally:
         view.close()
     assert (held["status"], held["restarts"], held["lag_s"]) == ("restarting", 2, 1.5)
     assert (free["status"], free["restarts"], free["lag_s"]) == ("succeeded", 0, None)
+    assert (other["status"], other["restarts"], other["lag_s"]) == ("succeeded", 0, None)
+
+
+def test_the_dashboard_answers_only_its_own_host_name(tmp_path: Path) -> None:
+    """A page elsewhere that rebinds its DNS name to 127.0.0.1 must not read prompts and spend."""
+    import urllib.error
+    import urllib.request
+
+    data = tmp_path / "data"
+    run_agent(two, agent_id="a1", data_dir=data, config=RunConfig())
+    with Dashboard(data) as dashboard:
+        ok = urllib.request.urlopen(dashboard.url + "api/fleet", timeout=10)
+        assert ok.status == 200
+        rebound = urllib.request.Request(dashboard.url + "api/fleet", headers={"Host": "attacker.example"})
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(rebound, timeout=10)
+        assert info.value.code == 403

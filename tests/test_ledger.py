@@ -196,3 +196,21 @@ def test_models_outside_the_users_table_are_priced_from_the_catalogue(data_dir: 
     run_agent(sample_agents.priced_calls, agent_id="own", data_dir=data_dir, config=own, n=1, model="gpt-5")
     mine = spend_report(data_dir, "own").agents["own"]
     assert mine.spent_usd == pytest.approx((mine.input_tokens + mine.output_tokens) * 1000.0 / 1e6, rel=1e-9)
+
+
+def test_a_catalogue_that_fails_costs_null_never_the_paid_answer(data_dir: Path, fake_llm: FakeLLMServer,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The catalogue prices the call after it was paid for: any error of its own must leave the answer recorded
+    (cost NULL), or the call would stay in flight and be paid again."""
+    import genai_prices
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise ValueError("Invalid usage value")
+
+    monkeypatch.setattr(genai_prices, "calc_price", broken)
+    config = RunConfig(llm=LLMConfig(api_key="k", base_url=fake_llm.base_url, backoff_s=0.01))
+    run_agent(sample_agents.priced_calls, agent_id="nocat", data_dir=data_dir, config=config, n=2,
+              model="some-new-model")
+    spend = spend_report(data_dir, "nocat").agents["nocat"]
+    assert (spend.calls, spend.unpriced_calls, spend.in_flight_calls) == (2, 2, 0)
+    assert fake_llm.request_count == 2

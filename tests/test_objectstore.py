@@ -137,3 +137,13 @@ def test_the_conditional_write_probe_passes_on_every_backend(store: ObjectStore,
     target = parse_replica(str(tmp_path / "replica"))  # only its lease key is used: prefix-less "lease.json"
     probe_conditional_writes(store, target)
     assert [k for k in store.list("") if "probe" in k] == []
+
+
+def test_queries_fragments_and_endpoints_never_carry_secrets_into_errors() -> None:
+    for url in ("s3://bucket/x?secret_access_key=topsecret", "s3://bucket/x#tok=topsecret"):
+        with pytest.raises(InvalidReplica) as info:
+            parse_replica(url, {})
+        assert "topsecret" not in str(info.value)
+    with pytest.raises(InvalidReplica) as info:
+        parse_replica("s3://bucket/x", {"AWS_ENDPOINT_URL_S3": "https://AKIAKEY:topsecret@minio:9000"})
+    assert "topsecret" not in str(info.value) and "carries credentials" in str(info.value)

@@ -12,6 +12,7 @@ cannot price, never at ``import agentshards``.
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 from dataclasses import dataclass
@@ -35,6 +36,8 @@ CATALOGUE_PROVIDER = "openai"
 
 _DATED = re.compile(r"^(?P<base>.+?)-\d{4}-\d{2}-\d{2}$")
 _catalogue_lock = threading.Lock()
+_failed: set[str] = set()
+log = logging.getLogger("agentshards")
 
 
 def price_for(model: str | None, prices: tuple[tuple[str, ModelPrice], ...]) -> ModelPrice | None:
@@ -63,5 +66,11 @@ def catalogue_cost(model: str, input_tokens: int, cached_tokens: int, output_tok
             result = genai_prices.calc_price(usage, model, provider_id=CATALOGUE_PROVIDER,
                                              genai_request_timestamp=datetime.now(UTC))
         except LookupError:
+            return None
+        except Exception as exc:  # pricing must never cost a call that is already paid for its record
+            if model not in _failed:
+                _failed.add(model)
+                log.warning("the price catalogue could not price a call of %r (%s): recorded with cost NULL",
+                            model, exc)
             return None
     return float(result.total_price)

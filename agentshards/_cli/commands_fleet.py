@@ -61,11 +61,13 @@ def run(target: str, count: int | None, inputs_file: str | None, data_dir: str, 
     fleet = guarded(lambda: Fleet(data_dir, replica, concurrency=concurrency, agents_per_worker=agents_per_worker,
                                   app_dir=app_dir, lease_ttl_s=lease_ttl, archive_finished=archive_finished,
                                   take_over=take_over))
-    guarded(lambda: fleet.launch(target, agents, new_run=new_run))
-    say(f"running {len(agents)} agents of {target} in {data_dir}" + (f", replicated to {replica}" if replica else ""))
-    with fleet_progress("run", Path(data_dir), len(agents)) as progress:
-        results = _wait_in_foreground(fleet.wait)
-        progress.finish(outcome_states(results))
+    with fleet:  # closed whatever happens: an interrupted launch must not leave its lease and Litestream
+        guarded(lambda: fleet.launch(target, agents, new_run=new_run))
+        say(f"running {len(agents)} agents of {target} in {data_dir}"
+            + (f", replicated to {replica}" if replica else ""))
+        with fleet_progress("run", Path(data_dir), len(agents)) as progress:
+            results = _wait_in_foreground(fleet.wait)
+            progress.finish(outcome_states(results))
     finish_batch(results, _describe_result, "agents finished")
 
 

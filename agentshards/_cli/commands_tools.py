@@ -155,11 +155,22 @@ def _replica_checks(replica: str, env: Any) -> list[dict[str, Any]]:
     store_box: dict[str, Any] = {}
 
     def reach() -> str:
-        store_box["store"] = store_for(target, env)
-        store_box["store"].check()
+        store = store_for(target, env)
+        store.check_readable()
+        store_box["store"] = store  # only a reachable store is probed further
         return "reachable"
 
     out.append(_check("bucket", reach))
+    if "store" in store_box:
+        def conditional() -> str:
+            from .._replication.lease import probe_conditional_writes
+
+            if target.kind == "file":
+                return "a directory replica: file locks, which fence on this host only"
+            probe_conditional_writes(store_box["store"], target)  # a probe key of its own, deleted after
+            return "honoured (If-None-Match, If-Match): the prefix lease can fence"
+
+        out.append(_check("conditional writes", conditional))
     return out
 
 

@@ -28,6 +28,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         path = urlparse(self.path).path
+        host = (self.headers.get("Host") or "").rsplit(":", 1)[0]
+        if host not in ("127.0.0.1", "localhost"):  # a page elsewhere that rebinds its name to 127.0.0.1
+            self._json(403, {"error": "the dashboard answers only http://127.0.0.1 and http://localhost"})
+            return
         try:
             if path == "/":
                 self._send(200, "text/html; charset=utf-8", self.server.page)
@@ -42,6 +46,10 @@ class _Handler(BaseHTTPRequestHandler):
                 self._json(404, {"error": f"no such page: {path}"})
         except AgentShardsError as exc:
             self._json(404 if isinstance(exc, ValueError) else 500, {"error": str(exc)})
+        except ConnectionError:  # the tab closed while we answered
+            pass
+        except Exception as exc:  # one line on the page, never a traceback on the terminal
+            self._json(500, {"error": f"{type(exc).__name__}: {exc}"})
 
     def _json(self, code: int, payload: object) -> None:
         self._send(code, "application/json", json.dumps(payload).encode())
@@ -60,6 +68,9 @@ class _Handler(BaseHTTPRequestHandler):
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A tab closed mid-answer is normal for a page that polls; nothing is printed for it."""
 
     def __init__(self, port: int, view: FleetView) -> None:
         super().__init__(("127.0.0.1", port), _Handler)

@@ -14,7 +14,7 @@ import click
 
 from .. import __version__
 from . import commands_agent, commands_archive, commands_fleet, commands_tools, commands_view
-from .output import CTX, FAILED, INTERRUPTED, one_line
+from .output import CTX, FAILED, INTERRUPTED, fail
 
 
 class _Group(click.Group):
@@ -28,10 +28,9 @@ class _Group(click.Group):
         except KeyboardInterrupt:  # Ctrl-C anywhere: one line, exit 130 (a fleet says more on its own)
             click.echo("interrupted", err=True)
             sys.exit(INTERRUPTED)
-        except Exception as exc:
+        except Exception as exc:  # e.g. a botocore error nobody mapped: still one line (and --json's document)
             logging.getLogger("agentshards").debug("unexpected error", exc_info=True)
-            click.echo(f"error: {one_line(exc)}", err=True)
-            sys.exit(FAILED)
+            fail(exc, FAILED)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

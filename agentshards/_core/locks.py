@@ -114,6 +114,16 @@ def holds_data_dir(data_dir: str | os.PathLike[str]) -> bool:
         return Path(data_dir).resolve() in _held_here
 
 
+def owner_pid(data_dir: str | os.PathLike[str]) -> int | None:
+    """The pid of the process that owns the data dir now, or None when nobody does (read-only, as is_owned)."""
+    if not is_owned(data_dir):
+        return None
+    try:
+        return _pid((Path(data_dir) / DATA_DIR_LOCK).read_text().strip())
+    except OSError:
+        return None
+
+
 def is_owned(data_dir: str | os.PathLike[str]) -> bool:
     """True while some process (this one included) owns the data dir. A read-only probe: it opens the lock
     file read-only, tries a shared lock and lets go, and never creates a file (what `status` and the

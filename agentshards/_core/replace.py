@@ -65,6 +65,13 @@ def replace_shard(new: Path, final: Path, crash: CrashCounter | None = None) -> 
     shutil.rmtree(aside, ignore_errors=True)
 
 
+def remove_shard_files(path: Path) -> None:
+    """Delete a shard's files, the database first: a crash in between leaves a WAL nobody reads, never a
+    database without the WAL that holds its latest commits (read as a silent rollback)."""
+    for suffix in _SUFFIXES:
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:

@@ -10,7 +10,6 @@ without waiting.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -97,14 +96,12 @@ class Supervisor:
 
     def halt(self, error: AgentShardsError) -> None:
         """Kill everything now, from any thread, while the loop may be blocked (a lease fence): SIGKILL the
-        zygote and every worker. The loop raises ``error`` at its next tick and starts nothing more; agents
-        resume from their journals wherever they run next."""
+        zygote, whose workers die with it (their parent-death signal is SIGKILL; their pids are never
+        signalled from here, where they may already be another process's). The loop raises ``error`` at its
+        next tick and starts nothing more; agents resume from their journals wherever they run next."""
         self._halted = error
         if self._zygote is not None:
             self._zygote.kill()
-        for worker in list(self._workers):
-            with contextlib.suppress(OSError):
-                os.kill(worker.proc.pid, signal.SIGKILL)
 
     def _check_halted(self) -> None:
         if self._halted is not None:
@@ -228,6 +225,7 @@ class Supervisor:
         try:
             proc = self._zygote.spawn(Path(name))
         except AgentShardsError as exc:  # the zygote died (its workers with it): one fresh start, then give up
+            self._check_halted()  # not when a fence killed it: a fenced node starts nothing
             log.warning("worker zygote for %s: %s; starting a new one", self.data_dir, exc)
             proc = self._zygote.spawn(Path(name))
         self._workers.append(_Worker(proc, [a.agent_id for a in batch], Path(name)))

@@ -241,7 +241,12 @@ def _warm_prices() -> None:
     a catalogue built in each worker would cost that much per worker instead of once."""
     from .._base.prices import catalogue_cost
 
-    catalogue_cost("gpt-4o-mini", 1, 0, 1)
+    try:
+        catalogue_cost("gpt-4o-mini", 1, 0, 1)
+    except Exception:  # an unusable catalogue costs each worker its own load, never the zygote's start
+        import logging
+
+        logging.getLogger("agentshards").warning("the price catalogue could not be preloaded", exc_info=True)
 
 
 def main() -> int:

@@ -29,7 +29,7 @@ from .._base.crashpoints import CrashCounter, CrashPlan
 from .._base.errors import ReplicationError, ShardError, ShardExists
 from .._core.journal import FINAL, Journal
 from .._core.locks import lock_agent, lock_data_dir
-from .._core.replace import aside_dir
+from .._core.replace import aside_dir, remove_shard_files, replace_shard
 from .._core.shard import open_shard, shard_path, validate_agent_id
 from .manifest import ManifestEntry, delete_manifest, list_manifests, read_manifest, write_manifest
 from .objectstore import ObjectNotFound, ObjectStore, store_for
@@ -155,11 +155,10 @@ def _archive(agent_id: str, data: Path, target: ReplicaTarget, store: ObjectStor
 def _remove_local(data: Path, agent_id: str) -> None:
     """The shard and everything this package keeps beside it for the agent (not its lock file: see _core.locks)."""
     path = shard_path(data, agent_id)
-    for suffix in ("-wal", "-shm", ""):
-        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    remove_shard_files(path)
     shutil.rmtree(data / f".{path.name}-litestream", ignore_errors=True)
     shutil.rmtree(aside_dir(path), ignore_errors=True)
-    _remove_temp(_fetch_temp(data, agent_id))
+    remove_shard_files(_fetch_temp(data, agent_id))
     (data / ".archive" / f"{agent_id}.db").unlink(missing_ok=True)
     (data / ".fleet" / "results" / f"{agent_id}.json").unlink(missing_ok=True)
 
@@ -167,11 +166,6 @@ def _remove_local(data: Path, agent_id: str) -> None:
 def _fetch_temp(data: Path, agent_id: str) -> Path:
     """Where a fetch writes before its checks: a dot-file, so no scan of the data dir takes it for a shard."""
     return data / f".fetch-{agent_id}.db"
-
-
-def _remove_temp(path: Path) -> None:
-    for suffix in ("-wal", "-shm", ""):
-        Path(f"{path}{suffix}").unlink(missing_ok=True)
 
 
 def list_archives(replica: str | ReplicaTarget, *, env: Mapping[str, str] | None = None) -> list[ManifestEntry]:
@@ -196,7 +190,7 @@ def fetch_archive(agent_id: str, data_dir: str | os.PathLike[str], replica: str 
 def _fetch(agent_id: str, data: Path, target: ReplicaTarget, store: ObjectStore) -> Path:
     final = shard_path(data, agent_id)
     tmp = _fetch_temp(data, agent_id)
-    _remove_temp(tmp)  # left by a fetch that was killed
+    remove_shard_files(tmp)  # left by a fetch that was killed
     if final.exists():
         raise ShardExists(f"a local shard already exists at {final}", agent_id=agent_id,
                           hint="fetch into another --data-dir")
@@ -211,9 +205,9 @@ def _fetch(agent_id: str, data: Path, target: ReplicaTarget, store: ObjectStore)
     try:
         tmp.write_bytes(blob)
         verify_restored(tmp, agent_id)
-        os.replace(tmp, final)
+        replace_shard(tmp, final)  # an orphaned -wal/-shm beside the final path goes aside, never into it
     finally:
-        _remove_temp(tmp)
+        remove_shard_files(tmp)
     return final
 
 

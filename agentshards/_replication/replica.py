@@ -77,12 +77,16 @@ class ReplicaTarget:
 
 
 def redact(url: str) -> str:
-    """``url`` with any user:password part replaced by ``***``."""
+    """``url`` as it may appear in an error or a log: a user:password part and any query or fragment (where
+    keys are sometimes passed) replaced by ``***``."""
     parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.netloc.rsplit("@", 1)[-1]
-    return parts._replace(netloc=f"***@{host}").geturl()
+    if parts.username is not None or parts.password is not None:
+        parts = parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[-1])
+    if parts.query:
+        parts = parts._replace(query="***")
+    if parts.fragment:
+        parts = parts._replace(fragment="***")
+    return parts.geturl()
 
 
 def parse_replica(url: str, env: Mapping[str, str] | None = None, *, endpoint: str | None = None,
@@ -116,5 +120,8 @@ def parse_replica(url: str, env: Mapping[str, str] | None = None, *, endpoint: s
     endpoint = endpoint or env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or None
     region = region or env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or None
     if endpoint is not None and urlsplit(endpoint).scheme not in ("http", "https"):
-        raise InvalidReplica(f"invalid S3 endpoint {endpoint!r}", hint="e.g. http://127.0.0.1:9000")
+        raise InvalidReplica(f"invalid S3 endpoint {redact(endpoint)!r}", hint="e.g. http://127.0.0.1:9000")
+    if endpoint is not None and (urlsplit(endpoint).username or urlsplit(endpoint).password):
+        raise InvalidReplica(f"the S3 endpoint {redact(endpoint)!r} carries credentials",
+                             hint="credentials come from the AWS environment, never from the endpoint URL")
     return ReplicaTarget("s3", bucket=bucket, prefix=prefix, endpoint=endpoint, region=region)

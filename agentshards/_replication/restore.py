@@ -65,7 +65,7 @@ def restore_agent(agent_id: str, data_dir: str | os.PathLike[str], replica: str 
     target = parse_replica(replica, env) if isinstance(replica, str) else replica
     store = store_for(target, env)
     if check_replica:  # a missing bucket or bad credentials: a clear error, not a restore failure
-        store.check()
+        store.check_readable()  # restore only reads the replica: a mistyped one is an error, never created
     config = litestream or LitestreamConfig()
     _check_reader_version(config, env)
     data = Path(data_dir).resolve()
@@ -96,12 +96,21 @@ def _restore_one(agent_id: str, data: Path, target: ReplicaTarget, store: Object
                  crash: CrashCounter | None = None) -> Path:
     """Restore into a temp dir beside the final path, verify, rename. ``keys``: the agent's replica keys
     when the caller listed them already (one LIST for a whole fleet), else None."""
+    data.mkdir(parents=True, exist_ok=True)
+    # the agent's lock for the whole restore: a run_agent that created the shard meanwhile, or another
+    # restore half-way through its replace, would otherwise have its files moved aside under it
+    with lock_agent(data, agent_id, "restore it"):
+        return _restore_locked(agent_id, data, target, store, config, env, keys, overwrite, crash)
+
+
+def _restore_locked(agent_id: str, data: Path, target: ReplicaTarget, store: ObjectStore, config: LitestreamConfig,
+                    env: Mapping[str, str], keys: list[str] | None, overwrite: bool,
+                    crash: CrashCounter | None) -> Path:
     final = shard_path(data, agent_id)
     finish_interrupted_replace(final)  # a restore killed mid-replace: its old shard comes back first
     if final.exists() and not overwrite:
         raise ShardExists(f"a local shard already exists at {final}", agent_id=agent_id,
                           hint="resume it as it is, or pass overwrite=True (--overwrite) to replace it")
-    data.mkdir(parents=True, exist_ok=True)
     prefix = f".restore-{agent_id}-"
     for stale in data.glob(prefix + "*"):  # left by a killed restore of this agent (not of "<id>-x")
         if re.fullmatch(r"[a-z0-9_]{8}", stale.name[len(prefix):]):
@@ -114,9 +123,8 @@ def _restore_one(agent_id: str, data: Path, target: ReplicaTarget, store: Object
                             f"{target.agent_key(agent_id)}/", agent_id=agent_id,
                             hint="check the replica URL; `agentshards fleet` lists what is there")
         verify_restored(candidate, agent_id)
-        with lock_agent(data, agent_id, "restore it") if overwrite else contextlib.nullcontext():
-            shutil.rmtree(final.parent / f".{final.name}-litestream", ignore_errors=True)  # the old file's
-            replace_shard(candidate, final, crash)
+        shutil.rmtree(final.parent / f".{final.name}-litestream", ignore_errors=True)  # the old file's
+        replace_shard(candidate, final, crash)
         log.info("restored agent %s from %s", agent_id, target.describe())
         return final
     finally:
@@ -271,7 +279,7 @@ def restore_agents(agent_ids: list[str], data_dir: str | os.PathLike[str], repli
     target = parse_replica(replica, env) if isinstance(replica, str) else replica
     config = litestream or LitestreamConfig()
     store = store_for(target, env)
-    store.check()
+    store.check_readable()  # restores only read the replica: a mistyped one is an error, never created
     _check_reader_version(config, env)
     listed: dict[str, list[str]] | None = None
     if config.native_restore and len(agent_ids) >= _LIST_ONCE_FROM:
