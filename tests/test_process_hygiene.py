@@ -19,11 +19,12 @@ import pytest
 from agentshards import LitestreamConfig, ReplicationError, ShardConfig, SupervisorConfig
 from agentshards._base import proc
 from agentshards._core.shard import open_shard
-from agentshards._fleet.supervisor import FAILED, RESTARTING, SUCCEEDED, Supervisor
+from agentshards._fleet.supervisor import RESTARTING, SUCCEEDED, Supervisor
 from agentshards._fleet.zygote import Zygote
 from agentshards._replication.litestream import Litestream
 from agentshards._replication.replica import parse_replica
 from agentshards._replication.replication import Replication
+from agentshards._replication.states import GAVE_UP
 
 from agent_process import TESTS_DIR
 
@@ -225,8 +226,8 @@ def test_a_malformed_result_file_restarts_the_agent_instead_of_stopping_the_loop
     assert state.status == RESTARTING and "worker 123 exited with 0" in str(state.reason)
     assert "result file a.json" in str(state.reason)
     (supervisor.results_dir / "a.json").write_text(content)
-    supervisor._settle(state, "worker 124 exited with 0")  # the restart limit ends it as failed, not stuck
-    assert state.status == FAILED and supervisor.done()
+    supervisor._settle(state, "worker 124 exited with 0")  # the restart limit ends it (gave_up), not stuck
+    assert state.status == GAVE_UP and supervisor.done()
     (supervisor.results_dir / "a.json").write_text('{"status": "succeeded", "result": 1}')
     supervisor.add("b", "sample_agents:two_steps", {"x": 1})
     (supervisor.results_dir / "b.json").write_text('{"status": "succeeded", "result": 1}')

@@ -81,6 +81,10 @@ def run_agent(
         config = config_from_env(env)
     require_sqlite()  # these two checks come before the locks, which create the data dir and their files
     checked = None if replica is None else check_replica(replica, env)
+    if checked is not None:  # the lease below fences with conditional writes: refused before any file is made
+        from .._replication.lease import probe_conditional_writes
+
+        probe_conditional_writes(checked[1], checked[0])
     with contextlib.ExitStack() as stack:
         replication = lease = None
         if replica is not None:  # this call runs the data dir's Litestream: it must own the data dir

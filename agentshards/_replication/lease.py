@@ -24,6 +24,7 @@ import logging
 import math
 import os
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -93,9 +94,24 @@ def node_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
+_probed: set[tuple[type, str]] = set()
+_probed_lock = threading.Lock()
+
+
 def probe_conditional_writes(store: ObjectStore, target: ReplicaTarget) -> None:
     """InvalidReplica unless the server refuses a PUT If-None-Match on an existing key and a PUT If-Match
-    with a wrong ETag. Three PUTs and a DELETE of a key of its own, once per start."""
+    with a wrong ETag. Three PUTs and a DELETE of a key of its own, once per process and server: a server
+    that honoured them does not stop (a failed probe is not remembered, so it is tried again)."""
+    seen = (type(store), target.describe())
+    with _probed_lock:
+        if seen in _probed:
+            return
+    _probe(store, target)
+    with _probed_lock:
+        _probed.add(seen)
+
+
+def _probe(store: ObjectStore, target: ReplicaTarget) -> None:
     key = f"{target.lease_key()}.probe-{uuid.uuid4().hex}"
     where = target.describe()
     hint = ("the lease that keeps two nodes off one prefix needs conditional writes (AWS S3, MinIO, Ceph RGW, "
