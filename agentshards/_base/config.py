@@ -133,7 +133,7 @@ class RunConfig:
     as ``budget_exceeded``, a final state."""
     litestream: LitestreamConfig = field(default_factory=LitestreamConfig)
     crash_plan: str | None = field(default=None, repr=False)
-    """Test-only: ``point@k`` kills the process at a crash point (see ``_crashpoints``)."""
+    """Test-only: ``point@k`` kills the process at a crash point (see ``agentshards._base.crashpoints``)."""
     lease_ttl_s: float = 30.0
     """With a replica, ``run_agent`` holds the prefix's lease for the call: renewed every third of this, and
     the call stops replicating by itself when it could not renew for this long (less a margin)."""

@@ -6,7 +6,7 @@ plan every ``reached`` call is a dictionary lookup and nothing else. Points:
 - ``after_intent``   an LLM attempt row is committed, the request has not gone out;
 - ``after_response`` the response arrived, the step is not yet recorded;
 - ``after_commit``   the step is recorded;
-- ``archive_*``      after each stage of archiving a finished agent (see ``_archive``);
+- ``archive_*``      after each stage of archiving a finished agent (see ``agentshards._replication.archive``);
 - ``restore_moved_aside``  a restore with overwrite moved the old files aside, the new one is not in place.
 """
 

@@ -1,4 +1,4 @@
-"""The object agent code receives: ``agent.step(...)``, ``agent.llm``, ``agent.options(...)``.
+"""The step machinery behind ``agent.step(...)`` and the LLM facade: naming, replay, perform-and-record.
 
 Step names are how a resumed run finds what it already did, so they must come out the same on every
 run of the same code: explicit names are used as given and numbered by occurrence (``search``,

@@ -5,8 +5,8 @@
     results = fleet.wait()        # agent_id -> result, or the exception that ended it
 
 One supervisor owns a data dir (a lock file beside the shards says which process), runs one Litestream
-for every shard in it, starts workers with ``python -m agentshards._fleet.worker`` and restarts the agents of a
-worker that died; every agent resumes from its journal, so a restart never repeats a completed step.
+for every shard in it, runs agents in workers forked from a preloaded zygote (``zygote.py``) and restarts the
+agents of a worker that died; every agent resumes from its journal, so a restart never repeats a completed step.
 """
 
 from __future__ import annotations

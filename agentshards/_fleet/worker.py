@@ -1,4 +1,4 @@
-"""A worker process: forked by the fleet's zygote (``_zygote.py``) to run ``main([_, SPEC.json])``.
+"""A worker process: forked by the fleet's zygote (``zygote.py``) to run ``main([_, SPEC.json])``.
 
 It hosts the agents listed in the spec as threads (LLM-bound agents wait on I/O), each with its own
 shard, connection and log file (``.fleet/logs/<agent_id>.log``), and writes one result file per agent

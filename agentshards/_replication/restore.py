@@ -1,6 +1,6 @@
 """Restore: bring agents back from their replicas onto this machine, verified, never half-written.
 
-The newest state is read from the replica's LTX files in this process (``_ltx``; the ``litestream``
+The newest state is read from the replica's LTX files in this process (``ltx.py``; the ``litestream``
 binary for what that module does not read or finds damaged). "No replica" means nothing at all is
 stored under the agent's prefix; objects neither reader can restore make the agent not restorable, never
 "no replica" and never an older state. Each file is restored into a temporary directory
@@ -135,7 +135,7 @@ def _fetch(agent_id: str, target: ReplicaTarget, store: ObjectStore, config: Lit
            env: Mapping[str, str], keys: list[str] | None, out: Path) -> bool:
     """Write the replica's newest state to ``out``; False only when nothing at all is stored for the agent.
 
-    Read here from the LTX files (no process per agent; see ``_ltx``). A format or an object this version
+    Read here from the LTX files (no process per agent; see ``ltx.py``). A format or an object this version
     does not read, and a file it finds damaged, go to ``litestream restore`` instead, and so does everything
     with ``native_restore=False``; when that fails too the replica is not restorable (never "no replica":
     starting the agent over would pay for every step again and register a fresh file over its replica).
