@@ -136,14 +136,10 @@ def restore(agent_ids: tuple[str, ...], replica: str, data_dir: str, overwrite: 
         usage("name agents to restore, or pass --all", hint="`agentshards fleet --replica URL` lists them")
     ids = sorted(dict.fromkeys(ids), key=natural_key)
     counts = Counts()
-    results: dict[str, Any] = {}
     with Progress("restore", len(ids), counts):
-        for start in range(0, len(ids), 16):  # batches, so the display moves; each batch lists the fleet once
-            chunk = ids[start:start + 16]
-            batch = guarded(lambda: restore_agents(chunk, data_dir, replica, overwrite=overwrite))  # noqa: B023
-            for outcome in batch.values():
-                counts.add("failed" if isinstance(outcome, BaseException) else "succeeded")
-            results.update(batch)
+        results: dict[str, Any] = dict(guarded(lambda: restore_agents(
+            ids, data_dir, replica, overwrite=overwrite,
+            on_done=lambda _, outcome: counts.add("failed" if isinstance(outcome, BaseException) else "succeeded"))))
     finish_batch(results, lambda agent_id, path: f"{agent_id}: restored to {path}", "agents restored")
 
 

@@ -18,9 +18,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from .._replication.states import ENDED, GAVE_UP
 from .output import CTX
 
-FINAL = frozenset({"succeeded", "failed", "budget_exceeded", "cancelled", "gave_up"})
+FINAL = ENDED | {GAVE_UP}
+"""States a command's progress counts as done (a gave_up agent is done here; recover takes it later)."""
 
 
 def live_allowed() -> bool:

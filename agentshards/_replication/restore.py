@@ -17,7 +17,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -269,8 +269,10 @@ def list_fleet(replica: str | ReplicaTarget, *, env: Mapping[str, str] | None = 
 
 def restore_agents(agent_ids: list[str], data_dir: str | os.PathLike[str], replica: str | ReplicaTarget, *,
                    overwrite: bool = False, env: Mapping[str, str] | None = None, parallelism: int = 8,
-                   litestream: LitestreamConfig | None = None) -> dict[str, Path | Exception]:
+                   litestream: LitestreamConfig | None = None,
+                   on_done: Callable[[str, Path | Exception], None] | None = None) -> dict[str, Path | Exception]:
     """Restore several agents in parallel; each entry is its path or the error that stopped it.
+    ``on_done(agent_id, outcome)`` is called as each one ends (from the pool's threads), e.g. for progress.
 
     The replica is checked once for all of them and, for more than a few agents, listed once (building an
     S3 client or sending a LIST per agent costs more than a small agent's restore).
@@ -303,6 +305,8 @@ def restore_agents(agent_ids: list[str], data_dir: str | os.PathLike[str], repli
             results[agent_id] = _restore_one(agent_id, data, target, store, config, env, keys, overwrite)
         except Exception as exc:
             results[agent_id] = exc
+        if on_done is not None:
+            on_done(agent_id, results[agent_id])
 
     with owner, ThreadPoolExecutor(max_workers=max(1, parallelism)) as pool:
         list(pool.map(one, agent_ids))

@@ -29,13 +29,13 @@ an agent whose run ended only reports that ending again, while skipping one that
 
 from __future__ import annotations
 
-from .._core.journal import BUDGET_EXCEEDED, CANCELLED, FAILED, RUNNING, SUCCEEDED
+from .._core.journal import BUDGET_EXCEEDED, CANCELLED, FAILED, FINAL, RUNNING, SUCCEEDED
 
 UNSYNCED = "unsynced"
 GAVE_UP = "gave_up"
 ARCHIVED = "archived"
 
-ENDED = frozenset({SUCCEEDED, FAILED, BUDGET_EXCEEDED, CANCELLED})
+ENDED = frozenset(FINAL)
 """Endings a run records in its journal; published only with a confirmed sync, else as ``unsynced``."""
 UNFINISHED = frozenset({RUNNING, UNSYNCED, GAVE_UP})
 """What recover and ``restore --all`` take."""
