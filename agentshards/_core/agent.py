@@ -8,13 +8,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._base.config import Durability, RunConfig
 from .._base.errors import InvalidStepName
 from .journal import Journal
-from .llm import DurableLLM
 from .steps import StepOptions, StepRunner
+
+if TYPE_CHECKING:  # the facade (and what it imports) loads on first use: replaying a plain agent needs none
+    from .llm import DurableLLM
 
 __all__ = ["Agent", "StepOptions"]
 
@@ -39,6 +41,8 @@ class Agent(StepRunner):
     def llm(self) -> DurableLLM:
         """A durable OpenAI facade: ``agent.llm.chat.completions.create(...)``."""
         if self._llm is None:
+            from .llm import DurableLLM
+
             self._llm = DurableLLM(self, StepOptions())
         return self._llm
 
@@ -58,4 +62,6 @@ class _OptionView:
 
     @property
     def llm(self) -> DurableLLM:
+        from .llm import DurableLLM
+
         return DurableLLM(self._agent, self._options)
