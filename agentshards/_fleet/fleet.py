@@ -47,7 +47,7 @@ from .._replication.states import (
     is_unfinished,
     published,
 )
-from .run import _check_inputs, code_fingerprint, hold_prefix_lease, start_replication
+from .run import _check_inputs, check_replica, code_fingerprint, hold_prefix_lease, start_replication
 from .supervisor import AgentState, Supervisor
 
 if TYPE_CHECKING:
@@ -164,9 +164,11 @@ class Fleet:
             if self.replica is not None:
                 from .._replication.lease import LeaseConfig
 
+                checked = check_replica(self.replica, self._env)  # once, for the lease and for Litestream
                 self._lease = hold_prefix_lease(self.replica, LeaseConfig(self.lease_ttl_s, take_over=self.take_over),
-                                                self._env)
-                self._replication = start_replication(self.data_dir, self.replica, self.run_config, self._env)
+                                                self._env, checked=checked)
+                self._replication = start_replication(self.data_dir, self.replica, self.run_config, self._env,
+                                                      checked=checked)
                 self._lease.add_fence(self._replication.halt)  # Litestream first: it is what writes to S3
         except BaseException:
             self.close()
@@ -364,18 +366,12 @@ def _on_path(app_dir: Path) -> Any:
 def publish_replication(data_dir: Path, at: float, statuses: list[Any]) -> None:
     """Every shard's replication lag as the watchdog last saw it, in ``.fleet/replication.json``: `status`
     and the dashboard show it (only while this node holds the data dir) without a control socket."""
-    import json
-    import tempfile
+    from .._base.atomic import write_json_atomic
 
     payload = {"pid": os.getpid(), "updated_at": at,
                "agents": {s.agent_id: {"state": s.state, "lag_s": round(s.lag_s, 3), "last_sync_at": s.last_sync_at}
                           for s in statuses}}
-    folder = data_dir / ".fleet"
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".replication-")
-    with os.fdopen(fd, "w") as f:
-        json.dump(payload, f)
-    os.replace(tmp, folder / "replication.json")
+    write_json_atomic(data_dir / ".fleet" / "replication.json", payload)
 
 
 def read_agents_file(path: str) -> dict[str, dict[str, Any]]:

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .._base.atomic import write_json_atomic
 from .._base.config import ShardConfig, SupervisorConfig
 from .._base.environ import worker_env
 from .._base.errors import AgentShardsError
@@ -256,11 +257,7 @@ class Supervisor:
             self._zygote = None
 
     def _publish(self) -> None:
-        self.fleet_dir.mkdir(parents=True, exist_ok=True)
         payload = {"pid": os.getpid(), "updated_at": time.time(),
                    "agents": {a.agent_id: {k: v for k, v in asdict(a).items() if k not in ("inputs", "result")}
                               for a in self.agents.values()}}
-        fd, tmp = tempfile.mkstemp(dir=self.fleet_dir, prefix=".status-")
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f)
-        os.replace(tmp, self.fleet_dir / "status.json")
+        write_json_atomic(self.fleet_dir / "status.json", payload)

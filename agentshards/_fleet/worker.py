@@ -12,12 +12,12 @@ import json
 import logging
 import os
 import sys
-import tempfile
 import threading
 import traceback
 from pathlib import Path
 from typing import Any
 
+from .._base.atomic import write_json_atomic
 from .._base.errors import AgentFailed, BudgetExceeded, InvalidInputs, InvalidTarget, RunMismatch
 
 # Outcomes that running the agent again cannot change: the supervisor does not restart these.
@@ -26,13 +26,7 @@ FINAL_ERRORS = (AgentFailed, BudgetExceeded, RunMismatch, InvalidInputs, Invalid
 
 def write_result(results_dir: Path, agent_id: str, payload: dict[str, Any]) -> None:
     """Atomically (temp file, fsync, rename): the supervisor never reads half a result."""
-    results_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=results_dir, prefix=f".{agent_id}-")
-    with os.fdopen(fd, "w") as f:
-        json.dump(payload, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, results_dir / f"{agent_id}.json")
+    write_json_atomic(results_dir / f"{agent_id}.json", payload, fsync=True)
 
 
 class _OneAgent(logging.Filter):
