@@ -176,8 +176,10 @@ class Claims:
 
     def needs_restore(self, data_dir: Path, agent_id: str, before: Record | None) -> bool:
         """Whether the agent's state must come from its replica rather than this data dir's file."""
-        if before is None:
-            return False  # a new agent: whatever is local is all there is
+        from .._replication.states import QUEUED
+
+        if before is None or before.entry.status == QUEUED:
+            return False  # a new agent (or one submitted and never run): whatever is local is all there is
         local = shard_path(data_dir, agent_id).exists()
         if not local:
             return True

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from .._base.config import RunConfig, SupervisorConfig, litestream_owned
 from .._base.errors import (
     AgentFailed,
+    AgentOwned,
     AgentShardsError,
     BudgetExceeded,
     InvalidInputs,
@@ -82,6 +83,7 @@ class Fleet:
         # set by recover: the files its restore has just verified (not examined again before they open)
         self._verified: set[str] = set()
         self._claims: Claims | None = None  # this node's lease and the agents it owns (with a replica)
+        self._claim_races_expected = False  # set by Node: losing a claim race is routine there
         self.node_id = node_id
         self._watchdog: threading.Thread | None = None
         self._finals: ThreadPoolExecutor | None = None  # _on_final's work, off the supervisor loop
@@ -152,7 +154,9 @@ class Fleet:
                 self._failed.pop(agent_id, None)
                 supervisor.add(agent_id, name, inputs)
             else:
-                log.error("agent %s: not launched: %s", agent_id, error)
+                # a node that lost a race for an agent (another node claimed it first) is not an error
+                quiet = self._claim_races_expected and isinstance(error, AgentOwned)
+                (log.info if quiet else log.error)("agent %s: not launched: %s", agent_id, error)
                 self._failed[agent_id] = error
 
     def _fields(self, agent_id: str, target: str, digest: str) -> dict[str, Any]:

@@ -121,6 +121,10 @@ class NodeWatch:
 
     def info(self, node: str) -> LeaseInfo | None:
         """The node's lease body (read once per ETag); None for a tombstone or a missing lease."""
+        with self._lock:
+            return self._info(node)
+
+    def _info(self, node: str) -> LeaseInfo | None:
         seen = self._seen.get(node)
         if seen is None:
             return None
@@ -147,16 +151,9 @@ class NodeWatch:
         with self._lock:
             if node in self._gone or node not in self.present:
                 return True
-            seen = self._seen[node]
-            if seen.info is None:
-                try:
-                    data = self.store.get(self.target.node_key(node))
-                except ObjectNotFound:
-                    self._gone.add(node)
-                    return True
-                if data == TOMBSTONE:
-                    self._gone.add(node)
-                    return True
+            if self.info(node) is None:  # a tombstone (or deleted since the LIST); read once per ETag
+                self._gone.add(node)
+                return True
             return False
 
     def overdue(self, node: str) -> float:
