@@ -87,7 +87,21 @@ class Claims:
 
     def claim(self, agent_id: str, fields: Mapping[str, Any]) -> tuple[Record | None, Record]:
         """Own ``agent_id``; return (its entry before, this node's entry). ``fields``: the manifest fields of
-        the launch (status, target, inputs...)."""
+        the launch (status, target, inputs...). The store's own errors become a ReplicationError naming the
+        agent: it is not started (a node that cannot write its entry cannot fence it)."""
+        from .._base.errors import AgentShardsError
+
+        try:
+            return self._claim(agent_id, fields)
+        except AgentShardsError:
+            raise
+        except Exception as exc:  # botocore's and OSError: one error root for callers
+            raise ReplicationError(f"could not write its manifest entry to claim it: {type(exc).__name__}: {exc}",
+                                   agent_id=agent_id, hint="a node writes an agent only once its manifest entry "
+                                   "names it; check the replica (endpoint, credentials, network) and run it "
+                                   "again") from exc
+
+    def _claim(self, agent_id: str, fields: Mapping[str, Any]) -> tuple[Record | None, Record]:
         from .._replication.manifest import ManifestEntry
         from .._replication.ownership import refuse_owned
 
@@ -187,7 +201,8 @@ class Claims:
         return before.entry.dir_id is not None and before.entry.dir_id != self.ownership.dir_id
 
     def bring_up(self, data_dir: Path, agent_id: str, before: Record | None, target: ReplicaTarget,
-                 store: ObjectStore, litestream: LitestreamConfig, env: Mapping[str, str]) -> None:
+                 store: ObjectStore, litestream: LitestreamConfig, env: Mapping[str, str], *,
+                 agent_locked: bool = False) -> None:
         """Restore the live generation over any local file when the local file cannot be trusted. The
         caller owns the data dir. NoReplica (nothing ever reached the replica) leaves the agent to start
         from its inputs."""
@@ -198,7 +213,7 @@ class Claims:
             return
         try:
             _restore_one(agent_id, data_dir, target, store, litestream, env, None, True, None,
-                         generation=before.entry.live)
+                         generation=before.entry.live, agent_locked=agent_locked)
         except NoReplica:
             if shard_path(data_dir, agent_id).exists():
                 raise ReplicationError(

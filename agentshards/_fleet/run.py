@@ -100,7 +100,8 @@ def run_agent(
                 "status": RUNNING, "target": target, "input_digest": _codec.digest(input_json), "run_id": "",
                 "steps": 0, "code_fingerprint": code_fingerprint(func), "updated_at": time.time(),
                 "inputs_json": input_json})
-            claims.bring_up(Path(data_dir), agent_id, before, checked[0], checked[1], config.litestream, env)
+            claims.bring_up(Path(data_dir), agent_id, before, checked[0], checked[1], config.litestream, env,
+                            agent_locked=True)
             replication = start_replication(Path(data_dir), replica, config, env, checked=checked)
             stack.callback(replication.litestream.stop)
             claims.keeper.add_fence(replication.halt)

@@ -10,6 +10,7 @@ restore reads once the new owner's generation is live. ``docs/ownership.md`` tel
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import dataclass, replace
@@ -19,6 +20,8 @@ from .._base.errors import AgentOwned, OwnershipLost
 from .manifest import ManifestEntry, decode, encode
 from .objectstore import ObjectNotFound, ObjectStore
 from .replica import ReplicaTarget
+
+log = logging.getLogger("agentshards")
 
 
 @dataclass(frozen=True)
@@ -120,6 +123,11 @@ class Ownership:
             elif (current is not None and current.entry.node == self.node
                   and current.entry.generation == record.entry.generation):
                 etag = self.store.put_if(key, encode(entry), current.etag)  # an earlier write of ours landed late
+            elif current is None:  # the entry vanished (a wiped bucket): ours again only if nobody wrote it first
+                etag = self.store.put_if(key, encode(entry), None)
+                if etag is not None:
+                    log.warning("agent %s: its manifest entry had vanished from the replica (bucket wiped?); "
+                                "written again by its owner, node %s", agent_id, self.node)
             if etag is None:
                 with self._lock:
                     self._held.pop(agent_id, None)

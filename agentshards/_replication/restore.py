@@ -99,13 +99,14 @@ def _owning(data: Path, overwrite: bool, what: str, agent_id: str | None = None)
 
 def _restore_one(agent_id: str, data: Path, target: ReplicaTarget, store: ObjectStore, config: LitestreamConfig,
                  env: Mapping[str, str], keys: list[str] | None, overwrite: bool,
-                 crash: CrashCounter | None = None, generation: int = 0) -> Path:
+                 crash: CrashCounter | None = None, generation: int = 0, agent_locked: bool = False) -> Path:
     """Restore into a temp dir beside the final path, verify, rename. ``keys``: the agent's replica keys
-    when the caller listed them already (one LIST for a whole fleet), else None."""
+    when the caller listed them already (one LIST for a whole fleet), else None. ``agent_locked``: the
+    caller holds the agent's lock already (a run_agent bringing its agent up)."""
     data.mkdir(parents=True, exist_ok=True)
     # the agent's lock for the whole restore: a run_agent that created the shard meanwhile, or another
     # restore half-way through its replace, would otherwise have its files moved aside under it
-    with lock_agent(data, agent_id, "restore it"):
+    with contextlib.nullcontext() if agent_locked else lock_agent(data, agent_id, "restore it"):
         return _restore_locked(agent_id, data, target, store, config, env, keys, overwrite, crash, generation)
 
 
