@@ -46,6 +46,7 @@ from ._fleet.run import cancel_agent, fork_run, retry_agent, run_agent
 
 if TYPE_CHECKING:
     from ._fleet.fleet import Fleet, recover
+    from ._fleet.node import Node, submit
     from ._fleet.query import QueryResult, query_fleet
     from ._replication.archive import (
         ArchiveEntry,
@@ -88,6 +89,7 @@ __all__ = [
     "ManifestEntry",
     "ModelPrice",
     "NoReplica",
+    "Node",
     "NonDeterminismError",
     "OwnershipLost",
     "QueryResult",
@@ -122,6 +124,7 @@ __all__ = [
     "retry_agent",
     "run_agent",
     "spend_report",
+    "submit",
     "validate_agent_id",
 ]
 
@@ -136,6 +139,8 @@ _LAZY = {
     "FakeLLMServer": ".testing._fakellm",
     "Fleet": "._fleet.fleet",
     "recover": "._fleet.fleet",
+    "Node": "._fleet.node",
+    "submit": "._fleet.node",
     "query_fleet": "._fleet.query",
     "QueryResult": "._fleet.query",
     "ManifestEntry": "._replication.manifest",

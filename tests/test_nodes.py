@@ -49,13 +49,13 @@ class Nodes:
         self.tmp_path, self.replica, self.env = tmp_path, replica, env
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
-    def start(self, name: str, capacity: int = 15) -> subprocess.Popen[bytes]:
+    def start(self, name: str, capacity: int = 15, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         data = self.tmp_path / name
         log = open(self.tmp_path / f"{name}.log", "wb")  # noqa: SIM115 - the child writes it; closed on exit
         proc = subprocess.Popen([*CLI, "node", "--replica", self.replica, "--data-dir", str(data),
                                  "--app-dir", str(TESTS_DIR), "--capacity", str(capacity), "--node-id", name,
                                  "--lease-ttl", str(TTL), "--agents-per-worker", "5"],
-                                env=self.env, cwd=self.tmp_path, stdout=log, stderr=subprocess.STDOUT,
+                                env=env or self.env, cwd=self.tmp_path, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
         log.close()
         self.procs[name] = proc
@@ -232,6 +232,38 @@ def test_a_drained_nodes_agents_are_claimed_before_its_ttl_would_have_expired(
     assert took < TTL, f"claimed {took:.1f}s after the drain: as slow as an expiry"
 
 
+def test_a_partitioned_node_stops_itself_within_its_ttl_and_the_others_take_over(
+        tmp_path: Path, moto_endpoint: str, fleet_env: tuple[dict[str, str], FakeLLMServer], bucket: str) -> None:
+    from fault_proxy import FaultProxy
+
+    env, _llm = fleet_env
+    replica = f"s3://{bucket}/fleet"
+    submit("sample_agents:chat_calls", {f"p{i}": {"n": 40} for i in range(3)}, replica, env=env)
+    proxy = FaultProxy(int(moto_endpoint.rsplit(":", 1)[1]))
+    nodes = Nodes(tmp_path, replica, env)
+    try:
+        cut_off = nodes.start("cut", env=dict(env, AWS_ENDPOINT_URL_S3=proxy.endpoint))
+        _wait_for(lambda: sum(e.node == "cut" and e.live > 0 for e in _entries(replica, env).values()) == 3, 60,
+                  "the node running its agents")
+        nodes.start("other")
+        proxy.outage()  # the node can no longer reach S3; everyone else still can
+        cut_at = time.monotonic()
+        _wait_for(lambda: cut_off.poll() is not None, TTL + 10, "the partitioned node stops itself")
+        stopped = time.monotonic() - cut_at
+        _wait_for(lambda: all(e.node == "other" for e in _entries(replica, env).values()), 60,
+                  "the other node owning every agent")
+        taken = time.monotonic() - cut_at
+    finally:
+        proxy.close()
+        nodes.stop_all()
+    print(f"\nthe partitioned node stopped {stopped:.1f}s after the cut; its agents were claimed after {taken:.1f}s",
+          file=sys.stderr)
+    assert stopped < TTL, "the partitioned node outlived its lease"
+    assert taken >= TTL, "its agents were claimed before its lease could have lapsed"
+    assert cut_off.returncode == 1 and "could not renew" in nodes.log("cut")
+    assert "Traceback" not in nodes.log("cut")
+
+
 def _store(replica: str, env: dict[str, str]) -> tuple[Any, Any]:
     target = parse_replica(replica, env)
     return store_for(target, env), target
@@ -248,3 +280,17 @@ def test_a_node_on_a_prefix_held_by_the_layout_before_nodes_is_refused(
     assert proc.returncode == 1
     assert "layout before nodes" in proc.stderr and "old-node" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_a_directory_replica_refuses_nodes_on_a_second_host(tmp_path: Path) -> None:
+    from agentshards import Fleet, InvalidReplica
+
+    replica = tmp_path / "replica"
+    (replica / "nodes").mkdir(parents=True)
+    (replica / "nodes" / "elsewhere.json").write_text(json.dumps(
+        {"owner": "elsewhere", "host": "another-machine", "seq": 1, "ttl_s": 30.0, "margin_s": 5.0}))
+    fleet = Fleet(tmp_path / "d", str(replica), app_dir=TESTS_DIR)
+    with pytest.raises(InvalidReplica, match="another-machine") as refused:
+        fleet.launch("sample_agents:two_steps", {"a": {"x": 1}})
+    assert "one host only" in str(refused.value)
+    assert sorted(p.name for p in (replica / "nodes").iterdir()) == ["elsewhere.json"]  # no lease was taken

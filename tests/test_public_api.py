@@ -19,7 +19,7 @@ PUBLIC = {
     "Fleet", "DataDirLocked", "SupervisorConfig", "ArchiveEntry", "archive_agent", "delete_agent",
     "expire_archives", "fetch_archive", "list_archives", "LeaseError", "recover",
     "cancel_agent", "retry_agent", "query_fleet", "QueryResult",
-    "AgentLocked", "ShardExists", "NoReplica", "ReplicaNotRestorable", "AgentOwned", "OwnershipLost",
+    "AgentLocked", "ShardExists", "NoReplica", "ReplicaNotRestorable", "AgentOwned", "OwnershipLost", "Node", "submit",
 }
 
 

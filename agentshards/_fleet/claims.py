@@ -66,6 +66,8 @@ class Claims:
     def open(cls, data_dir: Path, target: ReplicaTarget, store: ObjectStore, *, ttl_s: float, take_over: bool,
              node_id: str | None = None, extra: Mapping[str, object] | None = None) -> Claims:
         """Refuse a live node of the layout before nodes, then take this node's lease and keep it."""
+        import socket
+
         from .._replication.lease import Lease, LeaseConfig, probe_conditional_writes
         from .._replication.lease_keeper import LeaseKeeper
         from .._replication.nodes import NodeWatch, new_node_id, validate_node_id
@@ -73,9 +75,10 @@ class Claims:
 
         probe_conditional_writes(store, target)
         _retire_prefix_lease(store, target, LeaseConfig(ttl_s, take_over=take_over))
+        if target.kind == "file":
+            _refuse_another_host(store, target, socket.gethostname())
         node = validate_node_id(node_id) if node_id is not None else new_node_id()
         config = LeaseConfig(ttl_s)
-        import socket
 
         keeper = LeaseKeeper(Lease(store, target, config, owner=node, key=target.node_key(node),
                                    extra={"host": socket.gethostname(), **(extra or {})}))
@@ -256,3 +259,17 @@ def _retire_prefix_lease(store: ObjectStore, target: ReplicaTarget, config: Any)
     lease.release()
     log.warning("%s: removed the prefix lease of the layout before nodes; agents are owned one by one from now on",
                 target.describe())
+
+
+def _refuse_another_host(store: ObjectStore, target: ReplicaTarget, host: str) -> None:
+    """A directory replica's conditional writes are file locks, which hold on one host only (a network file
+    system does not carry them reliably): nodes of a directory replica must all run on one host."""
+    from .._base.errors import InvalidReplica
+    from .._replication.nodes import list_nodes
+
+    others = sorted({n.host for n in list_nodes(store, target) if not n.expired and n.host and n.host != host})
+    if others:
+        raise InvalidReplica(f"nodes on other hosts ({', '.join(others)}) use the directory replica "
+                             f"{target.describe()}",
+                             hint="a directory replica fences with file locks, which work on one host only; nodes on "
+                                  "several machines need an S3 replica (s3://bucket/prefix)")
