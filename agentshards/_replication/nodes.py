@@ -14,6 +14,7 @@ in the same one LIST a node makes of ``nodes/`` per scan.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
@@ -33,6 +34,9 @@ log = logging.getLogger("agentshards")
 
 _NODE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 TOMBSTONE = b'{"expired": true}'
+# the ETags a tombstone gets: S3's for a single PUT (the MD5, quoted) and the directory store's (SHA-256), so a
+# LIST tells a tombstone from a lease without a GET (on a server with other ETags it costs one GET)
+TOMBSTONE_ETAGS = frozenset({f'"{hashlib.md5(TOMBSTONE).hexdigest()}"', hashlib.sha256(TOMBSTONE).hexdigest()})
 
 
 def validate_node_id(node_id: object) -> str:
@@ -53,7 +57,6 @@ def new_node_id() -> str:
 class _Seen:
     etag: str
     since: float  # this watcher's clock when it first saw this ETag
-    info: LeaseInfo | None = None
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,7 @@ class NodeWatch:
         self._seen: dict[str, _Seen] = {}
         self._first_etag: dict[str, str] = {}  # the ETag of each node when a wait on it began
         self._gone: set[str] = set()  # nodes seen without a lease, or expired by this watcher
+        self._terms: dict[str, LeaseInfo] = {}  # each node's lease body as first read: its TTL and margin
         self.present: set[str] = set()
         self.draining: set[str] = set()
         self._refreshed_at: float | None = None
@@ -120,29 +124,30 @@ class NodeWatch:
             return seen is not None and seen.etag != first
 
     def info(self, node: str) -> LeaseInfo | None:
-        """The node's lease body (read once per ETag); None for a tombstone or a missing lease."""
+        """The node's lease body as first read (its terms do not change while it lives: one GET per node);
+        None for a tombstone or a missing lease."""
         with self._lock:
-            return self._info(node)
-
-    def _info(self, node: str) -> LeaseInfo | None:
-        seen = self._seen.get(node)
-        if seen is None:
-            return None
-        if seen.info is None:
+            if node in self._terms:
+                return self._terms[node]
+            seen = self._seen.get(node)
+            if seen is None:
+                return None
             try:
                 data, etag = self.store.get_etag(self.target.node_key(node))
             except ObjectNotFound:
+                self._gone.add(node)
                 return None
             if data == TOMBSTONE:
+                self._gone.add(node)
                 return None
             if etag != seen.etag:  # renewed since the LIST: it is alive, watch the new ETag from now
-                self._seen[node] = seen = _Seen(etag, self.clock())
+                self._seen[node] = _Seen(etag, self.clock())
             try:
-                seen.info = LeaseInfo.parse(data)
+                self._terms[node] = LeaseInfo.parse(data)
             except (ValueError, TypeError) as exc:
                 log.warning("node %s: unreadable lease (%s); treated as a lease with the default terms", node, exc)
-                seen.info = LeaseInfo(node, 0, *self.default_terms, None)
-        return seen.info
+                self._terms[node] = LeaseInfo(node, 0, *self.default_terms, None)
+            return self._terms[node]
 
     def gone(self, node: str | None) -> bool:
         """True when ``node`` has no lease at all: it left cleanly, or a watcher expired it."""
@@ -151,18 +156,16 @@ class NodeWatch:
         with self._lock:
             if node in self._gone or node not in self.present:
                 return True
-            if self.info(node) is None:  # a tombstone (or deleted since the LIST); read once per ETag
+            if self._seen[node].etag in TOMBSTONE_ETAGS:
                 self._gone.add(node)
                 return True
             return False
 
     def overdue(self, node: str) -> float:
         """Seconds left before this watcher may expire ``node`` (<= 0: now)."""
-        seen = self._seen.get(node)
-        if seen is None:
-            return 0.0
         info = self.info(node)
-        if info is None:
+        seen = self._seen.get(node)
+        if seen is None or info is None:
             return 0.0
         ttl = info.ttl_s if info.ttl_s is not None else self.default_terms[0]
         margin = info.margin_s if info.margin_s is not None else self.default_terms[1]
