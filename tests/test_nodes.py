@@ -7,9 +7,7 @@ node is lost by SIGKILLing its whole group and wiping its data dir, and paused b
 from __future__ import annotations
 
 import collections
-import contextlib
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -21,6 +19,7 @@ from typing import Any
 
 import boto3
 import pytest
+from node_process import Nodes
 
 from agentshards import FakeLLMServer, list_fleet
 from agentshards._fleet.node import submit
@@ -32,7 +31,7 @@ from agentshards._replication.restore import restore_agent
 from agent_process import TESTS_DIR
 
 CLI = [sys.executable, "-m", "agentshards"]
-TTL = 5.0  # short, so that expiries fit CI; margin is a sixth of it
+TTL = 5.0  # short, so that expiries fit CI; margin is a sixth of it (Nodes starts nodes with it)
 
 
 def _wait_for(condition: Callable[[], object], deadline_s: float, what: str) -> None:
@@ -40,48 +39,6 @@ def _wait_for(condition: Callable[[], object], deadline_s: float, what: str) -> 
     while not condition():
         assert time.monotonic() < end, f"{what}: not within {deadline_s}s"
         time.sleep(0.1)
-
-
-class Nodes:
-    """Start `agentshards node` process trees; stop every one of them at the end, whatever happened."""
-
-    def __init__(self, tmp_path: Path, replica: str, env: dict[str, str]) -> None:
-        self.tmp_path, self.replica, self.env = tmp_path, replica, env
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
-
-    def start(self, name: str, capacity: int = 15, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-        data = self.tmp_path / name
-        log = open(self.tmp_path / f"{name}.log", "wb")  # noqa: SIM115 - the child writes it; closed on exit
-        proc = subprocess.Popen([*CLI, "node", "--replica", self.replica, "--data-dir", str(data),
-                                 "--app-dir", str(TESTS_DIR), "--capacity", str(capacity), "--node-id", name,
-                                 "--lease-ttl", str(TTL), "--agents-per-worker", "5"],
-                                env=env or self.env, cwd=self.tmp_path, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-        log.close()
-        self.procs[name] = proc
-        return proc
-
-    def log(self, name: str) -> str:
-        return (self.tmp_path / f"{name}.log").read_text(errors="replace")
-
-    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
-        os.killpg(self.procs[name].pid, sig)
-
-    def stop_all(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGCONT)
-                    proc.send_signal(signal.SIGTERM)
-        for proc in self.procs.values():
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-        for proc in self.procs.values():  # the rest of each tree (workers, Litestream) goes too
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
 
 
 @pytest.fixture
