@@ -161,6 +161,14 @@ def test_submit_refuses_an_existing_id_and_a_node_added_later_picks_queued_agent
         nodes.procs["late"].wait(timeout=60)
         assert nodes.procs["late"].returncode == 0, nodes.log("late")
         assert list_nodes(store_for(target, env), target) == []  # its lease and drain request are gone
+        shown = subprocess.run([*CLI, "inspect", "q1", "--data-dir", str(tmp_path / "late"), "--replica", replica,
+                                "--json"], env=env, capture_output=True, text=True, timeout=60)
+        assert shown.returncode == 0, shown.stderr
+        assert json.loads(shown.stdout)["owner"]["generation"] == 1  # claimed once, handed back when it ended
+        status = subprocess.run([*CLI, "status", "--data-dir", str(tmp_path / "late"), "--replica", replica,
+                                 "--json"], env=env, capture_output=True, text=True, timeout=60)
+        assert {(a["agent_id"], a["node"], a["generation"]) for a in json.loads(status.stdout)["agents"]} == {
+            ("q1", None, 1), ("q2", None, 1), ("q3", None, 1)}
     finally:
         nodes.stop_all()
 

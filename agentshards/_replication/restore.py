@@ -278,6 +278,16 @@ def list_fleet(replica: str | ReplicaTarget, *, env: Mapping[str, str] | None = 
     return list_manifests(store, target)
 
 
+def fleet_entry(replica: str | ReplicaTarget, agent_id: str, *,
+                env: Mapping[str, str] | None = None) -> ManifestEntry | None:
+    """One agent's manifest entry (its state, owner node and generation), or None when the replica has none."""
+    env = os.environ if env is None else env
+    target = parse_replica(replica, env) if isinstance(replica, str) else replica
+    store = store_for(target, env)
+    store.check_readable()
+    return read_manifest(store, target, validate_agent_id(agent_id))
+
+
 def restore_agents(agent_ids: list[str], data_dir: str | os.PathLike[str], replica: str | ReplicaTarget, *,
                    overwrite: bool = False, env: Mapping[str, str] | None = None, parallelism: int = 8,
                    litestream: LitestreamConfig | None = None,
