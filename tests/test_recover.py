@@ -117,3 +117,5 @@ def test_recover_takes_over_a_prefix_written_before_generations(tmp_path: Path) 
                   for e in list_fleet(replica)) == [
         ("changed", "succeeded", None, 1, 1, True), ("same", "succeeded", None, 1, 1, True)]
     assert list((tmp_path / "replica" / "agents" / "same" / "g1").rglob("*.ltx"))  # its own generation's path
+    legacy = tmp_path / "replica" / "agents" / "same" / "ltx"
+    assert not [p for p in legacy.rglob("*") if p.is_file()]  # generation 0 was collected

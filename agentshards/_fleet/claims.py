@@ -233,9 +233,30 @@ class Claims:
         replication.register(agent_id, generation)
         replication.confirm(agent_id, GO_LIVE_TIMEOUT_S)
         self.ownership.update(agent_id, live=generation)
+        collect_generations(replication.store, replication.target, agent_id, generation)
 
     def release(self) -> None:
         self.keeper.release()
+
+
+def collect_generations(store: ObjectStore, target: ReplicaTarget, agent_id: str, live: int) -> int:
+    """Delete the objects of the agent's generations older than ``live`` (no restore reads them once ``live``
+    holds a snapshot); return how many. Best effort: what is left (a failed DELETE, a stale node's upload
+    landing later) goes at the agent's next claim."""
+    import re
+
+    root = target.agent_key(agent_id) + "/"
+    numbered = re.compile(r"g([0-9]+)/")
+    removed = 0
+    try:
+        for key in store.list(root):
+            found = numbered.match(key, len(root))
+            if (int(found.group(1)) if found else 0) < live:
+                store.delete(key)
+                removed += 1
+    except Exception as exc:  # the store's errors: garbage stays, nothing is lost
+        log.warning("agent %s: could not delete the objects of its older generations: %s", agent_id, exc)
+    return removed
 
 
 def _retire_prefix_lease(store: ObjectStore, target: ReplicaTarget, config: Any) -> None:
