@@ -12,6 +12,7 @@ from ._base.config import LitestreamConfig, LLMConfig, RunConfig, ShardConfig, S
 from ._base.errors import (
     AgentFailed,
     AgentLocked,
+    AgentOwned,
     AgentShardsError,
     BudgetExceeded,
     ConcurrentStepError,
@@ -27,6 +28,7 @@ from ._base.errors import (
     LLMRequestRejected,
     NonDeterminismError,
     NoReplica,
+    OwnershipLost,
     ReplicaNotRestorable,
     ReplicationError,
     ResultNotStorable,
@@ -44,6 +46,7 @@ from ._fleet.run import cancel_agent, fork_run, retry_agent, run_agent
 
 if TYPE_CHECKING:
     from ._fleet.fleet import Fleet, recover
+    from ._fleet.node import Node, submit
     from ._fleet.query import QueryResult, query_fleet
     from ._replication.archive import (
         ArchiveEntry,
@@ -63,6 +66,7 @@ __all__ = [
     "Agent",
     "AgentFailed",
     "AgentLocked",
+    "AgentOwned",
     "AgentReport",
     "AgentShardsError",
     "ArchiveEntry",
@@ -85,7 +89,9 @@ __all__ = [
     "ManifestEntry",
     "ModelPrice",
     "NoReplica",
+    "Node",
     "NonDeterminismError",
+    "OwnershipLost",
     "QueryResult",
     "ReplicaNotRestorable",
     "ReplicationError",
@@ -118,6 +124,7 @@ __all__ = [
     "retry_agent",
     "run_agent",
     "spend_report",
+    "submit",
     "validate_agent_id",
 ]
 
@@ -132,6 +139,8 @@ _LAZY = {
     "FakeLLMServer": ".testing._fakellm",
     "Fleet": "._fleet.fleet",
     "recover": "._fleet.fleet",
+    "Node": "._fleet.node",
+    "submit": "._fleet.node",
     "query_fleet": "._fleet.query",
     "QueryResult": "._fleet.query",
     "ManifestEntry": "._replication.manifest",

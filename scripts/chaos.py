@@ -7,9 +7,10 @@
 
 Every scenario drives real processes: the fake LLM server (serial numbers tell a replayed answer from a
 paid one), moto S3 (behind a loopback fault proxy where S3 misbehaves), real Litestream, real SIGKILLs.
-The scenarios live in _chaos_fleet.py (processes), _chaos_s3.py (replication) and _chaos_files.py
-(files and hostile input). Exit status 1 when any invariant broke: a completed step lost, a completed
-LLM call paid twice, a corrupt or unrestorable replica, an accepted hostile input or a leaked secret.
+The scenarios live in _chaos_fleet.py (processes), _chaos_nodes.py (nodes sharing a prefix), _chaos_s3.py
+(replication) and _chaos_files.py (files and hostile input). Exit status 1 when any invariant broke: a
+completed step lost, a completed LLM call paid twice, a corrupt or unrestorable replica, an accepted hostile
+input or a leaked secret.
 A scenario that could not run here (disk full needs root to mount a tmpfs) or whose fault never happened
 is "skipped", with the reason, never "ok": exit status 3 when nothing broke but something was skipped,
 0 only when every chosen scenario ran and held.
@@ -32,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _chaos_common import BROKEN, OK, S3, SKIPPED, Row
 from _chaos_files import disk_full, hostile_input, interrupted_archive, interrupted_restore, long_reader
 from _chaos_fleet import acked_node_loss, crash_points, dual_owners, node_loss, worker_kills
+from _chaos_nodes import node_faults
 from _chaos_s3 import litestream_kills, s3_fault, soak
 from bench_replication import loopback_s3_env, start_moto
 
@@ -59,6 +61,7 @@ def scenarios(long_form: bool) -> dict[str, Scenario]:
         "archive": lambda r, w, s: interrupted_archive(r, size(3, 8), w, s),
         "hostile": hostile_input,
         "dual": dual_owners,
+        "nodes": lambda r, w, s: node_faults(r, size(1, 9), w, s),
     }
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "chaos.py"
-SCENARIOS = ["kills", "points", "node", "acked", "litestream", "outage", "errors", "hang", "wipe", "soak",
+SCENARIOS = ["nodes", "kills", "points", "node", "acked", "litestream", "outage", "errors", "hang", "wipe", "soak",
              "reader", "disk", "restore", "archive", "hostile", "dual"]
 EXIT = {"ok": 0, "BROKEN": 1, "skipped": 3}
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import boto3
 import pytest
 
-from agentshards import Fleet, LeaseError, run_agent
+from agentshards import AgentOwned, Fleet, LeaseError, run_agent
 from agentshards._replication.replica import parse_replica
 
 import sample_agents
@@ -36,7 +36,7 @@ def test_a_fleet_cut_off_from_s3_stops_itself_before_its_ttl_and_is_taken_over_o
                       aws_secret_access_key="testing-secret-canary")
 
     def owner() -> str:
-        return str(json.loads(s3.get_object(Bucket=bucket, Key="fleet/lease.json")["Body"].read())["owner"])
+        return str(json.loads(s3.get_object(Bucket=bucket, Key="fleet/manifest/long.json")["Body"].read())["node"])
 
     proxy = FaultProxy(int(moto_endpoint.rsplit(":", 1)[1]))
     node1 = Fleet(tmp_path / "node1", replica, env=dict(s3_env, AWS_ENDPOINT_URL_S3=proxy.endpoint),
@@ -70,7 +70,8 @@ def test_a_fleet_cut_off_from_s3_stops_itself_before_its_ttl_and_is_taken_over_o
             try:
                 node2 = Fleet(tmp_path / "node2", replica, env=s3_env, app_dir=TESTS_DIR, lease_ttl_s=ttl,
                               take_over=True)
-                node2.launch("sample_agents:two_steps", {"after": {"x": 1}})
+                # the same agent: node 2 must outwait node 1's lease before it claims it (a new run, to be quick)
+                node2.launch("sample_agents:slow_step", {"long": {"seconds": 0.1, "timeout_s": 120.0}}, new_run=True)
                 taker.append(node2.wait(timeout_s=60))
             except BaseException as exc:
                 taker.append(exc)
@@ -97,10 +98,10 @@ def test_a_fleet_cut_off_from_s3_stops_itself_before_its_ttl_and_is_taken_over_o
     assert taken_at - cut >= ttl + margin, f"node 2 took over {taken_at - cut:.1f}s after node 1 went silent"
     assert len(ended) == 1 and isinstance(ended[0], LeaseError) and "could not renew" in ended[0].message
     assert len(taker) == 1 and isinstance(taker[0], dict), taker
-    assert taker[0]["after"]["b"]["v"] == 4  # type: ignore[index]  # node 2 runs its agent on the prefix
+    assert taker[0] == {"long": "done"}, taker  # node 2 ran the agent after its claim
 
 
-def test_run_agent_holds_the_prefix_lease_for_the_call(tmp_path: Path) -> None:
+def test_run_agent_is_a_node_owning_its_agent_for_the_call(tmp_path: Path) -> None:
     replica = tmp_path / "replica"
     outcome: list[object] = []
     runner = threading.Thread(target=lambda: outcome.append(run_agent(
@@ -109,16 +110,22 @@ def test_run_agent_holds_the_prefix_lease_for_the_call(tmp_path: Path) -> None:
     runner.start()
     try:
         deadline = time.monotonic() + 30
-        while not (replica / "lease.json").exists():
-            assert time.monotonic() < deadline and runner.is_alive(), "run_agent did not take the prefix lease"
+        while not list((replica / "nodes").glob("*.json")) or not (replica / "manifest" / "solo.json").exists():
+            assert time.monotonic() < deadline and runner.is_alive(), "run_agent did not take a lease and claim"
             time.sleep(0.01)
-        holder = json.loads((replica / "lease.json").read_text())["owner"]
-        with pytest.raises(LeaseError, match=f"held by node {holder}"):
-            Fleet(tmp_path / "other", str(replica), app_dir=TESTS_DIR).launch("sample_agents:two_steps",
-                                                                              {"b": {"x": 1}})
+        [lease] = (replica / "nodes").glob("*.json")
+        holder = json.loads((replica / "manifest" / "solo.json").read_text())["node"]
+        assert holder == lease.stem
+        other = Fleet(tmp_path / "other", str(replica), app_dir=TESTS_DIR)
+        other.launch("sample_agents:slow_step", {"solo": {"seconds": 3.0, "timeout_s": 30.0}})
+        refused = other.wait(timeout_s=30)["solo"]  # refused per agent: its outcome, nothing of it ran there
+        assert isinstance(refused, AgentOwned) and refused.node == holder and refused.agent_id == "solo"
+        assert f"node {holder} owns it" in str(refused) and not (tmp_path / "other" / "solo.db").exists()
     finally:
         runner.join(timeout=60)
-    assert len(outcome) == 1 and not (replica / "lease.json").exists()  # released when the call returned
+    assert outcome == ["done"]
+    assert not list((replica / "nodes").glob("*.json"))  # its lease is deleted when the call returns
+    assert json.loads((replica / "manifest" / "solo.json").read_text())["node"] is None  # and the agent is nobody's
 
 
 def test_run_agent_cut_off_from_s3_stops_its_litestream_before_its_ttl_and_says_so(

@@ -147,3 +147,18 @@ def test_queries_fragments_and_endpoints_never_carry_secrets_into_errors() -> No
     with pytest.raises(InvalidReplica) as info:
         parse_replica("s3://bucket/x", {"AWS_ENDPOINT_URL_S3": "https://AKIAKEY:topsecret@minio:9000"})
     assert "topsecret" not in str(info.value) and "carries credentials" in str(info.value)
+
+
+def test_list_etags_gives_the_etags_get_and_put_if_use(store: ObjectStore) -> None:
+    """Nodes scan with one LIST and GET only what changed: the listed ETag must be the one a GET returns and
+    a conditional PUT expects, on every backend."""
+    first = store.put_if("own/a.json", b"one", None)
+    assert first is not None
+    store.put("own/b.json", b"two")
+    store.put("other/c.json", b"three")
+    listed = store.list_etags("own/")
+    assert sorted(listed) == ["own/a.json", "own/b.json"]
+    assert listed["own/a.json"] == first == store.get_etag("own/a.json")[1]
+    assert listed["own/b.json"] == store.get_etag("own/b.json")[1]
+    second = store.put_if("own/a.json", b"one again", listed["own/a.json"])
+    assert second is not None and store.list_etags("own/")["own/a.json"] == second != first

@@ -19,7 +19,7 @@ PUBLIC = {
     "Fleet", "DataDirLocked", "SupervisorConfig", "ArchiveEntry", "archive_agent", "delete_agent",
     "expire_archives", "fetch_archive", "list_archives", "LeaseError", "recover",
     "cancel_agent", "retry_agent", "query_fleet", "QueryResult",
-    "AgentLocked", "ShardExists", "NoReplica", "ReplicaNotRestorable",
+    "AgentLocked", "ShardExists", "NoReplica", "ReplicaNotRestorable", "AgentOwned", "OwnershipLost", "Node", "submit",
 }
 
 
@@ -32,7 +32,7 @@ def test_all_is_pinned_and_resolvable() -> None:
 def test_every_error_derives_from_the_root() -> None:
     public = [getattr(agentshards, n) for n in PUBLIC]
     errors = [obj for obj in public if isinstance(obj, type) and issubclass(obj, BaseException)]
-    assert len(errors) == 24
+    assert len(errors) == 26
     for cls in errors:
         assert issubclass(cls, agentshards.AgentShardsError), cls
 

@@ -13,11 +13,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
-import pytest
-
-from agentshards import FakeLLMServer, Fleet, RunConfig, inspect_agent, list_fleet, recover
+from agentshards import FakeLLMServer, RunConfig, inspect_agent, list_fleet, recover
 from agentshards._core.codec import digest
 from agentshards._core.journal import Journal
 from agentshards._core.shard import open_shard
@@ -72,7 +69,7 @@ def test_fleet_node_loss_and_recovery(tmp_path: Path, s3_env: dict[str, str], bu
                                   "--app-dir", str(TESTS_DIR), "--lease-ttl", str(TTL)],
                                  env=env, capture_output=True, text=True, timeout=60)
         # however old the lease (its expires_at is another machine's clock), only an explicit take-over proceeds
-        assert refused.returncode == 1 and "held by node" in refused.stderr and "--take-over" in refused.stderr
+        assert refused.returncode == 1 and "owns it" in refused.stderr and "--take-over" in refused.stderr
         before, started = llm.request_count, time.monotonic()
         recovered = subprocess.run([*CLI, "recover", "--replica", replica, "--data-dir", str(node2), "--take-over",
                                     "--app-dir", str(TESTS_DIR)], env=env, capture_output=True, text=True, timeout=180)
@@ -95,11 +92,10 @@ def test_fleet_node_loss_and_recovery(tmp_path: Path, s3_env: dict[str, str], bu
         (f"n{i}", "succeeded") for i in range(AGENTS)]
 
 
-def test_recover_rewrites_a_manifest_entry_only_when_it_changed(tmp_path: Path,
-                                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    """A recovered agent's entry already says "running" with its target and inputs: writing it again is one
-    PUT per agent for nothing (a third of the re-launch phase at 1,000 agents). An entry whose code
-    fingerprint is out of date is written again."""
+def test_recover_takes_over_a_prefix_written_before_generations(tmp_path: Path) -> None:
+    """Entries without an owner or generation and replicas at the agent prefix itself (the layout before
+    nodes) are claimed one generation up, restored from the prefix itself, replicated to generation 1, and
+    handed back when they end; an out-of-date code fingerprint is written again."""
     replica, data, target = str(tmp_path / "replica"), tmp_path / "node1", "sample_agents:local_steps"
     fingerprint = code_fingerprint(resolve(target))
     replication = start_replication(data, replica, RunConfig(), os.environ)
@@ -116,15 +112,10 @@ def test_recover_rewrites_a_manifest_entry_only_when_it_changed(tmp_path: Path,
     finally:
         replication.litestream.stop()
     shutil.rmtree(data)  # the node is gone
-    published: list[tuple[str, str]] = []
-    real = Fleet._publish
-
-    def spy(self: Fleet, agent_id: str, status: str, *rest: Any) -> None:
-        published.append((agent_id, status))
-        real(self, agent_id, status, *rest)
-
-    monkeypatch.setattr(Fleet, "_publish", spy)
     assert recover(tmp_path / "node2", replica, app_dir=TESTS_DIR) == {"same": 2, "changed": 2}
-    assert ("same", "running") not in published and ("changed", "running") in published
-    assert sorted((e.agent_id, e.status, e.code_fingerprint == fingerprint) for e in list_fleet(replica)) == [
-        ("changed", "succeeded", True), ("same", "succeeded", True)]
+    assert sorted((e.agent_id, e.status, e.node, e.generation, e.live, e.code_fingerprint == fingerprint)
+                  for e in list_fleet(replica)) == [
+        ("changed", "succeeded", None, 1, 1, True), ("same", "succeeded", None, 1, 1, True)]
+    assert list((tmp_path / "replica" / "agents" / "same" / "g1").rglob("*.ltx"))  # its own generation's path
+    legacy = tmp_path / "replica" / "agents" / "same" / "ltx"
+    assert not [p for p in legacy.rglob("*") if p.is_file()]  # generation 0 was collected

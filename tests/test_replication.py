@@ -102,7 +102,7 @@ def test_tampered_and_foreign_replicas_are_rejected(tmp_path: Path) -> None:
     run_agent(sample_agents.local_steps, agent_id="a", data_dir=tmp_path / "n1", replica=str(replica), n=50,
               size=2000)
     # Another agent's file placed under b's prefix: a valid SQLite file, but not b's shard.
-    shutil.copytree(replica / "agents" / "a", replica / "agents" / "b")
+    shutil.copytree(replica / "agents" / "a" / "g1", replica / "agents" / "b")  # a's live generation
     with pytest.raises(ShardError, match="belongs to agent 'a'"):
         restore_agent("b", tmp_path / "n2", str(replica))
     # Flipped bytes in the replica's LTX files: rejected, nothing written at the final path.

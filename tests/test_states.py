@@ -115,7 +115,7 @@ def test_a_launch_whose_manifest_write_fails_fails_that_agent_only(tmp_path: Pat
     error = results["refused"]
     assert isinstance(error, ReplicationError) and error.agent_id == "refused"
     assert "manifest" in error.message and error.hint
-    assert not inspect_agent(tmp_path / "d", "refused").runs  # never started
+    assert not (tmp_path / "d" / "refused.db").exists()  # never started: refused before its shard was made
     assert _states(replica, s3_env) == [("ok", "succeeded")]
 
 
@@ -126,8 +126,7 @@ def test_run_agent_fails_when_its_manifest_entry_cannot_be_written(tmp_path: Pat
     with pytest.raises(ReplicationError, match="could not write its manifest entry") as info:
         run_agent(state_agents.sleeps, agent_id="m", data_dir=tmp_path / "d", replica=str(replica), seconds=0)
     assert info.value.agent_id == "m"
-    (run,) = inspect_agent(tmp_path / "d", "m").runs
-    assert run.run.status == "running" and not run.steps  # the agent never ran; its run stays open
+    assert not (tmp_path / "d" / "m.db").exists()  # refused before its shard was made: nothing of it ran
 
 
 def test_one_agent_that_cannot_be_recovered_does_not_stop_the_others(tmp_path: Path, s3_env: dict[str, str],

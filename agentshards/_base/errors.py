@@ -23,7 +23,9 @@ The tree is deliberately shallow so callers can catch at the level they care abo
     │   └── ReplicaNotRestorable     it holds objects, and neither reader can restore them
     ├── DataDirLocked                another process owns the data dir (a fleet, run_agent with a replica)
     │   └── AgentLocked              another process is running (or changing) this agent
-    ├── LeaseError                   another node holds (or took) the replica prefix
+    ├── LeaseError                   this node lost its lease, or another node owns what it asked for
+    │   ├── AgentOwned               a live node owns the agent (names it; ``node`` attribute)
+    │   └── OwnershipLost            another node claimed an agent this node was running
     └── LLMError                     a durable LLM call could not be made (config, not durable)
         └── LLMRequestRejected       the provider rejected the request itself (400/422): a recorded outcome
 
@@ -188,4 +190,18 @@ class AgentLocked(DataDirLocked):
 
 
 class LeaseError(AgentShardsError):
-    """Another node holds the replica prefix's lease, or took it from this node."""
+    """This node lost (or could not renew) its lease, or another node owns what it asked for."""
+
+
+class AgentOwned(LeaseError):
+    """A node whose lease is live owns the agent: a second writer is refused. ``node`` names it."""
+
+    def __init__(self, message: str, *, node: str | None = None, hint: str | None = None,
+                 agent_id: str | None = None) -> None:
+        self.node = node
+        super().__init__(message, hint=hint, agent_id=agent_id)
+
+
+class OwnershipLost(LeaseError):
+    """Another node claimed an agent this node was running (its record moved to a newer generation): this
+    node stops that agent and writes nothing more for it."""

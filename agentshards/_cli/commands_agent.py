@@ -62,17 +62,27 @@ def _llm_summary(output_json: str) -> str:
 @click.command("inspect")
 @click.argument("agent_id")
 @data_dir_option()
+@click.option("--replica", default=None, help="Also show the agent's owner node and generation from this "
+                                               "replica's manifest (read only).")
 @json_option
-def inspect_cmd(agent_id: str, data_dir: str) -> None:
+def inspect_cmd(agent_id: str, data_dir: str, replica: str | None) -> None:
     """Show an agent's runs: when, how long, why a run failed, and each completed step."""
     from .._fleet.report import inspect_agent
 
     _valid(agent_id)
     existing_data_dir(data_dir)
     report = guarded(lambda: inspect_agent(data_dir, agent_id))
+    owner = None
+    if replica is not None:
+        from .._replication.restore import fleet_entry
+
+        owner = guarded(lambda: fleet_entry(replica, agent_id))
 
     def text() -> None:
         click.echo(f"agent {report.agent_id} ({report.path})")
+        if owner is not None:
+            click.echo(f"  owner: node {owner.node or '-'} (generation {owner.generation}, live {owner.live}), "
+                       f"published {owner.status}")
         for entry in report.runs:
             run = entry.run
             took = (run.finished_at or time.time()) - run.created_at
@@ -97,7 +107,7 @@ def inspect_cmd(agent_id: str, data_dir: str) -> None:
                 click.echo(f"    LLM: {spend.calls} calls, ${spend.spent_usd:.6f}; saved ${spend.saved_usd:.6f} "
                            f"by {spend.replayed_calls} replays")
 
-    emit(report, text)
+    emit(report if replica is None else {**to_jsonable(report), "owner": to_jsonable(owner)}, text)
 
 
 @click.command()

@@ -156,7 +156,8 @@ def fleet(replica: str, states: tuple[str, ...]) -> None:
 
     def text() -> None:
         for e in entries:
-            click.echo(f"{e.agent_id:<24} {e.status:<10} steps={e.steps:<5} {e.target}")
+            click.echo(f"{e.agent_id:<24} {e.status:<10} steps={e.steps:<5} node={e.node or '-':<24} "
+                       f"gen={e.generation:<3} {e.target}")
 
     emit(to_jsonable(entries), text)
 

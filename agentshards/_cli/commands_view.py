@@ -31,8 +31,9 @@ def _status_text(snapshot: dict[str, Any], states: tuple[str, ...]) -> list[str]
              f"{'agent':<24} {'status':<16} {'steps':>6} {'llm':>5} {'cost':>11} {'restarts':>8} {'lag':>7}  why"]
     for a in rows:
         lag = "" if a.get("lag_s") is None else f"{a['lag_s']:.1f}s"
+        owner = f"  node={a['node'] or '-'} gen={a['generation']}" if "generation" in a else ""
         lines.append(f"{a['agent_id']:<24} {a['status']:<16} {a['steps']:>6} {a['llm_calls']:>5} "
-                     f"${a['spent_usd']:>10.6f} {a['restarts']:>8} {lag:>7}  {a['reason'] or ''}")
+                     f"${a['spent_usd']:>10.6f} {a['restarts']:>8} {lag:>7}  {a['reason'] or ''}{owner}")
     for e in snapshot["errors"]:
         lines.append(f"{e['agent_id']:<24} UNREADABLE  {e['error']}")
     return lines
@@ -43,8 +44,10 @@ def _status_text(snapshot: dict[str, Any], states: tuple[str, ...]) -> list[str]
 @click.option("--state", "states", multiple=True, help="Only agents in this state (repeatable).")
 @click.option("--watch", is_flag=True, help="Refresh every --interval seconds until Ctrl-C.")
 @click.option("--interval", default=2.0, show_default=True, type=click.FloatRange(min=0.2))
+@click.option("--replica", default=None, help="Also show each agent's owner node and generation from this "
+                                               "replica's manifest (read only).")
 @json_option
-def status(data_dir: str, states: tuple[str, ...], watch: bool, interval: float) -> None:
+def status(data_dir: str, states: tuple[str, ...], watch: bool, interval: float, replica: str | None) -> None:
     """Every agent: state, steps, LLM calls, cost, restarts, why it failed; counts by state first.
 
     The shards are the truth; a running supervisor's live view (restarts, restarting) is added only while
@@ -61,6 +64,13 @@ def status(data_dir: str, states: tuple[str, ...], watch: bool, interval: float)
             sys.exit(OK)
     finally:
         view.close()
+    if replica is not None:
+        from .._replication.restore import list_fleet
+
+        owners = {e.agent_id: e for e in guarded(lambda: list_fleet(replica))}
+        for row in snapshot["agents"]:
+            entry = owners.get(row["agent_id"])
+            row["node"], row["generation"] = (entry.node, entry.generation) if entry else (None, None)
     agents = sorted((a for a in snapshot["agents"] if not states or a["status"] in states),
                     key=lambda a: natural_key(a["agent_id"]))
     payload = {"data_dir": snapshot["data_dir"], "states": snapshot["states"], "totals": snapshot["totals"],

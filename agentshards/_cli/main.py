@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from .. import __version__
-from . import commands_agent, commands_archive, commands_fleet, commands_tools, commands_view
+from . import commands_agent, commands_archive, commands_fleet, commands_nodes, commands_tools, commands_view
 from .output import CTX, FAILED, INTERRUPTED, fail
 
 
@@ -47,6 +47,6 @@ def main(verbose: int, quiet: bool) -> None:
     logging.basicConfig(level=level, format="%(levelname)s: %(message)s")
 
 
-for module in (commands_fleet, commands_agent, commands_archive, commands_view, commands_tools):
+for module in (commands_fleet, commands_nodes, commands_agent, commands_archive, commands_view, commands_tools):
     for command in module.COMMANDS:
         main.add_command(command)

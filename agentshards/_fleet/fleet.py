@@ -25,18 +25,20 @@ from typing import TYPE_CHECKING, Any
 from .._base.config import RunConfig, SupervisorConfig, litestream_owned
 from .._base.errors import (
     AgentFailed,
+    AgentOwned,
     AgentShardsError,
     BudgetExceeded,
     InvalidInputs,
     InvalidTarget,
     NoReplica,
+    OwnershipLost,
     ReplicationError,
-    ShardExists,
 )
 from .._core import codec as _codec
 from .._core.journal import Journal, Run
 from .._core.locks import HeldLock, lock_data_dir
-from .._core.shard import open_shard, validate_agent_id
+from .._core.shard import open_shard, shard_path, validate_agent_id
+from .._core.target import AgentFn, target_of
 from .._replication.states import (
     BUDGET_EXCEEDED,
     ENDED,
@@ -47,12 +49,11 @@ from .._replication.states import (
     is_unfinished,
     published,
 )
-from .run import _check_inputs, check_replica, code_fingerprint, hold_prefix_lease, start_replication
+from .run import _check_inputs, check_replica, code_fingerprint, start_replication
 from .supervisor import AgentState, Supervisor
 
 if TYPE_CHECKING:
-    from .._replication.lease_keeper import LeaseKeeper
-from .._core.target import AgentFn, target_of
+    from .claims import Claims
 
 log = logging.getLogger("agentshards")
 
@@ -64,7 +65,7 @@ class Fleet:
                  concurrency: int = 16, max_restarts: int = 5, app_dir: str | os.PathLike[str] | None = None,
                  config: SupervisorConfig | None = None, run_config: RunConfig | None = None,
                  take_over: bool = False, lease_ttl_s: float = 30.0, env: Mapping[str, str] | None = None,
-                 archive_finished: bool = False) -> None:
+                 archive_finished: bool = False, node_id: str | None = None) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.replica = replica
         self.app_dir = Path(app_dir or os.getcwd()).resolve()
@@ -79,11 +80,11 @@ class Fleet:
         self._supervisor: Supervisor | None = None
         self._fingerprints: dict[str, str | None] = {}
         self._inputs_json: dict[str, str] = {}  # agent -> canonical inputs, published in its manifest entry
-        # set by recover: manifest entries already in the replica (not written again when unchanged) and
-        # the files its restore has just verified (not examined again before they open)
-        self._manifest_known: dict[str, tuple[str, str, str | None]] = {}
+        # set by recover: the files its restore has just verified (not examined again before they open)
         self._verified: set[str] = set()
-        self._lease: LeaseKeeper | None = None
+        self._claims: Claims | None = None  # this node's lease and the agents it owns (with a replica)
+        self._claim_races_expected = False  # set by Node: losing a claim race is routine there
+        self.node_id = node_id
         self._watchdog: threading.Thread | None = None
         self._finals: ThreadPoolExecutor | None = None  # _on_final's work, off the supervisor loop
         # agents whose launch or finalisation failed: that error is their outcome in wait()'s results
@@ -124,19 +125,20 @@ class Fleet:
         if name not in self._fingerprints:  # hashing the module source once per target, not per launch
             self._fingerprints[name] = code_fingerprint(func)
         def prepare(agent_id: str) -> AgentShardsError | None:
-            # the file exists before Litestream sees it, and the manifest lists the agent before its replica
-            # holds anything: a fresh node finds every agent that has a replica
+            # claimed (the manifest lists it, owned by this node) before the file is touched; the file exists
+            # before Litestream sees it; the agent runs only once its generation holds a snapshot
             try:
+                if self._claims is not None and not self._claims.ownership.holds(agent_id):
+                    before, _ = self._claims.claim(agent_id, self._fields(agent_id, name, checked[agent_id][1]))
+                    self._claims.bring_up(self.data_dir, agent_id, before, self._replication.target,
+                                          self._replication.store, self.run_config.litestream, self._env)
                 conn = open_shard(self.data_dir, agent_id, self.run_config.shard, verified=agent_id in self._verified)
                 if new_run:
                     journal = Journal(conn, agent_id)
                     journal.begin_run(name, self._inputs_json[agent_id], checked[agent_id][1], new_run=True)
                 conn.close()
-                if self._replication is not None:
-                    entry = (name, checked[agent_id][1], self._fingerprints.get(name))
-                    if self._manifest_known.pop(agent_id, None) != entry:  # a fresh node can find it from now on
-                        self._publish(agent_id, RUNNING, name, checked[agent_id][1], "", 0)
-                    self._replication.litestream.register(agent_id)
+                if self._claims is not None:
+                    self._claims.go_live(agent_id, self._replication)
             except AgentShardsError as exc:
                 return exc
             except OSError as exc:
@@ -152,31 +154,40 @@ class Fleet:
                 self._failed.pop(agent_id, None)
                 supervisor.add(agent_id, name, inputs)
             else:
-                log.error("agent %s: not launched: %s", agent_id, error)
+                # a node that lost a race for an agent (another node claimed it first) is not an error
+                quiet = self._claim_races_expected and isinstance(error, AgentOwned)
+                (log.info if quiet else log.error)("agent %s: not launched: %s", agent_id, error)
                 self._failed[agent_id] = error
 
-    def _begin(self) -> Supervisor:
-        """Once per fleet: the data-dir lock, then the prefix lease, then Litestream; undone on failure."""
+    def _fields(self, agent_id: str, target: str, digest: str) -> dict[str, Any]:
+        """The manifest fields a launch writes when it claims an agent."""
+        return {"status": RUNNING, "target": target, "input_digest": digest, "run_id": "", "steps": 0,
+                "code_fingerprint": self._fingerprints.get(target), "updated_at": time.time(),
+                "inputs_json": self._inputs_json.get(agent_id)}
+
+    def _begin(self, extra: Mapping[str, object] | None = None) -> Supervisor:
+        """Once per fleet: the data-dir lock, then this node's lease, then Litestream; undone on failure."""
         if self._supervisor is not None:
             return self._supervisor
         self._lock = lock_data_dir(self.data_dir, "run a fleet")
         try:
             if self.replica is not None:
-                from .._replication.lease import LeaseConfig
+                from .claims import Claims
 
-                checked = check_replica(self.replica, self._env)  # once, for the lease and for Litestream
-                self._lease = hold_prefix_lease(self.replica, LeaseConfig(self.lease_ttl_s, take_over=self.take_over),
-                                                self._env, checked=checked)
+                target, store = check_replica(self.replica, self._env)  # once, for the lease and for Litestream
+                self._claims = Claims.open(self.data_dir, target, store, ttl_s=self.lease_ttl_s,
+                                           take_over=self.take_over, node_id=self.node_id, extra=extra)
+                self.node_id = self._claims.node
                 self._replication = start_replication(self.data_dir, self.replica, self.run_config, self._env,
-                                                      checked=checked)
-                self._lease.add_fence(self._replication.halt)  # Litestream first: it is what writes to S3
+                                                      checked=(target, store))
+                self._claims.keeper.add_fence(self._replication.halt)  # Litestream first: it is what writes to S3
         except BaseException:
             self.close()
             raise
         self._supervisor = Supervisor(self.data_dir, self.app_dir, self.config, self._env, self.run_config.shard,
                                       on_final=self._on_final, on_tick=self._on_tick)
-        if self._lease is not None:
-            self._lease.add_fence(self._supervisor.halt)
+        if self._claims is not None:
+            self._claims.keeper.add_fence(self._supervisor.halt)
         return self._supervisor
 
     def wait(self, timeout_s: float | None = None) -> dict[str, Any]:
@@ -206,8 +217,8 @@ class Fleet:
         return self._require().worker_pids()
 
     def close(self) -> None:
-        """Stop workers (SIGTERM, bounded wait, SIGKILL), stop Litestream after its final sync, release the
-        prefix lease and the data-dir lock."""
+        """Stop workers (SIGTERM, bounded wait, SIGKILL); hand back every agent still owned whose final sync
+        is confirmed; stop Litestream; delete this node's lease; release the data-dir lock."""
         if self._supervisor is not None:
             self._supervisor.stop()
         if self._finals is not None:  # they need Litestream and the store: finish them before those stop
@@ -217,14 +228,35 @@ class Fleet:
             self._watchdog_stop.set()
             self._watchdog.join()
             self._watchdog = None
+        if self._replication is not None and self._claims is not None:
+            self._hand_back(self._claims.ownership.held())
         if self._replication is not None:
             self._replication.litestream.stop()
             self._replication = None
-        if self._lease is not None:
+        if self._claims is not None:
             with contextlib.suppress(Exception):
-                self._lease.release()
-            self._lease = None
+                self._claims.release()
+            self._claims = None
         self._release_lock()
+
+    def _hand_back(self, agent_ids: list[str]) -> None:
+        """Release the agents this node still owns, each only once the replica is confirmed to hold all of
+        it: another node may claim it at once and resumes where this one stopped. One whose sync is not
+        confirmed stays owned: it is claimed once this node's lease is gone."""
+        if not agent_ids or self._replication.halted is not None or self._claims is None:
+            return
+        claims, replication = self._claims, self._replication
+
+        def one(agent_id: str) -> None:
+            try:
+                if replication.sync_final(agent_id):
+                    claims.ownership.release(agent_id)
+                    log.info("agent %s: handed back (its replica holds all of it)", agent_id)
+            except Exception as exc:  # never let one agent's failure spare the others their hand-back
+                log.warning("agent %s: not handed back: %s", agent_id, exc)
+
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            list(pool.map(one, agent_ids))
 
     def __enter__(self) -> Fleet:
         return self
@@ -304,8 +336,16 @@ class Fleet:
             finally:
                 journal.close()
             status = published(run.status if run else None, synced=synced, gave_up=state.status == GAVE_UP)
+            # handed back once the replica holds all of it: finished agents are nobody's, a gave_up one waits
+            # for an operator; an unconfirmed one stays this node's until the sync (or this node) ends
             self._publish(agent_id, status, state.target, run.input_digest if run else "", run.id if run else "",
-                          steps)
+                          steps, release=synced)
+        except OwnershipLost as exc:  # another node runs it now: nothing more is written for it here
+            with contextlib.suppress(AgentShardsError, OSError):
+                self._replication.litestream.unregister(agent_id)
+            self._failed[agent_id] = exc
+            log.error("%s", exc)
+            return
         except Exception as exc:  # whatever it is, it is this agent's: the fleet goes on
             self._finalisation_failed(state, "publishing its state", exc, "its manifest entry still reads as "
                                       "unfinished, so a recovery or a new launch of it publishes its end")
@@ -334,13 +374,17 @@ class Fleet:
         log.error("%s", error)
         self._failed[state.agent_id] = error  # one key per agent, set by the one thread finalising it
 
-    def _publish(self, agent_id: str, status: str, target: str, digest: str, run_id: str, steps: int) -> None:
-        from .._replication.manifest import ManifestEntry
-
-        self._replication.publish(ManifestEntry(
-            agent_id=agent_id, status=status, target=target, input_digest=digest, run_id=run_id,
-            code_fingerprint=self._fingerprints.get(target), steps=steps, updated_at=time.time(),
-            inputs_json=self._inputs_json.get(agent_id)))
+    def _publish(self, agent_id: str, status: str, target: str, digest: str, run_id: str, steps: int, *,
+                 release: bool = False) -> None:
+        """Write the agent's entry (conditionally: OwnershipLost when another node claimed it meanwhile)."""
+        assert self._claims is not None
+        fields: dict[str, Any] = {"status": status, "target": target, "input_digest": digest, "run_id": run_id,
+                                  "steps": steps, "code_fingerprint": self._fingerprints.get(target)}
+        if self._inputs_json.get(agent_id) is not None:
+            fields["inputs_json"] = self._inputs_json[agent_id]
+        self._replication.publish_with(agent_id, status, lambda: (
+            self._claims.ownership.release(agent_id, **fields) if release
+            else self._claims.ownership.update(agent_id, **fields)))
 
     def _release_lock(self) -> None:
         if self._lock is not None:
@@ -440,20 +484,29 @@ def recover(data_dir: str | os.PathLike[str], replica: str, *, take_over: bool =
         failed[agent_id] = error
 
     try:
-        replication = fleet._replication
+        replication, claims = fleet._replication, fleet._claims
+        assert claims is not None
         entries = [e for e in list_manifests(replication.store, replication.target) if is_unfinished(e.status)]
         started, cpu, children = time.monotonic(), time.process_time(), _children_cpu_s()
-        restored = restore_agents([e.agent_id for e in entries], fleet.data_dir, replication.target, env=fleet._env,
-                                  litestream=replication.litestream.config)
+        for agent_id, error in claims.claim_all(entries).items():  # owned by a live node, or claimed meanwhile
+            fail(agent_id, error)
+        entries = [e for e in entries if e.agent_id not in failed]
+        befores = {e.agent_id: claims.before.get(e.agent_id) for e in entries}
+        wanted = [a for a, before in befores.items() if claims.needs_restore(fleet.data_dir, a, before)]
+        restored = restore_agents(wanted, fleet.data_dir, replication.target, env=fleet._env, overwrite=True,
+                                  litestream=replication.litestream.config,
+                                  generations={a: before.entry.live for a, before in befores.items() if before})
         restored_at = time.monotonic()
-        log.info("recover: %d agents restored and verified in %.1fs (CPU: %.1fs here, %.1fs in child processes)",
-                 len(entries), restored_at - started, time.process_time() - cpu, _children_cpu_s() - children)
+        log.info("recover: %d agents claimed, %d restored and verified in %.1fs (CPU: %.1fs here, %.1fs in child "
+                 "processes)", len(entries), len(wanted), restored_at - started, time.process_time() - cpu,
+                 _children_cpu_s() - children)
         on_disk = []  # agents with a shard here (restored or already local)
         for entry in entries:
-            outcome: Path | Exception | None = restored[entry.agent_id]
-            if isinstance(outcome, ShardExists):
-                log.info("agent %s: using the local shard already in %s", entry.agent_id, fleet.data_dir)
-                on_disk.append(entry.agent_id)
+            outcome: Path | Exception | None = restored.get(entry.agent_id)
+            if outcome is None:
+                if shard_path(fleet.data_dir, entry.agent_id).exists():
+                    log.info("agent %s: using the local shard already in %s", entry.agent_id, fleet.data_dir)
+                    on_disk.append(entry.agent_id)
             elif isinstance(outcome, NoReplica):
                 pass  # killed before Litestream's first upload: nothing of it survived the node
             elif isinstance(outcome, Exception):
@@ -462,8 +515,6 @@ def recover(data_dir: str | os.PathLike[str], replica: str, *, take_over: bool =
             else:
                 fleet._verified.add(entry.agent_id)
                 on_disk.append(entry.agent_id)
-            if entry.status == RUNNING:  # launching it again need not write the same entry (unsynced/gave_up: it does)
-                fleet._manifest_known[entry.agent_id] = (entry.target, entry.input_digest, entry.code_fingerprint)
 
         def last_run(agent_id: str) -> tuple[str, Run | Exception | None]:
             try:

@@ -34,11 +34,10 @@ from .._core.target import AgentFn, target_of
 from .._core.target_policy import TargetPolicy, resolve_stored
 
 if TYPE_CHECKING:  # replication modules load only when a replica is used: `import agentshards` stays fast
-    from .._replication.lease import LeaseConfig
-    from .._replication.lease_keeper import LeaseKeeper
     from .._replication.objectstore import ObjectStore
     from .._replication.replica import ReplicaTarget
     from .._replication.replication import Replication
+    from .claims import Claims
 
 log = logging.getLogger("agentshards")
 
@@ -86,28 +85,39 @@ def run_agent(
 
         probe_conditional_writes(checked[1], checked[0])
     with contextlib.ExitStack() as stack:
-        replication = lease = None
+        replication = claims = None
         if replica is not None:  # this call runs the data dir's Litestream: it must own the data dir
             stack.enter_context(lock_data_dir(data_dir, f"run agent {agent_id} with a replica", agent_id=agent_id))
         stack.enter_context(lock_agent(data_dir, agent_id))  # one run of an agent at a time
         if replica is not None and checked is not None:
-            from .._replication.lease import LeaseConfig
+            from .claims import Claims
 
             config = litestream_owned(config)
-            # one live node per prefix, as for a fleet: held for the call, fenced when it cannot be renewed
-            lease = hold_prefix_lease(replica, LeaseConfig(config.lease_ttl_s, take_over=config.lease_take_over), env,
-                                      checked=checked)
-            stack.callback(lease.release)
+            # this call is a node of one agent: its own lease, then a claim of the agent (docs/ownership.md)
+            claims = Claims.open(Path(data_dir), *checked, ttl_s=config.lease_ttl_s, take_over=config.lease_take_over)
+            stack.callback(claims.release)
+            before, _ = claims.claim(agent_id, {
+                "status": RUNNING, "target": target, "input_digest": _codec.digest(input_json), "run_id": "",
+                "steps": 0, "code_fingerprint": code_fingerprint(func), "updated_at": time.time(),
+                "inputs_json": input_json})
+            claims.bring_up(Path(data_dir), agent_id, before, checked[0], checked[1], config.litestream, env,
+                            agent_locked=True)
             replication = start_replication(Path(data_dir), replica, config, env, checked=checked)
             stack.callback(replication.litestream.stop)
-            lease.add_fence(replication.halt)
+            claims.keeper.add_fence(replication.halt)
         journal = Journal(open_shard(Path(data_dir), agent_id, config.shard), agent_id)
         stack.callback(journal.close)
-        if replication is not None:
-            replication.litestream.register(agent_id)
-        result = _execute(journal, replication, func, target, input_json, new_run, config)
-        if lease is not None and lease.lost is not None:  # the result is in the journal; the replica may lack it
-            raise lease.lost
+        if replication is not None and claims is not None:
+            stack.callback(_hand_back, claims, replication, agent_id)
+            claims.go_live(agent_id, replication)
+        try:
+            result = _execute(journal, replication, claims, func, target, input_json, new_run, config)
+        except AgentShardsError as exc:
+            if claims is not None and claims.keeper.lost is not None:  # fenced: that is the cause to report
+                raise claims.keeper.lost from exc
+            raise
+        if claims is not None and claims.keeper.lost is not None:  # the result is in the journal, maybe not the replica
+            raise claims.keeper.lost
         return result
     raise AssertionError("unreachable")  # pragma: no cover - ExitStack does not swallow exceptions
 
@@ -129,17 +139,16 @@ def check_replica(replica: str, env: Mapping[str, str]) -> tuple[ReplicaTarget, 
     return target, store
 
 
-def hold_prefix_lease(replica: str, config: LeaseConfig, env: Mapping[str, str], *,
-                      checked: tuple[ReplicaTarget, ObjectStore] | None = None) -> LeaseKeeper:
-    """Check the replica (unless ``checked`` already), take its prefix lease and keep it from threads of its
-    own; the caller registers its fences (``add_fence``) and calls ``release`` at the end."""
-    from .._replication.lease import Lease
-    from .._replication.lease_keeper import LeaseKeeper
-
-    target, store = checked or check_replica(replica, env)
-    keeper = LeaseKeeper(Lease(store, target, config))
-    keeper.acquire()
-    return keeper
+def _hand_back(claims: Claims, replication: Replication, agent_id: str) -> None:
+    """At the end of the call: release an agent still owned (its run is open) once the replica holds all of
+    it, so any node may take it at once; unconfirmed, it stays owned until this node's lease is gone."""
+    if replication.halted is not None or not claims.ownership.holds(agent_id):
+        return
+    try:
+        if replication.sync_final(agent_id):
+            claims.ownership.release(agent_id)
+    except Exception as exc:  # the call's own outcome matters more; its lease ends right after
+        log.warning("agent %s: not handed back: %s", agent_id, exc)
 
 
 def start_replication(data_dir: Path, replica: str, config: RunConfig, env: Mapping[str, str], *,
@@ -154,11 +163,11 @@ def start_replication(data_dir: Path, replica: str, config: RunConfig, env: Mapp
     return Replication(litestream, store, target)
 
 
-def _execute(journal: Journal, replication: Replication | None, func: AgentFn, target: str, input_json: str,
-             new_run: bool, config: RunConfig) -> Any:
+def _execute(journal: Journal, replication: Replication | None, claims: Claims | None, func: AgentFn, target: str,
+             input_json: str, new_run: bool, config: RunConfig) -> Any:
     agent_id = journal.agent_id
     run = journal.begin_run(target, input_json, _codec.digest(input_json), new_run=new_run)
-    publish = _publisher(journal, replication, target, func)
+    publish = _publisher(journal, replication, claims, target, func)
     if run.status == SUCCEEDED:
         publish(run)
         return _codec.loads(run.output_json or "null")
@@ -193,29 +202,30 @@ def _execute(journal: Journal, replication: Replication | None, func: AgentFn, t
     return _codec.loads(run.output_json or "null")
 
 
-def _publisher(journal: Journal, replication: Replication | None, target: str,
+def _publisher(journal: Journal, replication: Replication | None, claims: Claims | None, target: str,
                func: AgentFn) -> Callable[[Run], None]:
-    """Write the agent's manifest entry; no-op without a replica. An ending is published only once a final
-    sync confirms the replica holds it, else as ``unsynced`` (see ``_replication.states``). A failed write
-    raises ReplicationError: an agent the manifest does not list is one a fresh node cannot recover."""
-    if replication is None:
+    """Write the agent's manifest entry (conditionally, as its owner); no-op without a replica. An ending is
+    published only once a final sync confirms the replica holds it, else as ``unsynced`` (see
+    ``_replication.states``); a confirmed ending hands the agent back. A failed write raises
+    ReplicationError (an agent the manifest does not list is one a fresh node cannot recover), a claim by
+    another node OwnershipLost."""
+    if replication is None or claims is None:
         return lambda run: None
-    from .._replication.manifest import ManifestEntry
     from .._replication.states import ENDED, UNSYNCED, published
 
     fingerprint = code_fingerprint(func)
 
     def publish(run: Run) -> None:
-        assert replication is not None
+        assert replication is not None and claims is not None
         synced = run.status in ENDED and replication.sync_final(journal.agent_id)
         status = published(run.status, synced=synced)
         if status == UNSYNCED:
             log.warning("agent %s: its run ended (%s) but the replica was not confirmed to hold the end; "
                         "published as %s, so a recovery takes it", journal.agent_id, run.status, UNSYNCED)
-        replication.publish(ManifestEntry(
-            agent_id=journal.agent_id, status=status, target=target, input_digest=run.input_digest,
-            run_id=run.id, code_fingerprint=fingerprint, steps=len(journal.steps(run.id)), updated_at=time.time(),
-            inputs_json=run.input_json))
+        fields = {"status": status, "target": target, "input_digest": run.input_digest, "run_id": run.id,
+                  "code_fingerprint": fingerprint, "steps": len(journal.steps(run.id)), "inputs_json": run.input_json}
+        write = claims.ownership.release if synced else claims.ownership.update
+        replication.publish_with(journal.agent_id, status, lambda: write(journal.agent_id, **fields))
 
     return publish
 

@@ -1,8 +1,9 @@
-"""The replica prefix lease: one live node per fleet prefix.
+"""A node's lease: the proof that a node is alive, which every claim of its agents has to outwait.
 
-Litestream does not fence: two nodes replicating to one prefix can leave it unrestorable. So a node
-holds ``<prefix>/lease.json``, created with a conditional PUT (If-None-Match) and renewed with If-Match on
-the ETag it last wrote. Every rule is judged on the judging node's own monotonic clock, never on another
+Litestream does not fence: two nodes replicating one agent can leave its replica unrestorable. So each
+node holds a lease object of its own (``<prefix>/nodes/<node_id>.json``; before nodes, one
+``<prefix>/lease.json`` per prefix), created with a conditional PUT (If-None-Match) and renewed with
+If-Match on the ETag it last wrote. Every rule is judged on the judging node's own monotonic clock, never on another
 machine's wall clock:
 
 - The holder must have stopped writing to the prefix by the start of its last successful renewal request
@@ -135,9 +136,12 @@ class Lease:
 
     def __init__(self, store: ObjectStore, target: ReplicaTarget, config: LeaseConfig, *, owner: str | None = None,
                  clock: Clock = time.monotonic, sleep: Callable[[float], None] = time.sleep,
-                 wall: Clock = time.time) -> None:
+                 wall: Clock = time.time, key: str | None = None,
+                 extra: dict[str, object] | None = None) -> None:
         self.store, self.target, self.config = store, target, config
         self.owner = owner or node_id()
+        self._key = key  # None: the prefix lease of the layout before nodes
+        self._extra = dict(extra or {})  # shown by `agentshards nodes` (host, capacity)
         self.clock, self.sleep, self.wall = clock, sleep, wall
         self.seq = 0
         self._etag: str | None = None
@@ -146,7 +150,7 @@ class Lease:
 
     @property
     def key(self) -> str:
-        return self.target.lease_key()
+        return self._key or self.target.lease_key()
 
     @property
     def held(self) -> bool:
@@ -224,7 +228,9 @@ class Lease:
         found = self._write(self._etag)
         if found is not None:
             self._etag = None
-            holder = f"{LeaseInfo.parse(found).describe()} holds it now" if found else "it was deleted"
+            holder = (f"{LeaseInfo.parse(found).describe()} holds it now" if found and b'"owner"' in found
+                      else "another node expired it (it was not renewed for its TTL plus margin)" if found
+                      else "it was deleted")
             raise LeaseError(f"lost the lease on {self.target.describe()}: {holder}",
                              hint="another node took over the prefix; this node stopped its agents and Litestream")
 
@@ -243,7 +249,7 @@ class Lease:
 
     def _body(self) -> bytes:
         self.seq += 1
-        return json.dumps({"owner": self.owner, "seq": self.seq, "ttl_s": self.config.ttl_s,
+        return json.dumps({**self._extra, "owner": self.owner, "seq": self.seq, "ttl_s": self.config.ttl_s,
                            "margin_s": self.config.margin, "expires_at": self.wall() + self.config.ttl_s},
                           sort_keys=True).encode()
 

@@ -383,11 +383,12 @@ class Litestream:
                                    hint=f"see {self.log_path}")
         return json.loads(payload) if payload.strip() else None
 
-    def register(self, agent_id: str) -> None:
-        """Register one shard. The socket call runs outside the lock, so a fleet registers many at once
-        (serialised, 1,000 registrations took seconds of a recovery); a (re)start that raced with the call
-        is detected by the spawn count, and the registration is then repeated under the lock."""
-        url = self.target.litestream_url(agent_id)
+    def register(self, agent_id: str, generation: int = 0) -> None:
+        """Register one shard, replicating to ``generation``'s path. The socket call runs outside the lock, so a
+        fleet registers many at once (serialised, 1,000 registrations took seconds of a recovery); a (re)start
+        that raced with the call is detected by the spawn count, and the registration is then repeated under
+        the lock."""
+        url = self.target.litestream_url(agent_id, generation)
         body = {"path": str(self._db(agent_id)), "replica_url": url}
         with self._lock:
             spawns = self._spawns

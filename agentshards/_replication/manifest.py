@@ -1,7 +1,8 @@
 """The fleet manifest: one small JSON object per agent beside the replicas.
 
 A fresh machine lists ``<prefix>/manifest/`` to learn every agent's state (status, target, inputs digest,
-code fingerprint) without restoring a single file.
+code fingerprint) without restoring a single file. The entry is also the agent's ownership record
+(``node``, ``generation``, ``live``): nodes write it only with conditional PUTs (see ``ownership.py``).
 """
 
 from __future__ import annotations
@@ -32,10 +33,28 @@ class ManifestEntry:
     inputs_json: str | None = None
     """The run's inputs: a fresh node can start an agent whose replica holds no run yet (killed before
     Litestream's first upload) from the beginning instead of failing the whole recovery."""
+    node: str | None = None
+    """The node that owns the agent now; None when nobody does (queued, handed back, or finished)."""
+    generation: int = 0
+    """Grows by one with every claim: the owner replicates to this generation's path of its own."""
+    live: int = 0
+    """The generation a restore reads: the newest one known to hold a snapshot (0: the agent prefix itself,
+    which is also where the layout before generations replicated)."""
+    dir_id: str | None = None
+    """The data dir the owner runs it from: a node finding its own data dir here may trust its local shard
+    (nobody else wrote to the agent since); any other claim restores from the live generation."""
+
+
+def encode(entry: ManifestEntry) -> bytes:
+    return json.dumps(asdict(entry), sort_keys=True).encode()
+
+
+def decode(data: bytes) -> ManifestEntry:
+    return _entry(json.loads(data))
 
 
 def write_manifest(store: ObjectStore, target: ReplicaTarget, entry: ManifestEntry) -> None:
-    store.put(target.manifest_key(entry.agent_id), json.dumps(asdict(entry), sort_keys=True).encode())
+    store.put(target.manifest_key(entry.agent_id), encode(entry))
 
 
 def read_manifest(store: ObjectStore, target: ReplicaTarget, agent_id: str) -> ManifestEntry | None:

@@ -55,6 +55,11 @@ class ObjectStore(Protocol):
 
     def list(self, prefix: str) -> list[str]: ...
 
+    def list_etags(self, prefix: str) -> dict[str, str]:
+        """Every key under ``prefix`` with its ETag (the one ``get_etag`` and ``put_if`` use): what a node
+        scans for changed ownership records and renewed node leases with one request per 1,000 keys."""
+        ...
+
     def delete(self, key: str) -> None: ...
 
     def check(self) -> None: ...
@@ -142,6 +147,15 @@ class LocalStore:
             return []
         keys = (p.relative_to(base).as_posix() for p in folder.rglob("*") if p.is_file())
         return sorted(k for k in keys if k.startswith(prefix) and not k.rsplit("/", 1)[-1].startswith("."))
+
+    def list_etags(self, prefix: str) -> dict[str, str]:
+        etags = {}
+        for key in self.list(prefix):
+            try:
+                etags[key] = hashlib.sha256(self._path(key).read_bytes()).hexdigest()
+            except FileNotFoundError:  # deleted since the listing: as on S3, a key listed is not promised
+                continue
+        return etags
 
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
@@ -237,6 +251,12 @@ class S3Store:
         for page in self._client.get_paginator("list_objects_v2").paginate(Bucket=self.target.bucket, Prefix=prefix):
             keys.extend(obj["Key"] for obj in page.get("Contents", []))
         return sorted(keys)
+
+    def list_etags(self, prefix: str) -> dict[str, str]:
+        etags: dict[str, str] = {}
+        for page in self._client.get_paginator("list_objects_v2").paginate(Bucket=self.target.bucket, Prefix=prefix):
+            etags.update((obj["Key"], str(obj["ETag"])) for obj in page.get("Contents", []))
+        return etags
 
     def delete(self, key: str) -> None:
         self._client.delete_object(Bucket=self.target.bucket, Key=key)

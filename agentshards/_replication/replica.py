@@ -2,7 +2,10 @@
 
 ``s3://bucket/prefix`` for any S3-compatible service, or a local directory (``file:///path`` or a plain
 path), the embedded default that needs no S3. Each agent lives under its own prefix
-(``<prefix>/agents/<agent_id>``) and has a manifest object at ``<prefix>/manifest/<agent_id>.json``.
+(``<prefix>/agents/<agent_id>``): each owner of it replicates to a generation of its own below it
+(``.../g<N>``; generation 0 is the agent prefix itself, the layout before generations). It has a manifest
+object at ``<prefix>/manifest/<agent_id>.json`` (its state and its owner) and each node its lease at
+``<prefix>/nodes/<node_id>.json``.
 
 Credentials are deliberately not part of a target: they stay in the environment / boto3 chain and are
 passed to Litestream only through its process environment, never through a URL or a written file.
@@ -21,6 +24,7 @@ from .._core.shard import validate_agent_id
 
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 _PREFIX_PART = re.compile(r"[A-Za-z0-9._-]+")
+_NUMBERED = re.compile(r"g[0-9]+/")  # a generation's folder below an agent's prefix
 
 
 @dataclass(frozen=True)
@@ -34,9 +38,19 @@ class ReplicaTarget:
     endpoint: str | None = None
     region: str | None = None
 
-    def agent_key(self, agent_id: str) -> str:
-        """Key prefix (relative to the bucket or root) of one agent's Litestream replica."""
-        return self._join("agents", validate_agent_id(agent_id))
+    def agent_key(self, agent_id: str, generation: int = 0) -> str:
+        """Key prefix (relative to the bucket or root) of one generation of an agent's Litestream replica;
+        generation 0 is the agent's whole prefix (and the layout written before generations)."""
+        base = self._join("agents", validate_agent_id(agent_id))
+        return base if generation == 0 else f"{base}/g{int(generation)}"
+
+    def generation_keys(self, keys: list[str], agent_id: str, generation: int) -> list[str]:
+        """The keys of one generation among an agent's keys: those under its path; for generation 0 (the
+        agent prefix itself) all but those of the numbered generations below it."""
+        root = self.agent_key(agent_id, generation) + "/"
+        if generation:
+            return [k for k in keys if k.startswith(root)]
+        return [k for k in keys if k.startswith(root) and not _NUMBERED.match(k, len(root))]
 
     def agents_prefix(self) -> str:
         """Key prefix under which every agent's replica lives (one LIST here sees the whole fleet)."""
@@ -52,11 +66,18 @@ class ReplicaTarget:
         return self._join("archive", f"{validate_agent_id(agent_id)}.db")
 
     def lease_key(self) -> str:
+        """The whole-prefix lease of the layout before nodes: only looked at, to refuse a live old node."""
         return self._join("lease.json")
 
-    def litestream_url(self, agent_id: str) -> str:
-        """The replica URL Litestream is given for one agent (no credentials in it)."""
-        key = self.agent_key(agent_id)
+    def node_key(self, node_id: str) -> str:
+        return self._join("nodes", f"{node_id}.json")
+
+    def nodes_prefix(self) -> str:
+        return self._join("nodes") + "/"
+
+    def litestream_url(self, agent_id: str, generation: int = 0) -> str:
+        """The replica URL Litestream is given for one generation of an agent (no credentials in it)."""
+        key = self.agent_key(agent_id, generation)
         if self.kind == "file":
             assert self.root is not None
             return (self.root / key).as_uri()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -62,6 +63,8 @@ class Replication:
         # (epoch seconds, every shard's replication) from the watchdog's last look: what a fleet publishes
         # for `status` and the dashboard, so they need no control socket of their own
         self.last_status: tuple[float, list[AgentReplicationStatus]] | None = None
+        # agent -> the generation this node replicates it to (set before it registers; see ownership.py)
+        self.generations: dict[str, int] = {}
 
     def halt(self, error: AgentShardsError) -> None:
         """Stop writing to the replica now, from any thread (a lease fence): Litestream is killed, and no
@@ -69,8 +72,17 @@ class Replication:
         self.halted = error
         self.litestream.halt()
 
+    def register(self, agent_id: str, generation: int = 0) -> None:
+        self.generations[agent_id] = generation
+        self.litestream.register(agent_id, generation)
+
+    def _keys(self, agent_id: str) -> list[str]:
+        generation = self.generations.get(agent_id, 0)
+        keys = self.store.list(self.target.agent_key(agent_id, generation) + "/")
+        return self.target.generation_keys(keys, agent_id, generation)
+
     def snapshot_exists(self, agent_id: str) -> bool:
-        keys = self.store.list(self.target.agent_key(agent_id) + "/")
+        keys = self._keys(agent_id)
         return any(key.rsplit("/", 1)[-1].startswith(SNAPSHOT_PREFIX) for key in keys)
 
     def confirm(self, agent_id: str, timeout_s: float) -> None:
@@ -83,6 +95,8 @@ class Replication:
             try:
                 self._synced(agent_id, deadline)
             except ReplicationError:
+                if self.halted is not None:  # fenced while it waited: that is why, not the sync
+                    raise self.halted from None
                 self.restart_if_stalled(force_check=True)  # a hung S3 connection: the next attempt can pass
                 raise
             checked = self._healthy_at.get(agent_id)
@@ -118,7 +132,7 @@ class Replication:
         """
         self.litestream.stop()
         try:
-            for key in self.store.list(self.target.agent_key(agent_id) + "/"):
+            for key in self._keys(agent_id):
                 self.store.delete(key)
             self.litestream.reset(agent_id)
         finally:
@@ -241,6 +255,22 @@ class Replication:
                         result.replicated_txid, result.txid)
             return False
         return True
+
+    def publish_with(self, agent_id: str, status: str, write: Callable[[], object]) -> None:
+        """``publish`` for a conditional write made by ``write`` (see ``ownership.py``): the same refusal when
+        fenced and the same error root; OwnershipLost passes through (the caller stops the agent)."""
+        if self.halted is not None:
+            log.warning("not writing the manifest of agent %s: %s", agent_id, self.halted.message)
+            return
+        try:
+            write()
+        except AgentShardsError:
+            raise
+        except Exception as exc:  # botocore's and OSError: one error root for callers
+            raise ReplicationError(
+                f"could not write its manifest entry ({status}) to {self.target.describe()}: {exc}",
+                agent_id=agent_id, hint="a fresh node finds agents through the manifest; check the replica "
+                "(endpoint, credentials, network), then run the agent again") from exc
 
     def publish(self, entry: ManifestEntry) -> None:
         """Write the agent's manifest entry; ReplicationError when it cannot be written.

@@ -25,7 +25,7 @@ from pathlib import Path
 from .._base.config import LitestreamConfig, ShardConfig
 from .._base.crashpoints import CrashCounter, CrashPlan
 from .._base.errors import AgentShardsError, NoReplica, ReplicaNotRestorable, ReplicationError, ShardError, ShardExists
-from .._core.locks import lock_agent, lock_data_dir
+from .._core.locks import holds_data_dir, lock_agent, lock_data_dir
 from .._core.replace import finish_interrupted_replace, replace_shard
 from .._core.schema import check_file
 from .._core.shard import shard_path, validate_agent_id
@@ -40,7 +40,7 @@ from .ltx import (
     restore_plan,
     write_database,
 )
-from .manifest import ManifestEntry, list_manifests
+from .manifest import ManifestEntry, list_manifests, read_manifest
 from .objectstore import ObjectNotFound, ObjectStore, store_for
 from .replica import ReplicaTarget, parse_replica
 
@@ -50,7 +50,7 @@ log = logging.getLogger("agentshards")
 def restore_agent(agent_id: str, data_dir: str | os.PathLike[str], replica: str | ReplicaTarget, *,
                   overwrite: bool = False, env: Mapping[str, str] | None = None,
                   litestream: LitestreamConfig | None = None, check_replica: bool = True,
-                  crash_plan: str | None = None) -> Path:
+                  crash_plan: str | None = None, generation: int | None = None) -> Path:
     """Restore ``agent_id``'s shard from ``replica`` into ``data_dir``; return its path.
 
     Raises NoReplica (a ReplicationError) when nothing at all is stored for the agent, ReplicaNotRestorable
@@ -58,7 +58,8 @@ def restore_agent(agent_id: str, data_dir: str | os.PathLike[str], replica: str 
     ShardExists (a ShardError) when a local shard exists and ``overwrite`` is false, ShardError when the
     restored file fails its checks (nothing is written at the final path). With ``overwrite``, DataDirLocked
     while a fleet (or a run_agent with a replica) owns the data dir, AgentLocked while the agent runs; the
-    old files go only once the new one is in place.
+    old files go only once the new one is in place. ``generation``: which one to read; None reads the live
+    one the agent's manifest entry names (see ``ownership.py``).
     """
     env = os.environ if env is None else env
     agent_id = validate_agent_id(agent_id)
@@ -70,8 +71,11 @@ def restore_agent(agent_id: str, data_dir: str | os.PathLike[str], replica: str 
     _check_reader_version(config, env)
     data = Path(data_dir).resolve()
     crash = CrashCounter(CrashPlan.parse(crash_plan))
+    if generation is None:
+        entry = read_manifest(store, target, agent_id)
+        generation = 0 if entry is None else entry.live
     with _owning(data, overwrite, f"restore agent {agent_id} over its local shard", agent_id):
-        return _restore_one(agent_id, data, target, store, config, env, None, overwrite, crash)
+        return _restore_one(agent_id, data, target, store, config, env, None, overwrite, crash, generation)
 
 
 def _check_reader_version(config: LitestreamConfig, env: Mapping[str, str]) -> None:
@@ -88,24 +92,27 @@ def _check_reader_version(config: LitestreamConfig, env: Mapping[str, str]) -> N
 def _owning(data: Path, overwrite: bool, what: str, agent_id: str | None = None) -> AbstractContextManager[object]:
     """Replacing shards needs the data dir to itself (no Litestream replicating them, no worker running
     them); restoring only new files does not (recover restores into the data dir it owns)."""
-    return lock_data_dir(data, what, agent_id=agent_id) if overwrite else contextlib.nullcontext()
+    if not overwrite or holds_data_dir(data):  # a fleet restoring into the data dir it owns: held already
+        return contextlib.nullcontext()
+    return lock_data_dir(data, what, agent_id=agent_id)
 
 
 def _restore_one(agent_id: str, data: Path, target: ReplicaTarget, store: ObjectStore, config: LitestreamConfig,
                  env: Mapping[str, str], keys: list[str] | None, overwrite: bool,
-                 crash: CrashCounter | None = None) -> Path:
+                 crash: CrashCounter | None = None, generation: int = 0, agent_locked: bool = False) -> Path:
     """Restore into a temp dir beside the final path, verify, rename. ``keys``: the agent's replica keys
-    when the caller listed them already (one LIST for a whole fleet), else None."""
+    when the caller listed them already (one LIST for a whole fleet), else None. ``agent_locked``: the
+    caller holds the agent's lock already (a run_agent bringing its agent up)."""
     data.mkdir(parents=True, exist_ok=True)
     # the agent's lock for the whole restore: a run_agent that created the shard meanwhile, or another
     # restore half-way through its replace, would otherwise have its files moved aside under it
-    with lock_agent(data, agent_id, "restore it"):
-        return _restore_locked(agent_id, data, target, store, config, env, keys, overwrite, crash)
+    with contextlib.nullcontext() if agent_locked else lock_agent(data, agent_id, "restore it"):
+        return _restore_locked(agent_id, data, target, store, config, env, keys, overwrite, crash, generation)
 
 
 def _restore_locked(agent_id: str, data: Path, target: ReplicaTarget, store: ObjectStore, config: LitestreamConfig,
                     env: Mapping[str, str], keys: list[str] | None, overwrite: bool,
-                    crash: CrashCounter | None) -> Path:
+                    crash: CrashCounter | None, generation: int = 0) -> Path:
     final = shard_path(data, agent_id)
     finish_interrupted_replace(final)  # a restore killed mid-replace: its old shard comes back first
     if final.exists() and not overwrite:
@@ -118,9 +125,9 @@ def _restore_locked(agent_id: str, data: Path, target: ReplicaTarget, store: Obj
     workdir = Path(tempfile.mkdtemp(prefix=prefix, dir=data))
     try:
         candidate = workdir / final.name
-        if not _fetch(agent_id, target, store, config, env, keys, candidate):
+        if not _fetch(agent_id, target, store, config, env, keys, candidate, generation):
             raise NoReplica(f"no replica for agent {agent_id} at {target.describe()}: nothing is stored under "
-                            f"{target.agent_key(agent_id)}/", agent_id=agent_id,
+                            f"{target.agent_key(agent_id, generation)}/", agent_id=agent_id,
                             hint="check the replica URL; `agentshards fleet` lists what is there")
         verify_restored(candidate, agent_id)
         shutil.rmtree(final.parent / f".{final.name}-litestream", ignore_errors=True)  # the old file's
@@ -132,7 +139,7 @@ def _restore_locked(agent_id: str, data: Path, target: ReplicaTarget, store: Obj
 
 
 def _fetch(agent_id: str, target: ReplicaTarget, store: ObjectStore, config: LitestreamConfig,
-           env: Mapping[str, str], keys: list[str] | None, out: Path) -> bool:
+           env: Mapping[str, str], keys: list[str] | None, out: Path, generation: int = 0) -> bool:
     """Write the replica's newest state to ``out``; False only when nothing at all is stored for the agent.
 
     Read here from the LTX files (no process per agent; see ``ltx.py``). A format or an object this version
@@ -141,9 +148,9 @@ def _fetch(agent_id: str, target: ReplicaTarget, store: ObjectStore, config: Lit
     starting the agent over would pay for every step again and register a fresh file over its replica).
     """
     if not config.native_restore:
-        return _fetch_binary(agent_id, target, store, config, env, keys, out, None, None)
+        return _fetch_binary(agent_id, target, store, config, env, keys, out, None, None, generation)
     try:
-        return _fetch_native(agent_id, target, store, keys, out)
+        return _fetch_native(agent_id, target, store, keys, out, generation)
     except UnknownObjects as exc:
         log.warning("agent %s: %s; restoring it with the litestream binary", agent_id, exc)
         reason, beyond = str(exc), exc.reached
@@ -160,19 +167,19 @@ def _fetch(agent_id: str, target: ReplicaTarget, store: ObjectStore, config: Lit
                                hint="check the endpoint, the credentials and the network; nothing was "
                                     "overwritten") from exc
     out.unlink(missing_ok=True)
-    return _fetch_binary(agent_id, target, store, config, env, keys, out, reason, beyond)
+    return _fetch_binary(agent_id, target, store, config, env, keys, out, reason, beyond, generation)
 
 
 def _fetch_binary(agent_id: str, target: ReplicaTarget, store: ObjectStore, config: LitestreamConfig,
                   env: Mapping[str, str], keys: list[str] | None, out: Path, reason: str | None,
-                  beyond: int | None) -> bool:
+                  beyond: int | None, generation: int = 0) -> bool:
     """``litestream restore``, after the in-process reader gave up for ``reason`` (None: it was not used).
 
     ``beyond``: when the prefix also holds objects the reader does not know, the highest TXID of the files
     it does. The binary's restore counts only if it gets past that: if it does not, it skipped those
     objects too (0.5.17 does, silently), and they may hold the newest state.
     """
-    url = target.litestream_url(agent_id)
+    url = target.litestream_url(agent_id, generation)
     hint = (f"nothing was overwritten and the replica is left as it is: move away objects that are not "
             f"Litestream's, or restore it by hand with a litestream that reads them (`litestream ltx -level all "
             f"{url}` lists what it reads; `litestream restore -txid` restores an earlier point)")
@@ -184,7 +191,7 @@ def _fetch_binary(agent_id: str, target: ReplicaTarget, store: ObjectStore, conf
         raise ReplicaNotRestorable(f"{reason}; the litestream binary could not restore it either: {exc.message}",
                                    agent_id=agent_id, hint=hint) from exc
     if summary is None:
-        if reason is None and not _holds_objects(agent_id, target, store, keys):
+        if reason is None and not _holds_objects(agent_id, target, store, keys, generation):
             return False
         raise ReplicaNotRestorable(f"{reason or 'its replica holds objects'}; the litestream binary finds no "
                                    f"backup in them either", agent_id=agent_id, hint=hint)
@@ -199,23 +206,27 @@ def _fetch_binary(agent_id: str, target: ReplicaTarget, store: ObjectStore, conf
     return True
 
 
-def _holds_objects(agent_id: str, target: ReplicaTarget, store: ObjectStore, keys: list[str] | None) -> bool:
-    """Whether anything is stored under the agent's replica prefix: what "no replica" has to mean."""
+def _holds_objects(agent_id: str, target: ReplicaTarget, store: ObjectStore, keys: list[str] | None,
+                   generation: int = 0) -> bool:
+    """Whether anything is stored under the generation's replica prefix: what "no replica" has to mean."""
     if keys is not None:
-        return bool(keys)
+        return bool(target.generation_keys(keys, agent_id, generation))
     try:
-        return bool(store.list(target.agent_key(agent_id) + "/"))
+        root = target.agent_key(agent_id, generation) + "/"
+        return bool(target.generation_keys(store.list(root), agent_id, generation))
     except Exception as exc:  # botocore / OSError: one error root for callers
         raise ReplicationError(f"could not list the replica of agent {agent_id}: {exc}", agent_id=agent_id,
                                hint="check the endpoint, the credentials and the network") from exc
 
 
 def _fetch_native(agent_id: str, target: ReplicaTarget, store: ObjectStore, keys: list[str] | None,
-                  out: Path) -> bool:
-    root = target.agent_key(agent_id) + "/"
+                  out: Path, generation: int = 0) -> bool:
+    root = target.agent_key(agent_id, generation) + "/"
+    if keys is not None:
+        keys = target.generation_keys(keys, agent_id, generation)
     for attempt in range(3):
         if keys is None:
-            keys = store.list(root)
+            keys = target.generation_keys(store.list(root), agent_id, generation)
         if not keys:
             return False
         plan = restore_plan(parse_listing(keys, root))
@@ -267,15 +278,27 @@ def list_fleet(replica: str | ReplicaTarget, *, env: Mapping[str, str] | None = 
     return list_manifests(store, target)
 
 
+def fleet_entry(replica: str | ReplicaTarget, agent_id: str, *,
+                env: Mapping[str, str] | None = None) -> ManifestEntry | None:
+    """One agent's manifest entry (its state, owner node and generation), or None when the replica has none."""
+    env = os.environ if env is None else env
+    target = parse_replica(replica, env) if isinstance(replica, str) else replica
+    store = store_for(target, env)
+    store.check_readable()
+    return read_manifest(store, target, validate_agent_id(agent_id))
+
+
 def restore_agents(agent_ids: list[str], data_dir: str | os.PathLike[str], replica: str | ReplicaTarget, *,
                    overwrite: bool = False, env: Mapping[str, str] | None = None, parallelism: int = 8,
                    litestream: LitestreamConfig | None = None,
-                   on_done: Callable[[str, Path | Exception], None] | None = None) -> dict[str, Path | Exception]:
+                   on_done: Callable[[str, Path | Exception], None] | None = None,
+                   generations: Mapping[str, int] | None = None) -> dict[str, Path | Exception]:
     """Restore several agents in parallel; each entry is its path or the error that stopped it.
     ``on_done(agent_id, outcome)`` is called as each one ends (from the pool's threads), e.g. for progress.
 
     The replica is checked once for all of them and, for more than a few agents, listed once (building an
-    S3 client or sending a LIST per agent costs more than a small agent's restore).
+    S3 client or sending a LIST per agent costs more than a small agent's restore). ``generations``: which
+    generation to read per agent; by default the live one each manifest entry names.
     """
     env = os.environ if env is None else env
     target = parse_replica(replica, env) if isinstance(replica, str) else replica
@@ -283,6 +306,12 @@ def restore_agents(agent_ids: list[str], data_dir: str | os.PathLike[str], repli
     store = store_for(target, env)
     store.check_readable()  # restores only read the replica: a mistyped one is an error, never created
     _check_reader_version(config, env)
+    if generations is None:  # the live generation of each: one LIST and GETs for many agents, a GET each for few
+        if len(agent_ids) >= _LIST_ONCE_FROM:
+            generations = {e.agent_id: e.live for e in list_manifests(store, target)}
+        else:
+            entries = {a: read_manifest(store, target, validate_agent_id(a)) for a in agent_ids}
+            generations = {a: e.live for a, e in entries.items() if e is not None}
     listed: dict[str, list[str]] | None = None
     if config.native_restore and len(agent_ids) >= _LIST_ONCE_FROM:
         root = target.agents_prefix()
@@ -302,7 +331,8 @@ def restore_agents(agent_ids: list[str], data_dir: str | os.PathLike[str], repli
         try:
             agent_id = validate_agent_id(agent_id)
             keys = None if listed is None else listed.get(agent_id, [])
-            results[agent_id] = _restore_one(agent_id, data, target, store, config, env, keys, overwrite)
+            results[agent_id] = _restore_one(agent_id, data, target, store, config, env, keys, overwrite,
+                                             generation=generations.get(agent_id, 0))
         except Exception as exc:
             results[agent_id] = exc
         if on_done is not None:

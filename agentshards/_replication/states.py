@@ -8,6 +8,8 @@ and a recovery takes it: nothing of a run's end is silently lost with the node t
 state                  the agent's run                                 recover, restore --all  retry (on the node
                                                                                                with its shard)
 =====================  ==============================================  ======================  ==================
+``queued``             submitted; no node has started it yet (nodes    starts it               no
+                       claim it)
 ``running``            open: launched, running, or stopped mid-way     restores and runs it    resumes it
 ``unsynced``           ended on its node; the replica was not          restores and runs it    as its ending says
                        confirmed to hold the end (a restored copy
@@ -25,24 +27,31 @@ state                  the agent's run                                 recover, 
 
 A state this version does not know (written by a newer one) counts as unfinished: restoring and running
 an agent whose run ended only reports that ending again, while skipping one that had not ended loses it.
+
+Nodes (``_fleet/node.py``) claim by themselves what is ``queued``, and what is ``running`` or ``unsynced``
+while no live node owns it (``CLAIMABLE``); a ``gave_up`` agent crashed its workers ``max_restarts`` times and
+waits for an operator (``retry``, ``recover``), or it would crash every node in turn.
 """
 
 from __future__ import annotations
 
 from .._core.journal import BUDGET_EXCEEDED, CANCELLED, FAILED, FINAL, RUNNING, SUCCEEDED
 
+QUEUED = "queued"
 UNSYNCED = "unsynced"
 GAVE_UP = "gave_up"
 ARCHIVED = "archived"
 
 ENDED = frozenset(FINAL)
 """Endings a run records in its journal; published only with a confirmed sync, else as ``unsynced``."""
-UNFINISHED = frozenset({RUNNING, UNSYNCED, GAVE_UP})
+UNFINISHED = frozenset({QUEUED, RUNNING, UNSYNCED, GAVE_UP})
 """What recover and ``restore --all`` take."""
+CLAIMABLE = frozenset({QUEUED, RUNNING, UNSYNCED})
+"""What a node takes by itself once nobody live owns it."""
 SETTLED = ENDED | {ARCHIVED}
 STATES = UNFINISHED | SETTLED
 
-__all__ = ["ARCHIVED", "BUDGET_EXCEEDED", "CANCELLED", "ENDED", "FAILED", "GAVE_UP", "RUNNING",
+__all__ = ["ARCHIVED", "BUDGET_EXCEEDED", "CANCELLED", "CLAIMABLE", "ENDED", "FAILED", "GAVE_UP", "QUEUED", "RUNNING",
            "SETTLED", "STATES", "SUCCEEDED", "UNFINISHED", "UNSYNCED", "is_unfinished", "published"]
 
 

@@ -1,0 +1,237 @@
+"""``Node``: a long-running member of a fleet spread over machines, sharing one replica prefix with others.
+
+A node is a ``Fleet`` that does not end: every scan (a third of its lease TTL, jittered) it lists the
+agents' entries (one LIST of ``manifest/``, a GET only for entries whose ETag changed since the last
+scan) and the nodes' leases (one LIST of ``nodes/``), and claims, up to its capacity, agents that are
+``queued``, handed back, or owned by a node that is gone (expired after its lease went unrenewed for its
+TTL plus margin). Placement is left to whatever starts nodes (Kubernetes, systemd): there is no scheduler.
+
+``stop()`` (SIGTERM in the CLI) or a drain request (``agentshards drain``) ends it gracefully: workers get
+SIGTERM and a bounded wait, each agent whose final sync is confirmed is handed back (any node claims it at
+once, without waiting for this node's TTL), then Litestream stops and the node's lease is deleted.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from .._base.config import SupervisorConfig
+from .._base.errors import AgentShardsError, InvalidInputs, InvalidTarget
+from .fleet import Fleet
+
+if TYPE_CHECKING:
+    from .._replication.manifest import ManifestEntry
+    from .._replication.objectstore import ObjectStore
+    from .._replication.replica import ReplicaTarget
+
+log = logging.getLogger("agentshards")
+
+
+class EntryCache:
+    """The manifest as of the last scan: one LIST per scan, a GET only for entries whose ETag changed."""
+
+    def __init__(self, store: ObjectStore, target: ReplicaTarget) -> None:
+        self.store, self.target = store, target
+        self._entries: dict[str, tuple[str, ManifestEntry]] = {}
+
+    def scan(self) -> list[ManifestEntry]:
+        from .._replication.manifest import decode
+        from .._replication.objectstore import ObjectNotFound
+
+        listing = self.store.list_etags(self.target.manifest_prefix())
+        fresh: dict[str, tuple[str, ManifestEntry]] = {}
+        for key, etag in listing.items():
+            if not key.endswith(".json"):
+                continue
+            known = self._entries.get(key)
+            if known is not None and known[0] == etag:
+                fresh[key] = known
+                continue
+            try:
+                data, etag = self.store.get_etag(key)
+                fresh[key] = (etag, decode(data))
+            except ObjectNotFound:
+                continue
+            except (ValueError, TypeError) as exc:
+                log.warning("skipping the unreadable manifest entry %s: %s", key, exc)
+        self._entries = fresh
+        return [entry for _etag, entry in fresh.values()]
+
+
+class Node:
+    def __init__(self, data_dir: str | os.PathLike[str], replica: str, *, capacity: int = 100,
+                 node_id: str | None = None, app_dir: str | os.PathLike[str] | None = None,
+                 allow_targets: Sequence[str] = (), lease_ttl_s: float = 30.0,
+                 config: SupervisorConfig | None = None, env: Mapping[str, str] | None = None,
+                 scan_every_s: float | None = None) -> None:
+        if capacity < 1:
+            raise InvalidInputs(f"capacity must be at least 1, not {capacity}", hint="--capacity N, N >= 1")
+        self.capacity = capacity
+        self.fleet = Fleet(data_dir, replica, app_dir=app_dir, config=config, lease_ttl_s=lease_ttl_s, env=env,
+                           node_id=node_id)
+        self.fleet._claim_races_expected = True
+        self.allow_targets = tuple(allow_targets)
+        self.scan_every_s = lease_ttl_s / 3 if scan_every_s is None else scan_every_s
+        self._stop = threading.Event()
+        self.stopped_by: str | None = None
+        self.claimed: list[str] = []  # every agent this node claimed, in order
+
+    @property
+    def node_id(self) -> str | None:
+        return self.fleet.node_id
+
+    def stop(self, reason: str = "asked to stop") -> None:
+        """Drain and end ``run`` (from any thread, or a signal handler)."""
+        self.stopped_by = self.stopped_by or reason
+        self._stop.set()
+
+    def run(self) -> dict[str, Any]:
+        """Run until stopped or drained; return ``agent_id -> result or exception`` for the agents that
+        ended here. LeaseError when this node lost its lease (it stopped everything by itself first)."""
+        from .._core.target_policy import TargetPolicy
+        from .._replication.nodes import clear_drain
+
+        fleet = self.fleet
+        supervisor = fleet._begin(extra={"capacity": self.capacity})
+        claims, replication = fleet._claims, fleet._replication
+        assert claims is not None and replication is not None
+        policy = TargetPolicy.of(fleet.app_dir, self.allow_targets)
+        cache = EntryCache(replication.store, replication.target)
+        log.info("node %s: up on %s with capacity %d", claims.node, replication.target.describe(), self.capacity)
+        watchdog = threading.Thread(target=fleet._watch, args=(replication,), daemon=True,
+                                    name="agentshards-watchdog")
+        watchdog.start()
+        fleet._watchdog = watchdog
+        next_scan = 0.0
+        try:
+            while not self._stop.is_set():
+                supervisor.tick()
+                if time.monotonic() >= next_scan:
+                    self._scan(cache, policy)
+                    if claims.node in claims.nodes.draining:
+                        self.stop("a drain was requested")
+                    next_scan = time.monotonic() + self.scan_every_s * random.uniform(0.5, 1.0)  # no stampede
+                self._stop.wait(fleet.config.tick_s)
+            log.info("node %s: draining (%s): handing its agents back", claims.node, self.stopped_by)
+            fleet._drain_finals()
+            outcomes = {a: fleet._outcome(s) for a, s in supervisor.agents.items() if s.status in _ENDED_HERE}
+        finally:
+            node = claims.node
+            fleet.close()
+        if self.stopped_by == "a drain was requested":
+            clear_drain(replication.store, replication.target, node)
+        return {**outcomes, **fleet._failed}
+
+    def _scan(self, cache: EntryCache, policy: Any) -> None:
+        """Claim what this node has room for among the claimable agents."""
+        from .._core.target_policy import resolve_stored
+        from .._replication.states import CLAIMABLE
+
+        fleet = self.fleet
+        claims = fleet._claims
+        assert claims is not None and fleet._supervisor is not None
+        try:
+            entries = cache.scan()  # before the nodes: see NodeWatch
+            claims.nodes.refresh()
+        except Exception as exc:  # the store's errors: the lease decides whether this node goes on
+            log.warning("node %s: could not scan the prefix (%s: %s); trying again at the next scan", claims.node,
+                        type(exc).__name__, exc)
+            return
+        room = self.capacity - len(claims.ownership.held())
+        if room <= 0 or claims.node in claims.nodes.draining:
+            return
+        running = fleet._supervisor.agents
+        candidates = []
+        for entry in entries:
+            if entry.status not in CLAIMABLE or claims.ownership.holds(entry.agent_id):
+                continue
+            if entry.agent_id in running:
+                continue  # it ended here (a fleet launches an agent once)
+            owner = entry.node
+            alive = (owner is not None and owner != claims.node and not claims.nodes.gone(owner)
+                     and (claims.nodes.overdue(owner) > 0 or not claims.nodes.expire(owner)))
+            if not alive:
+                candidates.append(entry)
+        random.shuffle(candidates)  # survivors claim in different orders: fewer lost races
+        batches: dict[str, dict[str, Any]] = {}
+        for entry in candidates[:room]:
+            try:
+                resolve_stored(entry.target, policy, entry.agent_id)
+                inputs = json.loads(entry.inputs_json or "null")
+                if not isinstance(inputs, dict):
+                    raise InvalidInputs("its manifest entry holds no inputs", agent_id=entry.agent_id,
+                                        hint="submit it again with its inputs")
+            except (InvalidTarget, InvalidInputs, ValueError) as exc:
+                log.error("node %s: not claiming agent %s: %s", claims.node, entry.agent_id, exc)
+                continue
+            batches.setdefault(entry.target, {})[entry.agent_id] = inputs
+        for target, agents in batches.items():
+            _launch(fleet, target, agents)
+            self.claimed.extend(a for a in agents if claims.ownership.holds(a))
+        if batches:
+            log.info("node %s: claimed %d agents (%d held)", claims.node,
+                     sum(len(b) for b in batches.values()), len(claims.ownership.held()))
+
+
+def _launch(fleet: Fleet, target: str, agents: dict[str, Any]) -> None:
+    """Launch what was claimable; an agent another node was faster to claim is simply not this node's (not an
+    outcome); any other refusal is that agent's outcome here."""
+    from .._base.errors import AgentOwned
+
+    try:
+        fleet.launch(target, agents)
+    except AgentShardsError as exc:
+        log.error("node: could not launch %d agents of %s: %s", len(agents), target, exc)
+        return
+    for agent_id in [a for a, e in fleet._failed.items() if a in agents and isinstance(e, AgentOwned)]:
+        del fleet._failed[agent_id]
+
+
+_ENDED_HERE = ("succeeded", "failed", "budget_exceeded", "gave_up")
+
+
+def submit(target: str, agents: Mapping[str, Mapping[str, Any]], replica: str, *,
+           env: Mapping[str, str] | None = None) -> dict[str, str | AgentShardsError]:
+    """Queue agents in the prefix for nodes to claim: ``agent_id -> "queued"``, or the error that refused
+    that agent (an id that already exists is refused, never queued over the first)."""
+    from .._base.errors import InvalidTarget
+    from .._core import codec as _codec
+    from .._core.shard import validate_agent_id
+    from .._replication.manifest import ManifestEntry
+    from .._replication.ownership import Ownership
+    from .._replication.states import QUEUED
+    from .run import check_replica
+
+    if not isinstance(target, str) or target.count(":") != 1 or not all(target.split(":")):
+        raise InvalidTarget(f"target {target!r} is not module:function", hint="e.g. myproject.agents:researcher")
+    env = dict(os.environ if env is None else env)
+    replica_target, store = check_replica(replica, env)
+    from .._replication.lease import probe_conditional_writes
+
+    probe_conditional_writes(store, replica_target)
+    ownership = Ownership(store, replica_target, node="submit", dir_id="")
+    results: dict[str, str | AgentShardsError] = {}
+    for agent_id, inputs in agents.items():
+        try:
+            validate_agent_id(agent_id)
+            text = _codec.canonical(dict(inputs))
+            entry = ManifestEntry(agent_id=agent_id, status=QUEUED, target=target, input_digest=_codec.digest(text),
+                                  run_id="", code_fingerprint=None, steps=0, updated_at=time.time(), inputs_json=text)
+            if ownership.create(entry, owned=False) is None:
+                raise InvalidInputs("an agent with this id already exists in the replica", agent_id=agent_id,
+                                    hint="agent ids are unique per prefix; `agentshards fleet` lists them")
+            results[agent_id] = QUEUED
+        except AgentShardsError as exc:
+            results[agent_id] = exc
+        except (TypeError, ValueError) as exc:
+            results[agent_id] = InvalidInputs(f"inputs are not JSON-able: {exc}", agent_id=agent_id,
+                                              hint="pass str/int/float/bool/None/list/dict inputs")
+    return results
+
