@@ -24,6 +24,7 @@ The tree is deliberately shallow so callers can catch at the level they care abo
     ├── DataDirLocked                another process owns the data dir (a fleet, run_agent with a replica)
     │   └── AgentLocked              another process is running (or changing) this agent
     ├── LeaseError                   another node holds (or took) the replica prefix
+    │   └── Fenced                   a fleet worker reached its supervisor's lease deadline: it writes nothing more
     └── LLMError                     a durable LLM call could not be made (config, not durable)
         └── LLMRequestRejected       the provider rejected the request itself (400/422): a recorded outcome
 
@@ -189,3 +190,11 @@ class AgentLocked(DataDirLocked):
 
 class LeaseError(AgentShardsError):
     """Another node holds the replica prefix's lease, or took it from this node."""
+
+
+class Fenced(LeaseError):
+    """A fleet worker reached its supervisor's lease deadline before a write or an LLM request.
+
+    Not an outcome of the agent: nothing is recorded (neither the step nor the run's end), the worker exits
+    without a result file, as if killed, and the agent resumes from its journal wherever it runs next. A type
+    of its own so a worker can tell it from every error an agent may end with."""
