@@ -69,7 +69,8 @@ def run_one(spec: dict[str, Any], agent_id: str, inputs: dict[str, Any]) -> None
         result = run_agent(spec["target"], agent_id=agent_id, data_dir=spec["data_dir"], config=config, **inputs)
         write_result(results, agent_id, {"status": "succeeded", "result": result})
     except Fenced as exc:  # not the agent's outcome: stop the whole worker now, as a SIGKILL would
-        logging.getLogger("agentshards").error("agent %s: %s; worker %d exits", agent_id, exc, os.getpid())
+        logging.getLogger("agentshards").error("agent %s: %s: %s; worker %d exits with %d", agent_id,
+                                               type(exc).__name__, exc, os.getpid(), FENCED_EXIT)
         os._exit(FENCED_EXIT)
     except Exception as exc:
         status = "budget_exceeded" if isinstance(exc, BudgetExceeded) else "failed"

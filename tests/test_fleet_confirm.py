@@ -1,0 +1,143 @@
+"""``replicated`` steps inside fleet workers (confirmed by their supervisor) and the workers' own lease fence,
+with real worker processes, real Litestream, loopback S3 and real signals."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import struct
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import apsw
+
+from agentshards import Fleet, RunConfig, inspect_agent, restore_agent
+
+from agent_process import TESTS_DIR
+from fault_proxy import FaultProxy
+
+
+def test_a_replicated_step_in_a_fleet_worker_is_in_the_replica_before_it_returns(tmp_path: Path) -> None:
+    replica = str(tmp_path / "replica")
+    fleet = Fleet(tmp_path / "d", replica=replica, app_dir=TESTS_DIR, agents_per_worker=2)
+    fleet.launch("confirm_agents:replicated_then_restored",
+                 {f"a{i}": {"n": 3, "source": replica, "scratch": str(tmp_path / "scratch")} for i in range(2)})
+    results = fleet.wait(timeout_s=120)
+    for agent_id in ("a0", "a1"):
+        # restored from the replica inside the worker right after each step returned: every step was there
+        assert results[agent_id] == [["rep"], ["rep", "rep#2"], ["rep", "rep#2", "rep#3"]], results[agent_id]
+        (run,) = inspect_agent(tmp_path / "d", agent_id).runs
+        assert all(step.replicated_at is not None for step in run.steps)  # the journal records the confirmation
+
+
+def test_a_failed_confirmation_reaches_the_agent_as_a_replication_error(
+        tmp_path: Path, moto_endpoint: str, s3_env: dict[str, str], bucket: str) -> None:
+    proxy = FaultProxy(int(moto_endpoint.rsplit(":", 1)[1]))
+    proxy.errors(1.0, only=f"/{bucket}/fleet/agents/")  # no upload of any shard lands; the lease is untouched
+    fleet = Fleet(tmp_path / "d", f"s3://{bucket}/fleet", app_dir=TESTS_DIR,
+                  env=dict(s3_env, AWS_ENDPOINT_URL_S3=proxy.endpoint),
+                  run_config=RunConfig(replication_timeout_s=2.0))
+    outcome: dict[str, Any] = {}
+    try:
+        fleet.launch("confirm_agents:replicated_error", {"e1": {}})
+        runner = threading.Thread(target=lambda: outcome.update(fleet.wait(timeout_s=120)))
+        runner.start()
+        result_file = tmp_path / "d" / ".fleet" / "results" / "e1.json"
+        deadline = time.monotonic() + 60
+        while not result_file.exists() and runner.is_alive():
+            assert time.monotonic() < deadline, "the agent never ended"
+            time.sleep(0.05)
+        proxy.errors(0.0)  # let the fleet's final sync and manifest through
+        runner.join()
+    finally:
+        fleet.close()
+        proxy.close()
+    assert outcome["e1"]["type"] == "ReplicationError", outcome
+    assert outcome["e1"]["agent_id"] == "e1"
+    (run,) = inspect_agent(tmp_path / "d", "e1").runs
+    assert [(s.name, s.replicated_at) for s in run.steps] == [("rep", None)]  # recorded, never confirmed
+
+
+def test_workers_confirm_through_the_supervisor_without_any_aws_credential(
+        tmp_path: Path, s3_env: dict[str, str], bucket: str) -> None:
+    replica = f"s3://{bucket}/fleet"
+    fleet = Fleet(tmp_path / "d", replica, app_dir=TESTS_DIR, env=s3_env)
+    fleet.launch("confirm_agents:environ_then_replicated", {"w1": {"n": 2}})
+    result = fleet.wait(timeout_s=120)["w1"]
+    assert result == {"aws": [], "canary": []}, result  # the secret is "testing-secret-canary"
+    (run,) = inspect_agent(tmp_path / "d", "w1").runs
+    assert [s.replicated_at is not None for s in run.steps] == [True, True]
+    restore_agent("w1", tmp_path / "elsewhere", replica, env=s3_env)
+    (restored,) = inspect_agent(tmp_path / "elsewhere", "w1").runs
+    assert [s.name for s in restored.steps] == ["rep", "rep#2"]
+
+
+SUPERVISOR = """
+import json, sys
+from agentshards import Fleet, LeaseError
+args = json.loads(sys.argv[1])
+fleet = Fleet(args["data_dir"], args["replica"], app_dir=args["app_dir"], env=args["env"], lease_ttl_s=args["ttl"])
+fleet.launch("confirm_agents:ticking", {"t1": {"n": 100000, "pause_s": 0.01}})
+try:
+    fleet.wait(timeout_s=120)
+except LeaseError as exc:
+    print("fenced:", type(exc).__name__, exc.message, flush=True)
+    sys.exit(3)
+print("not fenced", flush=True)
+"""
+
+
+def _steps(shard: Path) -> tuple[int, float, list[str]]:
+    conn = apsw.Connection(f"file:{shard}?mode=ro", flags=apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI)
+    try:
+        count, last = next(conn.execute("SELECT COUNT(*), COALESCE(MAX(completed_at), 0) FROM steps"))
+        statuses = [row[0] for row in conn.execute("SELECT status FROM workflows")]
+    finally:
+        conn.close()
+    return int(count), float(last), statuses
+
+
+def test_workers_of_a_paused_supervisor_stop_committing_at_its_lease_deadline(
+        tmp_path: Path, s3_env: dict[str, str], bucket: str) -> None:
+    ttl = 3.0
+    data_dir = tmp_path / "d"
+    args = {"data_dir": str(data_dir), "replica": f"s3://{bucket}/fleet", "app_dir": str(TESTS_DIR), "env": s3_env,
+            "ttl": ttl}
+    proc = subprocess.Popen([sys.executable, "-c", SUPERVISOR, json.dumps(args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=dict(s3_env, PYTHONPATH=os.pathsep.join(sys.path)))
+    shard, fence_file = data_dir / "t1.db", data_dir / ".fleet" / "lease-deadline"
+    try:
+        deadline = time.monotonic() + 60
+        while not shard.exists() or _steps(shard)[0] < 20:
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.stderr else ""
+            time.sleep(0.05)
+        worker_log = data_dir / ".fleet" / "logs" / "t1.log"
+        proc.send_signal(signal.SIGSTOP)  # the supervisor alone: its zygote, workers and Litestream run on
+        stopped_at = time.monotonic()
+        fence_at = struct.unpack("<dd", fence_file.read_bytes())[0]  # its last renewal's deadline (monotonic)
+        assert stopped_at < fence_at <= stopped_at + ttl
+        wall_fence = time.time() - (time.monotonic() - fence_at)
+        while time.monotonic() < fence_at + 1.0:
+            time.sleep(0.05)
+        count, last, statuses = _steps(shard)
+        time.sleep(1.5)
+        assert _steps(shard) == (count, last, statuses)  # nothing more committed, with the supervisor still paused
+        assert wall_fence - 1.0 < last <= wall_fence + 0.05  # steps went on until the deadline, none after it
+        assert statuses == ["running"]  # no run end recorded
+        assert not (data_dir / ".fleet" / "results" / "t1.json").exists()
+        assert "t1: Fenced: " in worker_log.read_text()  # the worker stopped itself: not killed by anyone
+        proc.send_signal(signal.SIGCONT)
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 3, (out, err[-3000:])  # the supervisor fenced itself as soon as it ran again
+        assert out.startswith("fenced: LeaseError"), out
+        assert _steps(shard) == (count, last, statuses)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGCONT)
+            proc.kill()
+            proc.wait()
