@@ -15,8 +15,19 @@ from pathlib import Path
 from typing import Any
 
 import apsw
+import pytest
 
-from agentshards import Fleet, RunConfig, inspect_agent, restore_agent
+from agentshards import Fleet, LeaseError, RunConfig, inspect_agent, restore_agent
+from agentshards._base.config import ShardConfig
+from agentshards._base.errors import Fenced
+from agentshards._core import fence
+from agentshards._core.shard import open_shard
+from agentshards._core.sqlite import write_transaction
+from agentshards._fleet.fence_file import DeadlineFence, DeadlineWriter
+from agentshards._replication.lease import Lease, LeaseConfig
+from agentshards._replication.lease_keeper import LeaseKeeper
+from agentshards._replication.objectstore import LocalStore
+from agentshards._replication.replica import ReplicaTarget
 
 from agent_process import TESTS_DIR
 from fault_proxy import FaultProxy
@@ -94,6 +105,7 @@ print("not fenced", flush=True)
 
 def _steps(shard: Path) -> tuple[int, float, list[str]]:
     conn = apsw.Connection(f"file:{shard}?mode=ro", flags=apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI)
+    conn.set_busy_timeout(5000)  # Litestream checkpoints the shard meanwhile
     try:
         count, last = next(conn.execute("SELECT COUNT(*), COALESCE(MAX(completed_at), 0) FROM steps"))
         statuses = [row[0] for row in conn.execute("SELECT status FROM workflows")]
@@ -141,3 +153,57 @@ def test_workers_of_a_paused_supervisor_stop_committing_at_its_lease_deadline(
             proc.send_signal(signal.SIGCONT)
             proc.kill()
             proc.wait()
+
+
+def test_a_lease_keeper_woken_past_its_deadline_fences_instead_of_renewing(tmp_path: Path) -> None:
+    """A paused process wakes with both keeper threads due: the renewal must not win the race and carry on
+    a node whose workers stopped at the deadline (and whose prefix another node may have taken)."""
+    jump = [0.0]
+    lease = Lease(LocalStore(tmp_path), ReplicaTarget("file", root=tmp_path), LeaseConfig(1.2, 0.3), owner="n",
+                  clock=lambda: time.monotonic() + jump[0])
+    keeper = LeaseKeeper(lease)
+    fenced: list[LeaseError] = []
+    deadlines: list[float] = []
+    keeper.add_fence(fenced.append)
+    keeper.acquire()
+    try:
+        keeper.add_renewal_listener(deadlines.append)
+        assert deadlines == [lease.deadline()]  # the current deadline at once: workers start fenced by it
+        renewed = time.monotonic() + 5
+        while len(deadlines) < 2:  # the next renewal moves it forward
+            assert time.monotonic() < renewed, "no renewal reached the listener"
+            time.sleep(0.01)
+        assert deadlines[1] > deadlines[0]
+        seq = lease.seq
+        jump[0] = 5.0  # as if the process had been stopped for 5 s: the renewal thread wakes first
+        waited = time.monotonic() + 0.6  # the next renewal is due 0.4 s after the last; the old deadline later
+        while not fenced:
+            assert time.monotonic() < waited, "woken past its deadline, the keeper renewed instead of fencing"
+            time.sleep(0.01)
+        assert lease.seq == seq  # nothing written after the deadline
+    finally:
+        keeper.release()
+
+
+def test_the_worker_fence_refuses_commits_past_the_deadline_and_rolls_them_back(tmp_path: Path) -> None:
+    writer = DeadlineWriter(tmp_path / "lease-deadline")
+    check = DeadlineFence(tmp_path / "lease-deadline")
+    conn = open_shard(tmp_path, "f1", ShardConfig())
+    fence.install(check)
+    try:
+        with pytest.raises(Fenced):  # before the first deadline is written: fenced, never a stale file's
+            check("f1")
+        writer.write(time.monotonic() + 60)
+        with write_transaction(conn):
+            conn.execute("CREATE TABLE t(x)")
+        writer.write(time.monotonic() - 0.001)
+        with pytest.raises(Fenced) as caught, write_transaction(conn):
+            conn.execute("INSERT INTO t VALUES (1)")
+        assert not conn.in_transaction
+        assert list(conn.execute("SELECT COUNT(*) FROM t")) == [(0,)]  # rolled back, not committed
+        assert caught.value.hint is not None
+    finally:
+        fence.install(None)
+        conn.close()
+        writer.close()
+    fence.check("f1")  # nothing installed: a no-op
