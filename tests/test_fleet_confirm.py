@@ -17,13 +17,14 @@ from typing import Any
 import apsw
 import pytest
 
-from agentshards import Fleet, LeaseError, RunConfig, inspect_agent, restore_agent
-from agentshards._base.config import ShardConfig
+from agentshards import Fleet, LeaseError, ReplicationError, RunConfig, inspect_agent, restore_agent
+from agentshards._base.config import ShardConfig, litestream_owned
 from agentshards._base.errors import Fenced
 from agentshards._core import fence
 from agentshards._core.shard import open_shard
 from agentshards._core.sqlite import write_transaction
 from agentshards._fleet.fence_file import DeadlineFence, DeadlineWriter
+from agentshards._fleet.run import start_replication
 from agentshards._replication.lease import Lease, LeaseConfig
 from agentshards._replication.lease_keeper import LeaseKeeper
 from agentshards._replication.objectstore import LocalStore
@@ -207,3 +208,49 @@ def test_the_worker_fence_refuses_commits_past_the_deadline_and_rolls_them_back(
         conn.close()
         writer.close()
     fence.check("f1")  # nothing installed: a no-op
+
+
+def test_one_agents_stuck_confirmation_does_not_hold_up_anothers(
+        tmp_path: Path, moto_endpoint: str, s3_env: dict[str, str], bucket: str) -> None:
+    """A fleet's supervisor confirms many agents' steps at once: each waits for its own sync only."""
+    proxy = FaultProxy(int(moto_endpoint.rsplit(":", 1)[1]))
+    config = litestream_owned(RunConfig())
+    replication = start_replication(tmp_path / "d", f"s3://{bucket}/r", config,
+                                    dict(s3_env, AWS_ENDPOINT_URL_S3=proxy.endpoint))
+    shards = {a: open_shard(tmp_path / "d", a, config.shard) for a in ("stuck", "fast")}
+    try:
+        for agent_id, conn in shards.items():
+            replication.litestream.register(agent_id)
+            with write_transaction(conn):
+                conn.execute("CREATE TABLE t(x)")
+            replication.confirm(agent_id, 20.0)  # both replicas healthy, snapshots checked
+        proxy.errors(1.0, only=f"/{bucket}/r/agents/stuck/")  # nothing of "stuck" reaches the replica now
+        for conn in shards.values():
+            with write_transaction(conn):
+                conn.execute("INSERT INTO t VALUES (1)")
+        stuck: list[BaseException] = []
+
+        def confirm_stuck() -> None:
+            try:
+                replication.confirm("stuck", 4.0)
+            except ReplicationError as exc:
+                stuck.append(exc)
+
+        waiting = threading.Thread(target=confirm_stuck)
+        waiting.start()
+        deadline = time.monotonic() + 10
+        while proxy.injected == 0:  # its sync has begun: its upload was refused
+            assert time.monotonic() < deadline, "the stuck agent's sync never reached S3"
+            time.sleep(0.01)
+        started = time.monotonic()
+        replication.confirm("fast", 20.0)
+        took = time.monotonic() - started
+        waiting.join()
+        assert took < 2.0, f"the other agent's confirmation waited {took:.1f}s behind the stuck one"
+        assert len(stuck) == 1 and stuck[0].agent_id == "stuck"
+    finally:
+        proxy.errors(0.0)  # Litestream's shutdown sync goes through
+        for conn in shards.values():
+            conn.close()
+        replication.litestream.stop()
+        proxy.close()
