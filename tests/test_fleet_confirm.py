@@ -27,8 +27,10 @@ from agentshards._fleet.fence_file import DeadlineFence, DeadlineWriter
 from agentshards._fleet.run import start_replication
 from agentshards._replication.lease import Lease, LeaseConfig
 from agentshards._replication.lease_keeper import LeaseKeeper
+from agentshards._replication.litestream import SyncResult
 from agentshards._replication.objectstore import LocalStore
 from agentshards._replication.replica import ReplicaTarget
+from agentshards._replication.replication import Replication
 
 from agent_process import TESTS_DIR
 from fault_proxy import FaultProxy
@@ -254,3 +256,39 @@ def test_one_agents_stuck_confirmation_does_not_hold_up_anothers(
             conn.close()
         replication.litestream.stop()
         proxy.close()
+
+
+class _RacingLitestream:
+    """Answers syncs as Litestream did in a busy fleet: "replica behind" while its own monitor's upload of the
+    shard is still under way, caught up once asked again."""
+
+    config = RunConfig().litestream
+
+    def __init__(self, answers: list[SyncResult]) -> None:
+        self.answers, self.calls = answers, 0
+        self.registered: list[str] = []
+
+    def ensure_running(self) -> bool:
+        return True
+
+    def databases(self, timeout_s: float = 10.0) -> list[dict[str, Any]]:
+        return []
+
+    def sync(self, agent_id: str, timeout_s: float | None = None) -> SyncResult:
+        self.calls += 1
+        return self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+
+
+def test_a_sync_that_finds_the_replica_behind_is_asked_again_until_the_deadline(tmp_path: Path) -> None:
+    racing = _RacingLitestream([SyncResult(18, 17), SyncResult(18, 18)])
+    replication = Replication(racing, LocalStore(tmp_path), ReplicaTarget("file", root=tmp_path))  # type: ignore[arg-type]
+    replication._healthy_at["a"] = time.monotonic()  # its snapshot was checked: only the sync is under test
+    replication.confirm("a", 5.0)
+    assert racing.calls == 2
+    behind = _RacingLitestream([SyncResult(18, 17)])  # never catches up: fails at the deadline, not before
+    replication = Replication(behind, LocalStore(tmp_path), ReplicaTarget("file", root=tmp_path))  # type: ignore[arg-type]
+    replication._healthy_at["a"] = time.monotonic()
+    started = time.monotonic()
+    with pytest.raises(ReplicationError, match="replica at txid 17, local at 18"):
+        replication.confirm("a", 0.3)
+    assert 0.25 < time.monotonic() - started < 2.0 and behind.calls > 2
