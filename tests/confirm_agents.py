@@ -49,3 +49,10 @@ def environ_then_replicated(agent: agentshards.Agent, n: int) -> dict[str, Any]:
     return {"aws": sorted(k for k in environ if k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
                                                       "AWS_SESSION_TOKEN", "AWS_PROFILE")),
             "canary": [k for k, v in environ.items() if "canary" in v]}
+
+
+def llm_and_plain(agent: agentshards.Agent) -> str:
+    """One LLM step and one plain step (their durability comes from the run's settings)."""
+    answer = agent.llm.chat.completions.create(model="fake-model", messages=[{"role": "user", "content": "hi"}])
+    agent.step("plain", lambda: 1)
+    return str(answer.id)

@@ -17,7 +17,15 @@ from typing import Any
 import apsw
 import pytest
 
-from agentshards import Fleet, LeaseError, ReplicationError, RunConfig, inspect_agent, restore_agent
+from agentshards import (
+    FakeLLMServer,
+    Fleet,
+    LeaseError,
+    ReplicationError,
+    RunConfig,
+    inspect_agent,
+    restore_agent,
+)
 from agentshards._base.config import ShardConfig, litestream_owned
 from agentshards._base.errors import Fenced
 from agentshards._core import fence
@@ -47,6 +55,19 @@ def test_a_replicated_step_in_a_fleet_worker_is_in_the_replica_before_it_returns
         assert results[agent_id] == [["rep"], ["rep", "rep#2"], ["rep", "rep#2", "rep#3"]], results[agent_id]
         (run,) = inspect_agent(tmp_path / "d", agent_id).runs
         assert all(step.replicated_at is not None for step in run.steps)  # the journal records the confirmation
+
+
+@pytest.mark.parametrize("llm_durability", [None, "replicated"])
+def test_fleet_workers_take_the_fleets_llm_durability(tmp_path: Path, llm_durability: str | None) -> None:
+    with FakeLLMServer() as llm:
+        env = dict(os.environ, OPENAI_API_KEY="k", OPENAI_BASE_URL=llm.base_url)
+        fleet = Fleet(tmp_path / "d", str(tmp_path / "replica"), app_dir=TESTS_DIR, env=env,
+                      run_config=RunConfig(llm_durability=llm_durability))  # type: ignore[arg-type]
+        fleet.launch("confirm_agents:llm_and_plain", {"l1": {}})
+        assert isinstance(fleet.wait(timeout_s=120)["l1"], str)
+    (run,) = inspect_agent(tmp_path / "d", "l1").runs
+    confirmed = {s.name: s.replicated_at is not None for s in run.steps}
+    assert confirmed == {"llm#1": llm_durability == "replicated", "plain": False}  # LLM steps only; local by default
 
 
 def test_a_failed_confirmation_reaches_the_agent_as_a_replication_error(
