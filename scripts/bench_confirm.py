@@ -46,6 +46,19 @@ def measure(agents: int, durability: str, period: float, duration: float, env: d
     fleet.launch("_bench_confirm_agent:timed_llm", {f"a{i:05d}": {"period": period, "calls": calls}
                                                      for i in range(agents)})
     launch_s = time.monotonic() - t0
+    confirms: list[float] = []  # the supervisor's side of each confirmation (Litestream's sync -wait), ms
+    if fleet._links is not None:
+        server = fleet._links.server
+        inner = server._confirm
+
+        def timed(agent_id: str, timeout_s: float) -> None:
+            start = time.perf_counter()
+            try:
+                inner(agent_id, timeout_s)
+            finally:
+                confirms.append((time.perf_counter() - start) * 1000)
+
+        server._confirm = timed
     results: dict[str, object] = {}
     runner = threading.Thread(target=lambda: results.update(fleet.wait()))
     runner.start()
@@ -70,7 +83,9 @@ def measure(agents: int, durability: str, period: float, duration: float, env: d
     return (f"{agents:>5} agents, {durability:>10}: launch {launch_s:5.1f} s; {len(steps)} steps; latency p50 "
             f"{pct(latencies, 0.5):6.1f} ms, p99 {pct(latencies, 0.99):7.1f} ms, max {max(latencies):7.1f} ms "
             f"(after each agent's first step: p50 {pct(steady, 0.5):6.1f} ms, p99 {pct(steady, 0.99):7.1f} ms); "
-            f"S3 {per_step:.2f} requests/step ({requests} in {end - start:.0f} s, {len(inside)} steps); "
+            + (f"confirm in the supervisor p50 {pct(confirms, 0.5):.1f} ms, p99 {pct(confirms, 0.99):.1f} ms; "
+               if confirms else "")
+            + f"S3 {per_step:.2f} requests/step ({requests} in {end - start:.0f} s, {len(inside)} steps); "
             f"finished {agents - len(failed)}/{agents}" + "".join(f"\n       not finished: {e}" for e in failed[:3]))
 
 
