@@ -31,6 +31,7 @@ from agentshards._base.errors import Fenced
 from agentshards._core import fence
 from agentshards._core.shard import open_shard
 from agentshards._core.sqlite import write_transaction
+from agentshards._fleet.confirm import confirm_socket_for
 from agentshards._fleet.fence_file import DeadlineFence, DeadlineWriter
 from agentshards._fleet.run import start_replication
 from agentshards._replication.lease import Lease, LeaseConfig
@@ -313,3 +314,10 @@ def test_a_sync_that_finds_the_replica_behind_is_asked_again_until_the_deadline(
     with pytest.raises(ReplicationError, match="replica at txid 17, local at 18"):
         replication.confirm("a", 0.3)
     assert 0.25 < time.monotonic() - started < 2.0 and behind.calls > 2
+
+
+def test_the_confirmation_socket_of_a_deep_data_dir_fits_a_unix_socket_path(tmp_path: Path) -> None:
+    assert confirm_socket_for(tmp_path / ".fleet") == tmp_path / ".fleet" / "confirm.sock"
+    deep = tmp_path / ("d" * 120) / ".fleet"
+    path = confirm_socket_for(deep)
+    assert len(str(path).encode()) < 108 and path != confirm_socket_for(tmp_path / ("e" * 120) / ".fleet")
