@@ -6,7 +6,10 @@ with ``"replicated"`` (each step then waits for the supervisor to confirm that t
 per run: step latency as agent code sees it (p50, p99, max), and S3 requests per step, counted at the proxy
 over the window in which every agent was stepping (launch, first snapshots and the final syncs excluded).
 
-    python scripts/bench_confirm.py [--agents 100 1000] [--period 5] [--duration 60]
+    python scripts/bench_confirm.py [--agents 100 1000] [--period 5] [--duration 60] [--modes local replicated bare]
+
+``bare`` measures Litestream's side alone: ``Replication.confirm`` on as many shards from threads of this
+process, one commit and one confirmation per shard and period, no fleet.
 
 Run it alone: the numbers are the machine's, and anything else running shifts the p99.
 """
@@ -16,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import random
 import resource
 import shutil
 import sys
@@ -89,12 +93,53 @@ def measure(agents: int, durability: str, period: float, duration: float, env: d
             f"finished {agents - len(failed)}/{agents}" + "".join(f"\n       not finished: {e}" for e in failed[:3]))
 
 
+def measure_bare(agents: int, period: float, duration: float, env: dict[str, str], work: Path) -> str:
+    """Litestream's side alone: one Replication in this process, ``agents`` shards, one commit and one
+    ``confirm`` per shard every ``period`` seconds, no workers (what a confirmation costs without a fleet)."""
+    from agentshards._base.config import litestream_owned
+    from agentshards._core.shard import open_shard
+    from agentshards._core.sqlite import write_transaction
+    from agentshards._fleet.run import start_replication
+
+    config = litestream_owned(agentshards.RunConfig())
+    replication = start_replication(work / f"bare-{agents}", f"s3://bench/bare-{agents}", config, env)
+    latencies: list[float] = []
+
+    def shard(i: int) -> None:
+        agent_id = f"b{i:05d}"
+        conn = open_shard(work / f"bare-{agents}", agent_id, config.shard)
+        replication.litestream.register(agent_id)
+        with write_transaction(conn):
+            conn.execute("CREATE TABLE t(x)")
+        replication.confirm(agent_id, 60.0)  # the first snapshot, not measured
+        time.sleep(random.uniform(0, period))
+        end = time.monotonic() + duration
+        while time.monotonic() < end:
+            with write_transaction(conn):
+                conn.execute("INSERT INTO t VALUES (1)")
+            start = time.perf_counter()
+            replication.confirm(agent_id, 60.0)
+            latencies.append((time.perf_counter() - start) * 1000)
+            time.sleep(period)
+        conn.close()
+
+    threads = [threading.Thread(target=shard, args=(i,)) for i in range(agents)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    replication.litestream.stop()
+    return (f"{agents:>5} shards, bare confirm (no fleet): {len(latencies)} confirms; "
+            f"p50 {pct(latencies, 0.5):.1f} ms, p99 {pct(latencies, 0.99):.1f} ms, max {max(latencies):.1f} ms")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--agents", type=int, nargs="+", default=[100, 1000])
     parser.add_argument("--period", type=float, default=5.0)
     parser.add_argument("--duration", type=float, default=60.0)
-    parser.add_argument("--modes", nargs="+", default=["local", "replicated"], choices=["local", "replicated"])
+    parser.add_argument("--modes", nargs="+", default=["local", "replicated"], choices=["local", "replicated", "bare"],
+                        help="bare: Replication.confirm alone on as many shards, no fleet")
     args = parser.parse_args()
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # 1,000 shards: Litestream and workers need fds
@@ -110,7 +155,10 @@ def main() -> None:
     try:
         for agents in args.agents:
             for mode in args.modes:
-                print(measure(agents, mode, args.period, args.duration, env, harness, tmp_root), flush=True)
+                if mode == "bare":
+                    print(measure_bare(agents, args.period, args.duration, env, tmp_root), flush=True)
+                else:
+                    print(measure(agents, mode, args.period, args.duration, env, harness, tmp_root), flush=True)
     finally:
         harness.close()
         moto.terminate()
