@@ -126,6 +126,11 @@ class RunConfig:
     durability: Durability = "local"
     """Default for every step: ``local`` (durable once committed here) or ``replicated`` (the step returns
     only once the replica confirmed it; needs a replica). Steps override it with agent.options()."""
+    llm_durability: Durability | None = None
+    """Default for LLM steps; ``None`` takes ``durability``. ``replicated`` keeps every paid answer safe from node
+    loss before the agent sees it (in a fleet the supervisor confirms it for the worker). Not the default in
+    fleets: it costs a wait for Litestream's upload and about one more S3 request per step, measured above
+    50 ms at p99 on a 2-core machine (scripts/bench_confirm.py, docs/fleets.md)."""
     replication_timeout_s: float = 30.0
     budget_usd: float | None = None
     """Per-agent spend limit, checked before every LLM call against recorded spend (all runs of the agent).
@@ -144,8 +149,9 @@ class RunConfig:
     def __post_init__(self) -> None:
         if self.in_flight not in ("retry", "fail"):
             raise ValueError(f"in_flight must be 'retry' or 'fail', not {self.in_flight!r}")
-        if self.durability not in ("local", "replicated"):
-            raise ValueError(f"durability must be 'local' or 'replicated', not {self.durability!r}")
+        if self.durability not in ("local", "replicated") or self.llm_durability not in (None, "local", "replicated"):
+            raise ValueError(f"durability and llm_durability must be 'local' or 'replicated', not "
+                             f"{self.durability!r}, {self.llm_durability!r}")
         if not self.lease_ttl_s > 0:
             raise ValueError(f"lease_ttl_s must be > 0, not {self.lease_ttl_s!r}")
 

@@ -25,7 +25,8 @@ The tree is deliberately shallow so callers can catch at the level they care abo
     │   └── AgentLocked              another process is running (or changing) this agent
     ├── LeaseError                   this node lost its lease, or another node owns what it asked for
     │   ├── AgentOwned               a live node owns the agent (names it; ``node`` attribute)
-    │   └── OwnershipLost            another node claimed an agent this node was running
+    │   ├── OwnershipLost            another node claimed an agent this node was running
+    │   └── Fenced                   a fleet worker reached its supervisor's lease deadline: it writes nothing more
     └── LLMError                     a durable LLM call could not be made (config, not durable)
         └── LLMRequestRejected       the provider rejected the request itself (400/422): a recorded outcome
 
@@ -205,3 +206,11 @@ class AgentOwned(LeaseError):
 class OwnershipLost(LeaseError):
     """Another node claimed an agent this node was running (its record moved to a newer generation): this
     node stops that agent and writes nothing more for it."""
+
+
+class Fenced(LeaseError):
+    """A fleet worker reached its supervisor's lease deadline before a write or an LLM request.
+
+    Not an outcome of the agent: nothing is recorded (neither the step nor the run's end), the worker exits
+    without a result file, as if killed, and the agent resumes from its journal wherever it runs next. A type
+    of its own so a worker can tell it from every error an agent may end with."""

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from .._base.config import LLMConfig
 from .._base.errors import BudgetExceeded, LLMError, LLMRequestRejected, StepTimeout
 from . import codec as _codec
+from . import fence as _fence
 from .ledger import cost_of, usage_of
 from .steps import LLM, StepCall, StepOptions, StepRunner
 
@@ -126,6 +127,7 @@ def _perform(agent: StepRunner, call: StepCall, endpoint: str, request: dict[str
         timeout = min(config.timeout_s, max(remaining(), 0.001))
         started = time.monotonic()
         try:
+            _fence.check(agent.agent_id)  # a fenced fleet worker sends nothing more
             response = create(**{"timeout": timeout, **request})
         except openai.APIStatusError:
             agent._journal.end_attempt(agent.run_id, call.name, number, "error")  # answered: not in flight

@@ -16,6 +16,7 @@ import apsw
 
 from .._base.config import ShardConfig
 from .._base.errors import AgentShardsError, ShardError
+from . import fence as _fence
 
 T = TypeVar("T")
 
@@ -184,8 +185,8 @@ class write_transaction:
 
     A DEFERRED transaction that later upgrades to a write gets SQLITE_BUSY immediately, ignoring the
     busy timeout, which is the classic "database is locked" with Litestream attached. COMMIT can fail
-    too (disk full): then the transaction is rolled back. A class, not a generator: it sits on the
-    per-step hot path.
+    too (disk full): then the transaction is rolled back, as it is when the process's write fence
+    (``fence.py``) refuses the commit. A class, not a generator: it sits on the per-step hot path.
     """
 
     __slots__ = ("_conn",)
@@ -200,6 +201,7 @@ class write_transaction:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
         if exc_type is None:
             try:
+                _fence.check()  # a fenced fleet worker commits nothing more (rolled back below)
                 self._conn.execute("COMMIT")
                 return
             except BaseException:

@@ -203,7 +203,8 @@ class StepRunner:
         name = self._claim(base)
         try:
             input_hash = _codec.digest(input_text)
-            replicated = (options.durability or self._config.durability) == "replicated"
+            replicated = (options.durability or (self._config.llm_durability if kind == LLM else None)
+                          or self._config.durability) == "replicated"
             if replicated and self._confirm is None:
                 raise ReplicationError("durability 'replicated' needs a replica", agent_id=self.agent_id, step=name,
                                        hint="pass replica='s3://bucket/prefix' (or a directory) to run_agent")

@@ -51,6 +51,7 @@ from .._replication.states import (
 )
 from .run import _check_inputs, check_replica, code_fingerprint, start_replication
 from .supervisor import AgentState, Supervisor
+from .worker_links import WorkerLinks, run_spec
 
 if TYPE_CHECKING:
     from .claims import Claims
@@ -85,6 +86,7 @@ class Fleet:
         self._claims: Claims | None = None  # this node's lease and the agents it owns (with a replica)
         self._claim_races_expected = False  # set by Node: losing a claim race is routine there
         self.node_id = node_id
+        self._links: WorkerLinks | None = None  # the workers' confirmation socket and lease fence
         self._watchdog: threading.Thread | None = None
         self._finals: ThreadPoolExecutor | None = None  # _on_final's work, off the supervisor loop
         # agents whose launch or finalisation failed: that error is their outcome in wait()'s results
@@ -185,10 +187,18 @@ class Fleet:
             self.close()
             raise
         self._supervisor = Supervisor(self.data_dir, self.app_dir, self.config, self._env, self.run_config.shard,
-                                      on_final=self._on_final, on_tick=self._on_tick)
+                                      on_final=self._on_final, on_tick=self._on_tick,
+                                      worker_spec={"run": run_spec(self.run_config)})
         if self._claims is not None:
             self._claims.keeper.add_fence(self._supervisor.halt)
+            self._links = WorkerLinks(self._supervisor.fleet_dir, self._replication, self._claims.keeper, self._runs)
+            self._supervisor.worker_spec.update(self._links.spec)
         return self._supervisor
+
+    def _runs(self, agent_id: str) -> bool:
+        """Whether this supervisor runs the agent now: only then does it confirm the agent's steps."""
+        state = self._supervisor.agents.get(agent_id) if self._supervisor is not None else None
+        return state is not None and state.status == RUNNING
 
     def wait(self, timeout_s: float | None = None) -> dict[str, Any]:
         """Run the fleet to the end; return ``agent_id -> result``, or the exception that ended the agent or
@@ -224,6 +234,9 @@ class Fleet:
         if self._finals is not None:  # they need Litestream and the store: finish them before those stop
             self._finals.shutdown(wait=True)
             self._finals = None
+        if self._links is not None:
+            self._links.close()
+            self._links = None
         if self._watchdog is not None:
             self._watchdog_stop.set()
             self._watchdog.join()

@@ -32,6 +32,7 @@ from .._core.shard import open_shard, validate_agent_id
 from .._core.sqlite import require_sqlite
 from .._core.target import AgentFn, target_of
 from .._core.target_policy import TargetPolicy, resolve_stored
+from .confirm import supervisor_confirm
 
 if TYPE_CHECKING:  # replication modules load only when a replica is used: `import agentshards` stays fast
     from .._replication.objectstore import ObjectStore
@@ -175,7 +176,8 @@ def _execute(journal: Journal, replication: Replication | None, claims: Claims |
         publish(run)
         raise _failure(agent_id, run.error_json, run.status)
     publish(run)
-    agent = Agent(journal, run.id, config, None if replication is None else replication.confirm, run.executions)
+    confirm = supervisor_confirm.get() if replication is None else replication.confirm  # a fleet worker: its supervisor
+    agent = Agent(journal, run.id, config, confirm, run.executions)
     try:
         result = func(agent, **_codec.loads(input_json))
     except BudgetExceeded as exc:

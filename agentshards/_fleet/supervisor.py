@@ -87,6 +87,7 @@ class Supervisor:
     shard: ShardConfig = field(default_factory=ShardConfig)  # how workers open shards (the fleet's settings)
     on_final: Callable[[AgentState], None] = lambda state: None
     on_tick: Callable[[], None] = lambda: None
+    worker_spec: dict[str, Any] = field(default_factory=dict)  # more for every worker (its fence, confirm socket)
     clock: Callable[[], float] = time.monotonic
     sleep: Callable[[float], None] = time.sleep
     agents: dict[str, AgentState] = field(default_factory=dict)
@@ -215,7 +216,7 @@ class Supervisor:
         self.fleet_dir.mkdir(parents=True, exist_ok=True)
         spec = {"data_dir": str(self.data_dir), "target": batch[0].target, "app_dir": str(self.app_dir),
                 "results_dir": str(self.results_dir), "shard": asdict(self.shard),
-                "agents": [{"agent_id": a.agent_id, "inputs": a.inputs} for a in batch]}
+                "agents": [{"agent_id": a.agent_id, "inputs": a.inputs} for a in batch], **self.worker_spec}
         fd, name = tempfile.mkstemp(dir=self.fleet_dir, prefix=f"worker-{self._serial}-", suffix=".json")
         with os.fdopen(fd, "w") as f:  # mkstemp: mode 0600
             json.dump(spec, f)

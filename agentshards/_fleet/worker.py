@@ -4,6 +4,10 @@ It hosts the agents listed in the spec as threads (LLM-bound agents wait on I/O)
 shard, connection and log file (``.fleet/logs/<agent_id>.log``), and writes one result file per agent
 when that agent's ``run_agent`` returns.
 The supervisor learns a worker died from its exit status: agents without a result file are restarted.
+
+With a replica, the spec also names the supervisor's confirmation socket (``replicated`` steps are confirmed
+there, ``confirm.py``) and its lease-deadline file (``fence_file.py``): past that deadline every commit and
+LLM request raises Fenced, and the worker exits at once with FENCED_EXIT, writing no result file, as if killed.
 """
 
 from __future__ import annotations
@@ -14,14 +18,20 @@ import os
 import sys
 import threading
 import traceback
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from .._base.atomic import write_json_atomic
-from .._base.errors import AgentFailed, BudgetExceeded, InvalidInputs, InvalidTarget, RunMismatch
+from .._base.errors import AgentFailed, BudgetExceeded, Fenced, InvalidInputs, InvalidTarget, RunMismatch
+from .._core import fence
+from .confirm import SupervisorConfirm, supervisor_confirm
+from .fence_file import DeadlineFence
 
 # Outcomes that running the agent again cannot change: the supervisor does not restart these.
 FINAL_ERRORS = (AgentFailed, BudgetExceeded, RunMismatch, InvalidInputs, InvalidTarget)
+FENCED_EXIT = 75
+"""A worker's exit code when its supervisor's lease deadline passed (EX_TEMPFAIL): nothing more was written."""
 
 
 def write_result(results_dir: Path, agent_id: str, payload: dict[str, Any]) -> None:
@@ -53,8 +63,15 @@ def run_one(spec: dict[str, Any], agent_id: str, inputs: dict[str, Any]) -> None
     logging.getLogger().addHandler(handler)
     try:
         config = config_from_env(os.environ, ShardConfig(**spec["shard"]))  # this process's edge
+        config = replace(config, **spec.get("run", {}))  # the fleet's durability settings
+        if spec.get("confirm_socket"):
+            supervisor_confirm.set(SupervisorConfirm(Path(spec["confirm_socket"])))
         result = run_agent(spec["target"], agent_id=agent_id, data_dir=spec["data_dir"], config=config, **inputs)
         write_result(results, agent_id, {"status": "succeeded", "result": result})
+    except Fenced as exc:  # not the agent's outcome: stop the whole worker now, as a SIGKILL would
+        logging.getLogger("agentshards").error("agent %s: %s: %s; worker %d exits with %d", agent_id,
+                                               type(exc).__name__, exc, os.getpid(), FENCED_EXIT)
+        os._exit(FENCED_EXIT)
     except Exception as exc:
         status = "budget_exceeded" if isinstance(exc, BudgetExceeded) else "failed"
         write_result(results, agent_id, {
@@ -71,6 +88,8 @@ def main(argv: list[str]) -> int:
     spec = json.loads(Path(argv[1]).read_text())
     logging.getLogger().setLevel(logging.INFO)
     sys.path.insert(0, spec["app_dir"])
+    if spec.get("fence"):
+        fence.install(DeadlineFence(Path(spec["fence"])))
     threads = [threading.Thread(target=run_one, args=(spec, a["agent_id"], a["inputs"]), name=a["agent_id"])
                for a in spec["agents"]]
     for thread in threads:

@@ -20,6 +20,7 @@ from .lease import Lease
 log = logging.getLogger("agentshards")
 
 Fence = Callable[[LeaseError], None]
+RenewalListener = Callable[[float], None]
 
 
 class LeaseKeeper:
@@ -27,6 +28,7 @@ class LeaseKeeper:
         self.lease = lease
         self.lost: LeaseError | None = None
         self._fences: list[Fence] = []
+        self._listeners: list[RenewalListener] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -50,6 +52,14 @@ class LeaseKeeper:
                 return
         fence(error)
 
+    def add_renewal_listener(self, listener: RenewalListener) -> None:
+        """Call ``listener(deadline)`` now and after each successful renewal, from the keeper's thread, with the
+        lease's new deadline (this node's monotonic clock): how a fleet tells its workers when to stop writing
+        (they fence themselves when the supervisor is too paused to). Quick and non-blocking, like a fence."""
+        with self._lock:
+            self._listeners.append(listener)
+        listener(self.lease.deadline())
+
     def release(self) -> None:
         """Stop renewing; delete the lease if this node still holds it within its deadline."""
         self._stop.set()
@@ -67,6 +77,9 @@ class LeaseKeeper:
         clock = self.lease.clock
         next_at = self.lease.renew_at()
         while not self._stop.wait(max(0.0, next_at - clock())):
+            if clock() >= self.lease.deadline():  # woken past it (a paused process): fenced, not renewed
+                self._fence(self._lapsed())
+                return
             try:
                 self.lease.renew()
             except LeaseError as exc:
@@ -78,20 +91,35 @@ class LeaseKeeper:
                 next_at = clock() + self._retry_s
             else:
                 next_at = self.lease.renew_at()
+                self._renewed()
 
     def _fence_loop(self) -> None:
-        clock, config = self.lease.clock, self.lease.config
+        clock = self.lease.clock
         while True:
             left = self.lease.deadline() - clock()
             if left <= 0:
-                self._fence(LeaseError(
-                    f"could not renew the lease on {self.lease.target.describe()} for "
-                    f"{config.ttl_s - config.margin:.1f}s (TTL minus margin)",
-                    hint="is S3 reachable from this node? it stopped its agents and Litestream before another node "
-                         "may take the prefix; run it again (or recover elsewhere) once S3 answers"))
+                self._fence(self._lapsed())
                 return
             if self._stop.wait(left):
                 return
+
+    def _lapsed(self) -> LeaseError:
+        config = self.lease.config
+        return LeaseError(
+            f"could not renew the lease on {self.lease.target.describe()} for "
+            f"{config.ttl_s - config.margin:.1f}s (TTL minus margin)",
+            hint="is S3 reachable from this node? it stopped its agents and Litestream before another node "
+                 "may take the prefix; run it again (or recover elsewhere) once S3 answers")
+
+    def _renewed(self) -> None:
+        deadline = self.lease.deadline()
+        with self._lock:
+            listeners = list(self._listeners)
+        for listener in listeners:
+            try:
+                listener(deadline)
+            except Exception:  # the deadline is still kept here; a worker then fences early, never late
+                log.exception("a lease renewal listener failed")
 
     def _fence(self, error: LeaseError) -> None:
         with self._lock:
