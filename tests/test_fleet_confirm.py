@@ -74,13 +74,13 @@ def test_fleet_workers_take_the_fleets_llm_durability(tmp_path: Path, llm_durabi
 def test_a_failed_confirmation_reaches_the_agent_as_a_replication_error(
         tmp_path: Path, moto_endpoint: str, s3_env: dict[str, str], bucket: str) -> None:
     proxy = FaultProxy(int(moto_endpoint.rsplit(":", 1)[1]))
-    proxy.errors(1.0, only=f"/{bucket}/fleet/agents/")  # no upload of any shard lands; the lease is untouched
     fleet = Fleet(tmp_path / "d", f"s3://{bucket}/fleet", app_dir=TESTS_DIR,
                   env=dict(s3_env, AWS_ENDPOINT_URL_S3=proxy.endpoint),
                   run_config=RunConfig(replication_timeout_s=2.0))
     outcome: dict[str, Any] = {}
     try:
-        fleet.launch("confirm_agents:replicated_error", {"e1": {}})
+        fleet.launch("confirm_agents:replicated_error", {"e1": {}})  # live on its generation: workers start in wait()
+        proxy.errors(1.0, only=f"/{bucket}/fleet/agents/")  # no upload of any shard lands; the lease is untouched
         runner = threading.Thread(target=lambda: outcome.update(fleet.wait(timeout_s=120)))
         runner.start()
         result_file = tmp_path / "d" / ".fleet" / "results" / "e1.json"
