@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import collections
 import json
+import os
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -267,3 +269,29 @@ def test_a_directory_replica_refuses_nodes_on_a_second_host(tmp_path: Path) -> N
         fleet.launch("sample_agents:two_steps", {"a": {"x": 1}})
     assert "one host only" in str(refused.value)
     assert sorted(p.name for p in (replica / "nodes").iterdir()) == ["elsewhere.json"]  # no lease was taken
+
+
+def test_a_stopping_node_records_the_answers_in_flight_and_sends_no_new_request(tmp_path: Path) -> None:
+    """SIGTERM to the workers (what a drain does) lets an LLM call in flight finish and be recorded; the agent
+    sends nothing more, its run stays open, and it is handed back to resume elsewhere without paying again."""
+    from agentshards import Node, inspect_agent
+
+    replica = str(tmp_path / "replica")
+    with FakeLLMServer(delay_s=1.5) as llm:
+        env = dict(os.environ, OPENAI_API_KEY="k", OPENAI_BASE_URL=llm.base_url)
+        submit("sample_agents:chat_calls", {"slow": {"n": 5}}, replica, env=env)
+        node = Node(tmp_path / "d", replica, app_dir=TESTS_DIR, env=env, lease_ttl_s=TTL)
+        runner = threading.Thread(target=node.run)
+        runner.start()
+        try:
+            _wait_for(lambda: llm.request_count == 2, 60, "the second call in flight")
+            node.stop()
+        finally:
+            runner.join(timeout=60)
+        sent = llm.request_count
+    (run,) = inspect_agent(tmp_path / "d", "slow").runs
+    assert sent == 2  # nothing sent after the stop
+    assert [s.name for s in run.steps] == ["llm#1", "llm#2"]  # the answer in flight was recorded
+    assert run.run.status == "running"  # not an outcome: the run stays open
+    entry = _entries(replica, env)["slow"]
+    assert entry.node is None and entry.status == "running"  # handed back once its replica held all of it

@@ -27,6 +27,7 @@ The tree is deliberately shallow so callers can catch at the level they care abo
     │   ├── AgentOwned               a live node owns the agent (names it; ``node`` attribute)
     │   ├── OwnershipLost            another node claimed an agent this node was running
     │   └── Fenced                   a fleet worker reached its supervisor's lease deadline: it writes nothing more
+    ├── Draining                     a stopping fleet worker sends no new LLM request (the run stays open)
     └── LLMError                     a durable LLM call could not be made (config, not durable)
         └── LLMRequestRejected       the provider rejected the request itself (400/422): a recorded outcome
 
@@ -206,6 +207,11 @@ class AgentOwned(LeaseError):
 class OwnershipLost(LeaseError):
     """Another node claimed an agent this node was running (its record moved to a newer generation): this
     node stops that agent and writes nothing more for it."""
+
+
+class Draining(AgentShardsError):
+    """The worker is stopping (its node drains, SIGTERM): it sends no new LLM request. Not an outcome of the
+    agent: the answers already in flight are recorded, the run stays open and resumes wherever it runs next."""
 
 
 class Fenced(LeaseError):

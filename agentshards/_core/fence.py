@@ -17,12 +17,30 @@ Check = Callable[[str | None], None]
 """Called with the agent id (when known); raises ``Fenced`` past the deadline, else returns."""
 
 _check: Check | None = None
+_draining = False
 
 
 def install(check: Check | None) -> None:
     """Make ``check`` run before every commit and LLM request of this process (None removes it)."""
     global _check
     _check = check
+
+
+def drain() -> None:
+    """From now on no new LLM request starts in this process (a worker told to stop: SIGTERM); the ones in
+    flight finish and are recorded. Safe to call from a signal handler."""
+    global _draining
+    _draining = True
+
+
+def check_send(agent_id: str | None = None) -> None:
+    """Before an LLM request: ``Draining`` once this process is stopping, then the write fence."""
+    if _draining:
+        from .._base.errors import Draining
+
+        raise Draining("its worker is stopping, so this LLM request was not sent", agent_id=agent_id,
+                       hint="the run stays open and resumes from its last recorded step wherever it runs next")
+    check(agent_id)
 
 
 def check(agent_id: str | None = None) -> None:

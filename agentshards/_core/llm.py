@@ -127,7 +127,7 @@ def _perform(agent: StepRunner, call: StepCall, endpoint: str, request: dict[str
         timeout = min(config.timeout_s, max(remaining(), 0.001))
         started = time.monotonic()
         try:
-            _fence.check(agent.agent_id)  # a fenced fleet worker sends nothing more
+            _fence.check_send(agent.agent_id)  # a fenced or stopping fleet worker sends nothing more
             response = create(**{"timeout": timeout, **request})
         except openai.APIStatusError:
             agent._journal.end_attempt(agent.run_id, call.name, number, "error")  # answered: not in flight

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
 import threading
 import traceback
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .._base.atomic import write_json_atomic
-from .._base.errors import AgentFailed, BudgetExceeded, Fenced, InvalidInputs, InvalidTarget, RunMismatch
+from .._base.errors import AgentFailed, BudgetExceeded, Draining, Fenced, InvalidInputs, InvalidTarget, RunMismatch
 from .._core import fence
 from .confirm import SupervisorConfirm, supervisor_confirm
 from .fence_file import DeadlineFence
@@ -68,6 +69,9 @@ def run_one(spec: dict[str, Any], agent_id: str, inputs: dict[str, Any]) -> None
             supervisor_confirm.set(SupervisorConfirm(Path(spec["confirm_socket"])))
         result = run_agent(spec["target"], agent_id=agent_id, data_dir=spec["data_dir"], config=config, **inputs)
         write_result(results, agent_id, {"status": "succeeded", "result": result})
+    except Draining:  # the worker was told to stop: the agent's answers in flight are recorded, nothing else
+        logging.getLogger("agentshards").info("agent %s: stopped before its next LLM request (worker stopping)",
+                                              agent_id)
     except Fenced as exc:  # not the agent's outcome: stop the whole worker now, as a SIGKILL would
         logging.getLogger("agentshards").error("agent %s: %s: %s; worker %d exits with %d", agent_id,
                                                type(exc).__name__, exc, os.getpid(), FENCED_EXIT)
@@ -90,6 +94,9 @@ def main(argv: list[str]) -> int:
     sys.path.insert(0, spec["app_dir"])
     if spec.get("fence"):
         fence.install(DeadlineFence(Path(spec["fence"])))
+    # SIGTERM (the supervisor stopping, a node draining): let the LLM answers in flight arrive and be
+    # recorded, send no new request; the supervisor's bounded wait ends with SIGKILL whatever an agent does
+    signal.signal(signal.SIGTERM, lambda signum, frame: fence.drain())
     threads = [threading.Thread(target=run_one, args=(spec, a["agent_id"], a["inputs"]), name=a["agent_id"])
                for a in spec["agents"]]
     for thread in threads:
