@@ -22,12 +22,13 @@ class Nodes:
         self.tmp_path, self.replica, self.env, self.ttl = tmp_path, replica, env, ttl
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
-    def start(self, name: str, capacity: int = 15, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    def start(self, name: str, capacity: int = 15, env: dict[str, str] | None = None,
+              extra: tuple[str, ...] = ()) -> subprocess.Popen[bytes]:
         data = self.tmp_path / name
         log = open(self.tmp_path / f"{name}.log", "wb")  # noqa: SIM115 - the child writes it; closed on exit
         proc = subprocess.Popen([*CLI, "node", "--replica", self.replica, "--data-dir", str(data),
                                  "--app-dir", str(TESTS_DIR), "--capacity", str(capacity), "--node-id", name,
-                                 "--lease-ttl", str(self.ttl), "--agents-per-worker", "5"],
+                                 "--lease-ttl", str(self.ttl), "--agents-per-worker", "5", *extra],
                                 env=env or self.env, cwd=self.tmp_path, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
         log.close()

@@ -32,21 +32,25 @@ from .output import (
 @click.option("--lease-ttl", default=30.0, show_default=True, type=float, help="This node's lease, seconds.")
 @click.option("--concurrency", default=16, show_default=True, type=click.IntRange(1, 10_000))
 @click.option("--agents-per-worker", default=50, show_default=True, type=click.IntRange(1, 1000))
+@click.option("--llm-durability", type=click.Choice(["local", "replicated"]), default=None,
+              help="LLM steps return once recorded locally (default) or once the replica holds them.")
 @allow_target_option
 @json_option
 def node(replica: str, data_dir: str, app_dir: str, capacity: int, node_id: str | None, lease_ttl: float,
-         concurrency: int, agents_per_worker: int, allow_targets: tuple[str, ...]) -> None:
+         concurrency: int, agents_per_worker: int, llm_durability: str | None, allow_targets: tuple[str, ...]) -> None:
     """Run a node until stopped: claim queued and orphaned agents of the prefix, run them, renew its lease.
 
     SIGTERM (or `agentshards drain NODE`) drains it: workers finish or stop, every agent whose replica is
     confirmed complete is handed back for another node to claim at once, then it exits 0.
     """
-    from .._base.config import SupervisorConfig
+    from .._base.config import RunConfig, SupervisorConfig
     from .._fleet.node import Node
 
     config = SupervisorConfig(agents_per_worker=agents_per_worker, concurrency=concurrency)
+    run_config = RunConfig(llm_durability=llm_durability) if llm_durability else None  # type: ignore[arg-type]
     worker = guarded(lambda: Node(data_dir, replica, capacity=capacity, node_id=node_id, app_dir=app_dir,
-                                  allow_targets=allow_targets, lease_ttl_s=lease_ttl, config=config))
+                                  allow_targets=allow_targets, lease_ttl_s=lease_ttl, config=config,
+                                  run_config=run_config))
 
     def stop(signum: int, frame: object) -> None:
         worker.stop(f"signal {signal.Signals(signum).name}")

@@ -22,7 +22,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from .._base.config import SupervisorConfig
+from .._base.config import RunConfig, SupervisorConfig
 from .._base.errors import AgentShardsError, InvalidInputs, InvalidTarget
 from .fleet import Fleet
 
@@ -70,12 +70,12 @@ class Node:
                  node_id: str | None = None, app_dir: str | os.PathLike[str] | None = None,
                  allow_targets: Sequence[str] = (), lease_ttl_s: float = 30.0,
                  config: SupervisorConfig | None = None, env: Mapping[str, str] | None = None,
-                 scan_every_s: float | None = None) -> None:
+                 scan_every_s: float | None = None, run_config: RunConfig | None = None) -> None:
         if capacity < 1:
             raise InvalidInputs(f"capacity must be at least 1, not {capacity}", hint="--capacity N, N >= 1")
         self.capacity = capacity
         self.fleet = Fleet(data_dir, replica, app_dir=app_dir, config=config, lease_ttl_s=lease_ttl_s, env=env,
-                           node_id=node_id)
+                           node_id=node_id, run_config=run_config)
         self.fleet._claim_races_expected = True
         self.allow_targets = tuple(allow_targets)
         self.scan_every_s = lease_ttl_s / 3 if scan_every_s is None else scan_every_s
