@@ -295,3 +295,40 @@ def test_a_stopping_node_records_the_answers_in_flight_and_sends_no_new_request(
     assert run.run.status == "running"  # not an outcome: the run stays open
     entry = _entries(replica, env)["slow"]
     assert entry.node is None and entry.status == "running"  # handed back once its replica held all of it
+
+
+def test_a_node_whose_supervisor_alone_is_paused_stops_its_workers_by_their_own_fence(
+        tmp_path: Path, fleet_env: tuple[dict[str, str], FakeLLMServer], bucket: str) -> None:
+    """SIGSTOP the supervisor process only: its workers and Litestream run on, but the workers stop writing at
+    the supervisor's lease deadline by themselves; another node takes the agents; after SIGCONT the paused
+    supervisor fences itself and publishes nothing."""
+    env, _llm = fleet_env
+    replica = f"s3://{bucket}/fleet"
+    submit("sample_agents:chat_calls", {f"s{i}": {"n": 30} for i in range(3)}, replica, env=env)
+    nodes = Nodes(tmp_path, replica, env)
+    try:
+        nodes.start("paused", capacity=10)
+        _wait_for(lambda: sum(e.node == "paused" and e.live > 0 for e in _entries(replica, env).values()) == 3,
+                  60, "the node running its agents")
+        os.kill(nodes.procs["paused"].pid, signal.SIGSTOP)  # the supervisor alone
+        stopped_at = time.monotonic()
+        nodes.start("taker", capacity=10)
+        _wait_for(lambda: all(e.node == "taker" for e in _entries(replica, env).values()), 60,
+                  "the other node owning every agent")
+        took = time.monotonic() - stopped_at
+        time.sleep(max(0.0, stopped_at + 2 * TTL - time.monotonic()))
+        os.kill(nodes.procs["paused"].pid, signal.SIGCONT)
+        _wait_for(lambda: nodes.procs["paused"].poll() is not None, 30, "the paused node exits after SIGCONT")
+        _wait_for(lambda: all(e.status == "succeeded" for e in _entries(replica, env).values()), 120,
+                  "the other node finishing every agent")
+        entries = _entries(replica, env)
+    finally:
+        nodes.stop_all()
+    assert took >= TTL, "its agents were claimed before its lease could have lapsed"
+    assert nodes.procs["paused"].returncode == 1
+    assert "could not renew" in nodes.log("paused")  # woken past its deadline: it fenced itself
+    worker_logs = "".join(p.read_text() for p in (tmp_path / "paused" / ".fleet" / "logs").glob("*.log"))
+    assert "Fenced" in worker_logs  # the workers stopped at the deadline by themselves, while it was paused
+    assert all(e.node is None and e.generation == 2 for e in entries.values())  # nothing written by the paused one
+    for agent_id in sorted(entries):
+        _check_replica(agent_id, tmp_path / "check", replica, env, calls=30)
