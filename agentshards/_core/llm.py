@@ -249,7 +249,7 @@ class _NotDurable:
     """Every attribute but the durable ones raises a clear LLMError instead of bypassing the journal."""
 
     _path: str
-    _llm: DurableLLM
+    _llm: Any  # the sync or the async facade: what is read here is ._agent
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):

@@ -109,6 +109,7 @@ class StepBook:
         self._occurrences: dict[str, int] = {}
         self._llm_calls = 0
         self._running: dict[object, str] = {}
+        self._ended = False
         self._crash = CrashCounter(CrashPlan.parse(config.crash_plan))
         for attempt in self._in_flight_at_start.values():
             log.warning("agent %s: LLM step %r was in flight when the agent stopped (attempt %d, started %s);"
@@ -241,6 +242,11 @@ class StepBook:
                 hint="steps cannot be nested: a replayed outer step would skip the inner one; "
                      "call them one after the other")
         with self._lock:
+            if self._ended:
+                raise AgentShardsError(f"step {base or LLM_BASE_NAME!r} started after the run ended",
+                                       agent_id=self.agent_id,
+                                       hint="await (or cancel) every task and join every thread the agent starts "
+                                            "before it returns")
             if base is None:
                 self._llm_calls += 1
                 name, numbered = f"{LLM_BASE_NAME}#{self._llm_calls}", True
@@ -257,6 +263,11 @@ class StepBook:
             claim = object()
             self._running[claim] = name
         return name, _CURRENT.set((self, claim, name))
+
+    def end(self) -> None:
+        """The agent function returned or raised: a step a leftover thread or task starts now is refused."""
+        with self._lock:
+            self._ended = True
 
     def _release(self, token: contextvars.Token[tuple[StepBook, object, str] | None]) -> None:
         mine = _CURRENT.get()
