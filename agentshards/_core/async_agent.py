@@ -21,7 +21,7 @@ import inspect
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .._base.config import Durability, RunConfig
 from .._base.errors import InvalidStepName, StepTimeout
@@ -36,6 +36,18 @@ if TYPE_CHECKING:  # the facade (and openai) loads on first use: replaying a pla
 __all__ = ["AsyncAgent"]
 
 log = logging.getLogger("agentshards")
+
+
+class Performed(NamedTuple):
+    """A step performed for the first time, about to be recorded.
+
+    ``before_record`` is journal work that must commit before the step's own record (an LLM answer's
+    ledger row): it runs in the same trip to the offload thread as the record, as its own transaction.
+    """
+
+    output_json: str
+    outcome: str
+    before_record: Callable[[], None] | None = None
 
 
 class AsyncAgent(StepBook):
@@ -81,7 +93,7 @@ class AsyncAgent(StepBook):
         return _codec.loads(record.output_json)
 
     async def _run_plain(self, call: StepCall, fn: Callable[..., Any], args: tuple[Any, ...],
-                         kwargs: dict[str, Any]) -> tuple[str, str]:
+                         kwargs: dict[str, Any]) -> Performed:
         attempts = call.options.max_attempts or 1
 
         async def attempt_all() -> Any:
@@ -111,10 +123,10 @@ class AsyncAgent(StepBook):
                 raise StepTimeout(f"no result within {call.options.timeout_s}s (cancelled)", agent_id=self.agent_id,
                                   step=call.name,
                                   hint="raise timeout_s in agent.options(...) or make the step faster") from exc
-        return _codec.dumps(value, agent_id=self.agent_id, step=call.name), "ok"
+        return Performed(_codec.dumps(value, agent_id=self.agent_id, step=call.name), "ok")
 
     async def _execute(self, base: str | None, kind: str, input_text: str, options: StepOptions,
-                       perform: Callable[[StepCall], Awaitable[tuple[str, str]]]) -> StepRecord:
+                       perform: Callable[[StepCall], Awaitable[Performed]]) -> StepRecord:
         """The async twin of ``StepRunner._execute``: the same bookkeeping, awaited where it blocks."""
         name, token = self._claim(base)
         try:
@@ -126,13 +138,19 @@ class AsyncAgent(StepBook):
                     await self._io(self.flush_ledger)
                 self._before_perform(name)
                 call = StepCall(name, input_hash, options)
-                output_json, outcome = await perform(call)
-                stored = await self._io(self._record, call, kind, input_text, output_json, outcome)
+                performed = await perform(call)
+                stored = await self._io(self._record_performed, call, kind, input_text, performed)
             if replicated and stored.replicated_at is None:  # also a replayed step never confirmed: wait again
                 stored = await self._io(self._replicate, stored)
             return stored
         finally:
             self._release(token)
+
+
+    def _record_performed(self, call: StepCall, kind: str, input_text: str, performed: Performed) -> StepRecord:
+        if performed.before_record is not None:
+            performed.before_record()
+        return self._record(call, kind, input_text, performed.output_json, performed.outcome)
 
 
 class _AsyncOptionView:
