@@ -131,3 +131,7 @@ async def where(agent: agentshards.AsyncAgent, n: int) -> dict[str, Any]:
 async def fails(agent: agentshards.AsyncAgent, message: str) -> None:
     await agent.step("before", record, "before")
     raise ValueError(message)
+
+
+async def replicated(agent: agentshards.AsyncAgent, n: int) -> list[Any]:
+    return [await agent.options(durability="replicated").step("rep", record, f"rep-{i}", {"i": i}) for i in range(n)]

@@ -318,3 +318,16 @@ def test_async_agents_in_a_worker_each_log_to_their_own_file(tmp_path: Path) -> 
     one = (tmp_path / "d" / ".fleet" / "logs" / "l1.log").read_text()
     two = (tmp_path / "d" / ".fleet" / "logs" / "l2.log").read_text()
     assert "first problem" in one and "first problem" not in two and "second" in two
+
+
+def test_replicated_async_steps_return_once_the_replica_has_them(tmp_path: Path) -> None:
+    """Real Litestream, a directory replica: every step is confirmed (and marked) before it returns."""
+    from agentshards import restore_agent
+
+    replica = tmp_path / "replica"
+    assert len(run_agent(async_agents.replicated, agent_id="r", data_dir=tmp_path / "n1", replica=str(replica),
+                         n=3)) == 3
+    steps = inspect_agent(tmp_path / "n1", "r").runs[0].steps
+    assert [s.name for s in steps] == ["rep", "rep#2", "rep#3"] and all(s.replicated_at for s in steps)
+    restore_agent("r", tmp_path / "n2", str(replica))
+    assert len(inspect_agent(tmp_path / "n2", "r").runs[0].steps) == 3
