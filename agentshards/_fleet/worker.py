@@ -1,17 +1,21 @@
 """A worker process: forked by the fleet's zygote (``zygote.py``) to run ``main([_, SPEC.json])``.
 
-It hosts the agents listed in the spec as threads (LLM-bound agents wait on I/O), each with its own
-shard, connection and log file (``.fleet/logs/<agent_id>.log``), and writes one result file per agent
-when that agent's ``run_agent`` returns.
+It hosts the agents listed in the spec as threads (LLM-bound agents wait on I/O), or, when the target is
+an ``async def`` agent, as tasks on one event loop (``arun_agent``); each agent has its own shard,
+connection and log file (``.fleet/logs/<agent_id>.log``), and one result file written when its run returns.
 The supervisor learns a worker died from its exit status: agents without a result file are restarted.
 
 With a replica, the spec also names the supervisor's confirmation socket (``replicated`` steps are confirmed
 there, ``confirm.py``) and its lease-deadline file (``fence_file.py``): past that deadline every commit and
 LLM request raises Fenced, and the worker exits at once with FENCED_EXIT, writing no result file, as if killed.
+SIGTERM (the supervisor stopping, a node draining) lets the LLM answers in flight arrive and be recorded and
+sends no new request (Draining): the agent's run stays open, and it writes no result file either.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
 import logging
 import os
@@ -19,6 +23,7 @@ import signal
 import sys
 import threading
 import traceback
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -40,22 +45,24 @@ def write_result(results_dir: Path, agent_id: str, payload: dict[str, Any]) -> N
     write_json_atomic(results_dir / f"{agent_id}.json", payload, fsync=True)
 
 
+_AGENT: contextvars.ContextVar[str | None] = contextvars.ContextVar("agentshards_worker_agent", default=None)
+"""The agent whose code is running: set per thread (threaded agents) or per task (async agents)."""
+
+
 class _OneAgent(logging.Filter):
-    """Routes an agent thread's log records to that agent's own log file."""
+    """Routes an agent's log records (its thread's, or its task's) to that agent's own log file."""
 
     def __init__(self, agent_id: str) -> None:
         super().__init__()
         self.agent_id = agent_id
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.threadName == self.agent_id
+        return record.threadName == self.agent_id or _AGENT.get() == self.agent_id
 
 
-def run_one(spec: dict[str, Any], agent_id: str, inputs: dict[str, Any]) -> None:
-    from .._base.config import ShardConfig
-    from .run import config_from_env, run_agent
-
-    results = Path(spec["results_dir"])
+@contextlib.contextmanager
+def _agent_log(spec: dict[str, Any], agent_id: str) -> Iterator[None]:
+    token = _AGENT.set(agent_id)
     logs = Path(spec["results_dir"]).parent / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(logs / f"{agent_id}.log")
@@ -63,29 +70,93 @@ def run_one(spec: dict[str, Any], agent_id: str, inputs: dict[str, Any]) -> None
     handler.addFilter(_OneAgent(agent_id))
     logging.getLogger().addHandler(handler)
     try:
-        config = config_from_env(os.environ, ShardConfig(**spec["shard"]))  # this process's edge
-        config = replace(config, **spec.get("run", {}))  # the fleet's durability settings
-        if spec.get("confirm_socket"):
-            supervisor_confirm.set(SupervisorConfirm(Path(spec["confirm_socket"])))
-        result = run_agent(spec["target"], agent_id=agent_id, data_dir=spec["data_dir"], config=config, **inputs)
-        write_result(results, agent_id, {"status": "succeeded", "result": result})
-    except Draining:  # the worker was told to stop: the agent's answers in flight are recorded, nothing else
-        logging.getLogger("agentshards").info("agent %s: stopped before its next LLM request (worker stopping)",
-                                              agent_id)
-    except Fenced as exc:  # not the agent's outcome: stop the whole worker now, as a SIGKILL would
-        logging.getLogger("agentshards").error("agent %s: %s: %s; worker %d exits with %d", agent_id,
-                                               type(exc).__name__, exc, os.getpid(), FENCED_EXIT)
-        os._exit(FENCED_EXIT)
-    except Exception as exc:
-        status = "budget_exceeded" if isinstance(exc, BudgetExceeded) else "failed"
-        write_result(results, agent_id, {
-            "status": status, "final": isinstance(exc, FINAL_ERRORS),
-            "error": {"type": type(exc).__name__, "message": str(exc)[:2000],
-                      "traceback": "".join(traceback.format_exception(exc))[-4000:]}})
-        logging.getLogger("agentshards").error("agent %s ended with %s", agent_id, exc)
+        yield
     finally:
         logging.getLogger().removeHandler(handler)
         handler.close()
+        _AGENT.reset(token)
+
+
+def _config(spec: dict[str, Any]) -> Any:
+    """This process's edge: the OpenAI settings from the environment, the fleet's shard and durability settings;
+    with a replica, ``replicated`` steps are confirmed by the supervisor (for this thread or task)."""
+    from .._base.config import ShardConfig
+    from .run import config_from_env
+
+    if spec.get("confirm_socket"):
+        supervisor_confirm.set(SupervisorConfirm(Path(spec["confirm_socket"])))
+    config = config_from_env(os.environ, ShardConfig(**spec["shard"]))
+    return replace(config, **spec.get("run", {}))
+
+
+def _not_an_outcome(agent_id: str, exc: Exception) -> bool:
+    """Draining and Fenced end the agent here without an outcome (nothing recorded, no result file); Fenced
+    stops the whole worker at once, as a SIGKILL would."""
+    log = logging.getLogger("agentshards")
+    if isinstance(exc, Draining):
+        log.info("agent %s: stopped before its next LLM request (worker stopping)", agent_id)
+        return True
+    if isinstance(exc, Fenced):
+        log.error("agent %s: %s: %s; worker %d exits with %d", agent_id, type(exc).__name__, exc, os.getpid(),
+                  FENCED_EXIT)
+        os._exit(FENCED_EXIT)
+    return False
+
+
+def _failed(spec: dict[str, Any], agent_id: str, exc: Exception) -> None:
+    status = "budget_exceeded" if isinstance(exc, BudgetExceeded) else "failed"
+    write_result(Path(spec["results_dir"]), agent_id, {
+        "status": status, "final": isinstance(exc, FINAL_ERRORS),
+        "error": {"type": type(exc).__name__, "message": str(exc)[:2000],
+                  "traceback": "".join(traceback.format_exception(exc))[-4000:]}})
+    logging.getLogger("agentshards").error("agent %s ended with %s", agent_id, exc)
+
+
+def run_one(spec: dict[str, Any], agent_id: str, inputs: dict[str, Any]) -> None:
+    from .run import run_agent
+
+    with _agent_log(spec, agent_id):
+        try:
+            result = run_agent(spec["target"], agent_id=agent_id, data_dir=spec["data_dir"], config=_config(spec),
+                               **inputs)
+            write_result(Path(spec["results_dir"]), agent_id, {"status": "succeeded", "result": result})
+        except Exception as exc:
+            if not _not_an_outcome(agent_id, exc):
+                _failed(spec, agent_id, exc)
+
+
+async def arun_one(spec: dict[str, Any], agent_id: str, inputs: dict[str, Any]) -> None:
+    """``run_one`` for an async agent: a task on the worker's one event loop."""
+    import asyncio
+
+    from .run import arun_agent
+
+    with _agent_log(spec, agent_id):
+        try:
+            result = await arun_agent(spec["target"], agent_id=agent_id, data_dir=spec["data_dir"],
+                                      config=_config(spec), **inputs)
+            await asyncio.to_thread(write_result, Path(spec["results_dir"]), agent_id,
+                                    {"status": "succeeded", "result": result})
+        except Exception as exc:
+            if not _not_an_outcome(agent_id, exc):
+                await asyncio.to_thread(_failed, spec, agent_id, exc)
+
+
+async def _run_all(spec: dict[str, Any]) -> None:
+    import asyncio
+
+    await asyncio.gather(*(arun_one(spec, a["agent_id"], a["inputs"]) for a in spec["agents"]))
+
+
+def _async_target(target: str) -> bool:
+    """Whether the spec's agents are ``async def``; a target that does not import is left to run_agent,
+    which records the error in each agent's result."""
+    from .._core.target import is_async, target_of
+
+    try:
+        return is_async(target_of(target)[1])
+    except Exception:
+        return False
 
 
 def main(argv: list[str]) -> int:
@@ -97,6 +168,11 @@ def main(argv: list[str]) -> int:
     # SIGTERM (the supervisor stopping, a node draining): let the LLM answers in flight arrive and be
     # recorded, send no new request; the supervisor's bounded wait ends with SIGKILL whatever an agent does
     signal.signal(signal.SIGTERM, lambda signum, frame: fence.drain())
+    if _async_target(spec["target"]):
+        import asyncio
+
+        asyncio.run(_run_all(spec))
+        return 0
     threads = [threading.Thread(target=run_one, args=(spec, a["agent_id"], a["inputs"]), name=a["agent_id"])
                for a in spec["agents"]]
     for thread in threads:
