@@ -1,0 +1,134 @@
+"""Which durable run an SDK call belongs to, and the step name it gets there.
+
+The SDK's model and tool code runs deep inside ``Runner.run``, far from the agentshards handle; a context
+variable carries the handle to it. Names must come out the same on every run of the same code, even where
+the SDK works concurrently (parallel tool calls, agents used as tools, input guardrails beside the first
+model call), so nothing is numbered by arrival order across tasks:
+
+- a model call is ``sdk/model-N``, N counted within its scope, where calls follow one another;
+- a function-tool run is ``sdk/tool-NAME-CALLID``, keyed by the model's call id;
+- an agent used as a tool runs in the scope ``sdk/CALLID/`` of the call that invoked it; a nested
+  ``run(...)`` (a guardrail's agent, say) in ``sdk/guardrail-NAME/`` or ``sdk/run-N/``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import inspect
+import threading
+from collections.abc import Callable, Coroutine, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import NotDurable
+
+PREFIX = "sdk/"
+MAX_NAME = 200
+
+
+def _safe(part: str) -> str:
+    """A name part with the characters step names reserve ('#', control characters) replaced."""
+    return "".join("_" if c == "#" or ord(c) < 32 or ord(c) == 127 else c for c in part)
+
+
+class Handle:
+    """One agentshards handle as the integration uses it: awaitable steps and LLM calls.
+
+    The async handle (``AsyncAgent``) is awaited directly. The sync ``Agent`` works too: its calls run in
+    a worker thread (its step machinery is thread-based), and a tool's coroutine runs on the SDK's loop.
+    """
+
+    def __init__(self, agent: Any) -> None:
+        for attribute in ("step", "options", "agent_id", "run_id"):
+            if not hasattr(agent, attribute):
+                raise TypeError(f"run(agent, ...): agent must be the agentshards handle passed to the agent "
+                                f"function, not {type(agent).__name__}")
+        self.agent = agent
+        self.agent_id: str = agent.agent_id
+        self.run_id: str = agent.run_id
+        self.is_async = inspect.iscoroutinefunction(agent.step)
+
+    async def llm(self, endpoint: str, name: str, request: dict[str, Any]) -> Any:
+        """One durable LLM step named ``name``: the provider's answer object, made once per run."""
+        view = self.agent.options(name=name).llm
+        create = view.responses.create if endpoint == "responses" else view.chat.completions.create
+        if self.is_async:
+            return await create(**request)
+        return await asyncio.to_thread(create, **request)
+
+    async def step(self, name: str, fn: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> Any:
+        """One durable plain step running the coroutine function ``fn(*args)``: its recorded JSON value."""
+        if self.is_async:
+            return await self.agent.step(name, fn, *args)
+        loop = asyncio.get_running_loop()
+
+        def run_on_loop(*values: Any) -> Any:
+            return asyncio.run_coroutine_threadsafe(fn(*values), loop).result()
+
+        run_on_loop.__qualname__ = f"tool:{getattr(fn, '__qualname__', 'fn')}"
+        return await asyncio.to_thread(self.agent.step, name, run_on_loop, *args)
+
+
+@dataclass
+class Scope:
+    """Where the calls of one SDK run (or of one agent used as a tool inside it) are named."""
+
+    handle: Handle
+    prefix: str
+    _counts: dict[str, int] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def _next(self, kind: str) -> int:
+        with self._lock:
+            self._counts[kind] = self._counts.get(kind, 0) + 1
+            return self._counts[kind]
+
+    def _name(self, tail: str) -> str:
+        name = self.prefix + _safe(tail)
+        if len(name) <= MAX_NAME:
+            return name
+        digest = hashlib.sha256(name.encode()).hexdigest()[:24]
+        return f"{PREFIX}long-{digest}"
+
+    def model_step(self) -> str:
+        return self._name(f"model-{self._next('model')}")
+
+    def tool_step(self, tool: str, call_id: str) -> str:
+        return self._name(f"tool-{tool}-{call_id}")
+
+    def child(self, tail: str) -> Scope:
+        return Scope(self.handle, self._name(tail) + "/")
+
+    def nested_run(self, label: str | None) -> Scope:
+        """The scope of a ``run(...)`` started inside this one: by the guardrail that started it when there
+        is one (guardrails run concurrently, under unique names), else by order."""
+        tail = f"guardrail-{label}" if label else f"run-{self._next('run')}"
+        count = self._next(f"child:{tail}")
+        return self.child(tail if count == 1 else f"{tail}-{count}")
+
+
+_current: ContextVar[Scope | None] = ContextVar("agentshards_openai_agents_scope", default=None)
+
+
+def current() -> Scope | None:
+    return _current.get()
+
+
+def require() -> Scope:
+    scope = _current.get()
+    if scope is None:
+        raise NotDurable("an SDK model call reached the durable client outside agentshards' run(...)",
+                         hint="start SDK runs with agentshards.integrations.openai_agents.run(agent, ...)")
+    return scope
+
+
+@contextmanager
+def entered(scope: Scope) -> Iterator[Scope]:
+    token = _current.set(scope)
+    try:
+        yield scope
+    finally:
+        _current.reset(token)
