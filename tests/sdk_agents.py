@@ -1,8 +1,8 @@
 """OpenAI Agents SDK agents for the integration tests, importable by child processes.
 
-Each tool appends a line to the file named by ``count_file`` every time it really runs, so a test can
-count executions across SIGKILLed processes. ``SDK_TEST_SELF_KILL=<tool>`` makes that tool SIGKILL its
-own process the first time it runs (when the count file holds no line of it yet).
+Each tool appends a line (``add 2 3``) to the file named by ``count_file`` every time it really runs, so a
+test can count executions across SIGKILLed processes. ``SDK_TEST_SELF_KILL=<line>`` makes the tool run that
+writes that line SIGKILL its own process the first time (before its result can be recorded).
 """
 
 from __future__ import annotations
@@ -20,6 +20,11 @@ from agentshards.integrations import openai_agents
 MODEL = "gpt-4o-mini"
 
 
+OFFICIAL_CHECKS = ("agents.models.openai_responses", "agents.models.chatcmpl_helpers")
+"""Where the SDK asks whether its client talks to api.openai.com; told yes, it draws a random prompt cache
+key per Runner.run (and sends ``store``), which is what a resumed run must survive."""
+
+
 def _ran(count_file: str, line: str) -> None:
     path = Path(count_file)
     earlier = path.read_text().splitlines() if path.exists() else []
@@ -27,8 +32,7 @@ def _ran(count_file: str, line: str) -> None:
         f.write(line + "\n")
         f.flush()
         os.fsync(f.fileno())
-    tool = line.split(" ", 1)[0]
-    if os.environ.get("SDK_TEST_SELF_KILL") == tool and not any(e.startswith(tool + " ") for e in earlier):
+    if os.environ.get("SDK_TEST_SELF_KILL") == line and line not in earlier:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -57,3 +61,60 @@ def math_agent(agent: Any, question: str, count_file: str, api: str = "responses
     return {"final_output": result.final_output,
             "items": [type(item).__name__ for item in result.new_items],
             "last_agent": result.last_agent.name}
+
+
+class Interrupted(BaseException):
+    """Stops an agent function the way a crash does: not an agent error, so the run stays open."""
+
+
+def stop_once_agent(agent: Any, question: str, count_file: str, stop_file: str, api: str) -> dict[str, Any]:
+    """The math agent, interrupted after its SDK run the first time: the second call replays every step."""
+    out = math_agent(agent, question, count_file, api)
+    if not Path(stop_file).exists():
+        Path(stop_file).write_text("stopped")
+        raise Interrupted
+    return out
+
+
+def refused_agent(agent: Any, case: str) -> dict[str, str]:
+    """An SDK run asking for something the integration refuses (``case`` says what): what it refused."""
+    try:
+        return {"output": _refused_run(agent, case)}
+    except openai_agents.NotDurable as exc:
+        return {"type": type(exc).__name__, "feature": exc.feature, "message": str(exc)}
+
+
+def _refused_run(agent: Any, case: str) -> str:
+    from agents import LocalShellTool, ModelSettings, RunConfig, SQLiteSession
+    from agents.models.interface import ModelProvider
+    from agents.models.openai_responses import OpenAIResponsesModel
+    from openai import AsyncOpenAI
+
+    @function_tool(needs_approval=True)
+    def pay(amount: int) -> str:
+        """Pay an amount."""
+        return "paid"
+
+    kwargs: dict[str, Any] = {}
+    sdk_agent = math_agent_sdk()
+    if case == "session":
+        kwargs["session"] = SQLiteSession("conversation")
+    elif case == "conversation_id":
+        kwargs["conversation_id"] = "conv_123"
+    elif case == "approval":
+        sdk_agent = sdk_agent.clone(tools=[add, pay])
+    elif case == "local_shell":
+        shell = LocalShellTool(executor=lambda request: "done")
+        helper = SDKAgent(name="ops", instructions="Run commands.", model=MODEL, tools=[shell])
+        sdk_agent = sdk_agent.clone(handoffs=[helper])  # refused even one handoff away
+    elif case == "model_object":
+        sdk_agent = sdk_agent.clone(model=OpenAIResponsesModel(MODEL, AsyncOpenAI(api_key="k", base_url="http://x")))
+    elif case == "model_provider":
+        class Provider(ModelProvider):
+            def get_model(self, model_name: str | None) -> Any:
+                raise AssertionError("never asked")
+
+        kwargs["run_config"] = RunConfig(model_provider=Provider(), model_settings=ModelSettings())
+    elif case == "streamed":
+        return str(openai_agents.run_streamed(agent, sdk_agent, "hi"))
+    return str(openai_agents.run_sync(agent, sdk_agent, "hi", **kwargs).final_output)

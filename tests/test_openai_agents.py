@@ -1,0 +1,163 @@
+"""The OpenAI Agents SDK integration: SDK runs resumed after SIGKILL pay for no completed model call and
+re-run no recorded tool; requests are normalised so a resume never mismatches; what cannot be made
+durable is refused before anything runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("agents", reason="the openai-agents extra is not installed")
+
+from openai import NOT_GIVEN, omit  # noqa: E402
+from openai.types.shared import Reasoning  # noqa: E402
+
+import agentshards  # noqa: E402
+from agentshards import FakeLLMServer, LLMConfig, RunConfig  # noqa: E402
+from agentshards.integrations._openai_agents.requests import normalise, stable_cache_key  # noqa: E402
+from agentshards.testing import ToolCall  # noqa: E402
+
+import sdk_agents  # noqa: E402
+
+TESTS_DIR = Path(__file__).resolve().parent
+SCRIPT = ([ToolCall("add", {"a": 2, "b": 3}), ToolCall("mul", {"a": 4, "b": 5})],  # two tools in parallel
+          [ToolCall("add", {"a": 5, "b": 20})],
+          "the answers: {outputs}")
+QUESTION = "what are 2+3, 4*5 and 5+20?"
+
+CHILD = """
+import json, sys
+import agents, openai, sdk_agents, agentshards  # loaded before "ready": kills land in agent code
+print("ready", flush=True)
+out = agentshards.run_agent(sdk_agents.math_agent, agent_id=sys.argv[2], data_dir=sys.argv[1], question=sys.argv[3],
+                            count_file=sys.argv[4], api=sys.argv[5])
+print(json.dumps(out), flush=True)
+"""
+
+
+@pytest.fixture(autouse=True)
+def _offline_tracing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The SDK's default trace exporter posts to api.openai.com; tests stay on this machine."""
+    monkeypatch.setenv("OPENAI_AGENTS_DISABLE_TRACING", "1")
+
+
+def _child(data_dir: Path, llm: FakeLLMServer, agent_id: str, count_file: Path, api: str = "responses",
+           **env: str) -> tuple[int, dict[str, Any] | None]:
+    """Run the SDK math agent under run_agent in a real child process; its exit code and result."""
+    child_env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "AGENTSHARDS_", "SDK_TEST_"))}
+    child_env.update(OPENAI_API_KEY="test-key", OPENAI_BASE_URL=llm.base_url, OPENAI_AGENTS_DISABLE_TRACING="1",
+                     PYTHONPATH=os.pathsep.join([str(TESTS_DIR), str(TESTS_DIR.parent)]), **env)
+    proc = subprocess.run([sys.executable, "-c", CHILD, str(data_dir), agent_id, QUESTION, str(count_file), api],
+                          capture_output=True, text=True, env=child_env, timeout=60)
+    lines = [line for line in proc.stdout.splitlines() if line and line != "ready"]
+    if proc.returncode == 0:
+        return 0, json.loads(lines[-1])
+    assert proc.returncode == -9, proc.stderr[-3000:]
+    return proc.returncode, None
+
+
+def _runs(count_file: Path) -> Counter[str]:
+    return Counter(count_file.read_text().splitlines()) if count_file.exists() else Counter()
+
+
+def test_sigkilled_sdk_run_resumes_without_repeating_calls_or_recorded_tools(tmp_path: Path) -> None:
+    api = "responses"  # Chat Completions resumes the same way: see the replay test below
+    with FakeLLMServer() as llm:
+        llm.script(*SCRIPT)
+        config = RunConfig(llm=LLMConfig(api_key="test-key", base_url=llm.base_url))
+        clean = agentshards.run_agent(sdk_agents.math_agent, agent_id="clean", data_dir=tmp_path / "clean",
+                                      config=config, question=QUESTION, count_file=str(tmp_path / "clean-count"))
+        clean_requests = llm.request_count
+        assert clean_requests == 3
+
+        data, count = tmp_path / "data", tmp_path / "count"
+        # 1. killed right after the first model call is recorded (tools asked for, none run yet)
+        assert _child(data, llm, "crashy", count, api, AGENTSHARDS_TEST_CRASH="after_commit@1")[0] == -9
+        assert llm.request_count - clean_requests == 1 and not _runs(count)
+        # 2. the resumed run replays call 1, runs both tools (recorded), and is killed as call 2 starts
+        assert _child(data, llm, "crashy", count, api, AGENTSHARDS_TEST_CRASH="after_intent@1")[0] == -9
+        assert llm.request_count - clean_requests == 1
+        assert _runs(count) == {"add 2 3": 1, "mul 4 5": 1}
+        # 3. recorded tools are not run again; call 2 is made; the third tool kills its process mid-run
+        assert _child(data, llm, "crashy", count, api, SDK_TEST_SELF_KILL="add 5 20")[0] == -9
+        assert llm.request_count - clean_requests == 2
+        assert _runs(count) == {"add 2 3": 1, "mul 4 5": 1, "add 5 20": 1}
+        # 4. the run finishes: only the tool whose result was never recorded runs again
+        code, resumed = _child(data, llm, "crashy", count, api)
+        assert code == 0
+        assert _runs(count) == {"add 2 3": 1, "mul 4 5": 1, "add 5 20": 2}
+        paid = llm.requests[clean_requests:]
+        assert len(paid) == 3, "a completed model call was made again"
+        # 5. a finished agent answers from its journal
+        assert agentshards.run_agent(sdk_agents.math_agent, agent_id="crashy", data_dir=data, config=config,
+                                     question=QUESTION, count_file=str(count), api=api) == resumed
+        assert llm.request_count == clean_requests + 3
+
+    assert resumed == clean
+    assert resumed["final_output"] == "the answers: 5, 20, 25"
+    steps = [s.name for s in agentshards.inspect_agent(data, "crashy").runs[-1].steps]
+    assert sorted(steps) == ["sdk/model-1", "sdk/model-2", "sdk/model-3", "sdk/tool-add-call_fake-4-0",
+                             "sdk/tool-add-call_fake-5-0", "sdk/tool-mul-call_fake-4-1"]  # the tools ran in parallel
+
+
+@pytest.mark.parametrize("api", ["responses", "chat_completions"])
+def test_a_resumed_run_with_a_new_random_prompt_cache_key_replays(tmp_path: Path, fake_llm: FakeLLMServer,
+                                                                  monkeypatch: pytest.MonkeyPatch, api: str) -> None:
+    # the SDK draws "agents-sdk:run:<random>" per Runner.run when it believes it talks to OpenAI
+    for module in sdk_agents.OFFICIAL_CHECKS:
+        monkeypatch.setattr(f"{module}.is_official_openai_client", lambda client: True)
+    fake_llm.script(*SCRIPT)
+    config = RunConfig(llm=LLMConfig(api_key="test-key", base_url=fake_llm.base_url))
+    kwargs: dict[str, Any] = dict(agent_id="keyed", data_dir=tmp_path / "data", config=config, question=QUESTION,
+                                  count_file=str(tmp_path / "count"), stop_file=str(tmp_path / "stop"), api=api)
+    with pytest.raises(sdk_agents.Interrupted):
+        agentshards.run_agent(sdk_agents.stop_once_agent, **kwargs)
+    assert fake_llm.request_count == 3
+    out = agentshards.run_agent(sdk_agents.stop_once_agent, **kwargs)  # replays all: a new random key
+
+    assert out["final_output"] == "the answers: 5, 20, 25"
+    assert fake_llm.request_count == 3
+    assert Counter((tmp_path / "count").read_text().splitlines()) == {"add 2 3": 1, "mul 4 5": 1, "add 5 20": 1}
+    run_id = agentshards.inspect_agent(tmp_path / "data", "keyed").runs[-1].run.id
+    keys = {r.body.get("prompt_cache_key") for r in fake_llm.requests}
+    assert keys == {stable_cache_key("keyed", run_id)}  # one key per agentshards run, sent with every call
+
+
+def test_normalise_drops_sentinels_and_sdk_version_keeps_callers_headers() -> None:
+    request = {"model": "m", "input": "hi", "temperature": omit, "top_p": NOT_GIVEN, "extra_query": None,
+               "extra_headers": {"User-Agent": "Agents/Python 0.24.0", "X-Team": "a"},
+               "include": ["reasoning.encrypted_content", "file_search_call.results"],
+               "prompt_cache_key": "agents-sdk:run:0123", "reasoning": Reasoning(effort="low")}
+    out = normalise(request, cache_key="stable")
+    assert out == {"model": "m", "input": "hi", "extra_headers": {"X-Team": "a"},
+                   "include": ["file_search_call.results", "reasoning.encrypted_content"],
+                   "prompt_cache_key": "stable", "reasoning": {"effort": "low"}}
+    assert "extra_headers" not in normalise({"extra_headers": {"User-Agent": "Agents/Python 1.0"}}, cache_key="k")
+    assert normalise({"prompt_cache_key": "mine"}, cache_key="k") == {"prompt_cache_key": "mine"}
+
+
+@pytest.mark.parametrize(("case", "feature", "named"), [
+    ("session", "session", "session="),
+    ("conversation_id", "conversation_id", "conversation_id="),
+    ("approval", "FunctionTool", "'pay'"),
+    ("local_shell", "LocalShellTool", "'local_shell'"),
+    ("model_object", "model", "OpenAIResponsesModel"),
+    ("model_provider", "model_provider", "Provider"),
+    ("streamed", "streaming", "run_streamed"),
+])
+def test_what_cannot_be_durable_is_refused_before_any_call(tmp_path: Path, fake_llm: FakeLLMServer, case: str,
+                                                           feature: str, named: str) -> None:
+    config = RunConfig(llm=LLMConfig(api_key="test-key", base_url=fake_llm.base_url))
+    refused = agentshards.run_agent(sdk_agents.refused_agent, agent_id="refused", data_dir=tmp_path, config=config,
+                                    case=case)
+    assert refused["type"] == "NotDurable" and refused["feature"] == feature
+    assert named in refused["message"] and "(hint: " in refused["message"] and "agent 'refused'" in refused["message"]
+    assert fake_llm.request_count == 0
+    assert agentshards.inspect_agent(tmp_path, "refused").runs[-1].steps == []  # refused before any step
