@@ -13,18 +13,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from openai import NOT_GIVEN, omit
+from openai.types.shared import Reasoning
 
-pytest.importorskip("agents", reason="the openai-agents extra is not installed")
+import agentshards
+from agentshards import FakeLLMServer, LLMConfig, RunConfig
+from agentshards.integrations._openai_agents.requests import normalise, stable_cache_key
+from agentshards.testing import ToolCall
 
-from openai import NOT_GIVEN, omit  # noqa: E402
-from openai.types.shared import Reasoning  # noqa: E402
-
-import agentshards  # noqa: E402
-from agentshards import FakeLLMServer, LLMConfig, RunConfig  # noqa: E402
-from agentshards.integrations._openai_agents.requests import normalise, stable_cache_key  # noqa: E402
-from agentshards.testing import ToolCall  # noqa: E402
-
-import sdk_agents  # noqa: E402
+import sdk_agents
 
 TESTS_DIR = Path(__file__).resolve().parent
 SCRIPT = ([ToolCall("add", {"a": 2, "b": 3}), ToolCall("mul", {"a": 4, "b": 5})],  # two tools in parallel
