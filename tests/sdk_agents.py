@@ -108,7 +108,7 @@ def _refused_run(agent: Any, case: str) -> str:
         helper = SDKAgent(name="ops", instructions="Run commands.", model=MODEL, tools=[shell])
         sdk_agent = sdk_agent.clone(handoffs=[helper])  # refused even one handoff away
     elif case == "model_object":
-        sdk_agent = sdk_agent.clone(model=OpenAIResponsesModel(MODEL, AsyncOpenAI(api_key="k", base_url="http://x")))
+        sdk_agent = sdk_agent.clone(model=OpenAIResponsesModel(MODEL, AsyncOpenAI(api_key="k", base_url="http://127.0.0.1:9/v1")))
     elif case == "model_provider":
         class Provider(ModelProvider):
             def get_model(self, model_name: str | None) -> Any:
