@@ -54,25 +54,43 @@ def math_agent_sdk(model: str = MODEL) -> SDKAgent[Any]:
     return SDKAgent(name="math", instructions="Answer with the tools.", model=model, tools=[add, mul])
 
 
-def math_agent(agent: Any, question: str, count_file: str, api: str = "responses") -> dict[str, Any]:
-    """An agentshards agent function running the SDK math agent durably; returns what the test compares."""
-    result = openai_agents.run_sync(agent, math_agent_sdk(), question, api=api,  # type: ignore[arg-type]
-                                    context={"count_file": count_file})
-    return {"final_output": result.final_output,
-            "items": [type(item).__name__ for item in result.new_items],
+def _summary(result: Any) -> dict[str, Any]:
+    return {"final_output": result.final_output, "items": [type(item).__name__ for item in result.new_items],
             "last_agent": result.last_agent.name}
+
+
+def math_agent(agent: Any, question: str, count_file: str, api: str = "responses") -> dict[str, Any]:
+    """A sync agent function running the SDK math agent durably; returns what the tests compare."""
+    return _summary(openai_agents.run_sync(agent, math_agent_sdk(), question, api=api,  # type: ignore[arg-type]
+                                           context={"count_file": count_file}))
+
+
+async def amath_agent(agent: Any, question: str, count_file: str, api: str = "responses") -> dict[str, Any]:
+    """The same on the async handle: ``await run(...)``."""
+    return _summary(await openai_agents.run(agent, math_agent_sdk(), question, api=api,  # type: ignore[arg-type]
+                                            context={"count_file": count_file}))
 
 
 class Interrupted(BaseException):
     """Stops an agent function the way a crash does: not an agent error, so the run stays open."""
 
 
-def stop_once_agent(agent: Any, question: str, count_file: str, stop_file: str, api: str) -> dict[str, Any]:
-    """The math agent, interrupted after its SDK run the first time: the second call replays every step."""
-    out = math_agent(agent, question, count_file, api)
+def _stop_once(stop_file: str) -> None:
     if not Path(stop_file).exists():
         Path(stop_file).write_text("stopped")
         raise Interrupted
+
+
+def stop_once_agent(agent: Any, question: str, count_file: str, stop_file: str, api: str) -> dict[str, Any]:
+    """The math agent, interrupted after its SDK run the first time: the second call replays every step."""
+    out = math_agent(agent, question, count_file, api)
+    _stop_once(stop_file)
+    return out
+
+
+async def astop_once_agent(agent: Any, question: str, count_file: str, stop_file: str, api: str) -> dict[str, Any]:
+    out = await amath_agent(agent, question, count_file, api)
+    _stop_once(stop_file)
     return out
 
 

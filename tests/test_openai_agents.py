@@ -33,7 +33,7 @@ CHILD = """
 import json, sys
 import agents, openai, sdk_agents, agentshards  # loaded before "ready": kills land in agent code
 print("ready", flush=True)
-out = agentshards.run_agent(sdk_agents.math_agent, agent_id=sys.argv[2], data_dir=sys.argv[1], question=sys.argv[3],
+out = agentshards.run_agent(sdk_agents.amath_agent, agent_id=sys.argv[2], data_dir=sys.argv[1], question=sys.argv[3],
                             count_file=sys.argv[4], api=sys.argv[5])
 print(json.dumps(out), flush=True)
 """
@@ -69,7 +69,7 @@ def test_sigkilled_sdk_run_resumes_without_repeating_calls_or_recorded_tools(tmp
     with FakeLLMServer() as llm:
         llm.script(*SCRIPT)
         config = RunConfig(llm=LLMConfig(api_key="test-key", base_url=llm.base_url))
-        clean = agentshards.run_agent(sdk_agents.math_agent, agent_id="clean", data_dir=tmp_path / "clean",
+        clean = agentshards.run_agent(sdk_agents.amath_agent, agent_id="clean", data_dir=tmp_path / "clean",
                                       config=config, question=QUESTION, count_file=str(tmp_path / "clean-count"))
         clean_requests = llm.request_count
         assert clean_requests == 3
@@ -93,7 +93,7 @@ def test_sigkilled_sdk_run_resumes_without_repeating_calls_or_recorded_tools(tmp
         paid = llm.requests[clean_requests:]
         assert len(paid) == 3, "a completed model call was made again"
         # 5. a finished agent answers from its journal
-        assert agentshards.run_agent(sdk_agents.math_agent, agent_id="crashy", data_dir=data, config=config,
+        assert agentshards.run_agent(sdk_agents.amath_agent, agent_id="crashy", data_dir=data, config=config,
                                      question=QUESTION, count_file=str(count), api=api) == resumed
         assert llm.request_count == clean_requests + 3
 
@@ -105,8 +105,10 @@ def test_sigkilled_sdk_run_resumes_without_repeating_calls_or_recorded_tools(tmp
 
 
 @pytest.mark.parametrize("api", ["responses", "chat_completions"])
+@pytest.mark.parametrize("target", [sdk_agents.stop_once_agent, sdk_agents.astop_once_agent], ids=["sync", "async"])
 def test_a_resumed_run_with_a_new_random_prompt_cache_key_replays(tmp_path: Path, fake_llm: FakeLLMServer,
-                                                                  monkeypatch: pytest.MonkeyPatch, api: str) -> None:
+                                                                  monkeypatch: pytest.MonkeyPatch, api: str,
+                                                                  target: Any) -> None:
     # the SDK draws "agents-sdk:run:<random>" per Runner.run when it believes it talks to OpenAI
     for module in sdk_agents.OFFICIAL_CHECKS:
         monkeypatch.setattr(f"{module}.is_official_openai_client", lambda client: True)
@@ -115,9 +117,9 @@ def test_a_resumed_run_with_a_new_random_prompt_cache_key_replays(tmp_path: Path
     kwargs: dict[str, Any] = dict(agent_id="keyed", data_dir=tmp_path / "data", config=config, question=QUESTION,
                                   count_file=str(tmp_path / "count"), stop_file=str(tmp_path / "stop"), api=api)
     with pytest.raises(sdk_agents.Interrupted):
-        agentshards.run_agent(sdk_agents.stop_once_agent, **kwargs)
+        agentshards.run_agent(target, **kwargs)
     assert fake_llm.request_count == 3
-    out = agentshards.run_agent(sdk_agents.stop_once_agent, **kwargs)  # replays all: a new random key
+    out = agentshards.run_agent(target, **kwargs)  # replays all: a new random key
 
     assert out["final_output"] == "the answers: 5, 20, 25"
     assert fake_llm.request_count == 3
