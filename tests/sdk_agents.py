@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from agents import Agent as SDKAgent
-from agents import RunContextWrapper, function_tool
+from agents import GuardrailFunctionOutput, RunContextWrapper, function_tool, input_guardrail
 
 from agentshards.integrations import openai_agents
 
@@ -69,6 +69,34 @@ async def amath_agent(agent: Any, question: str, count_file: str, api: str = "re
     """The same on the async handle: ``await run(...)``."""
     return _summary(await openai_agents.run(agent, math_agent_sdk(), question, api=api,  # type: ignore[arg-type]
                                             context={"count_file": count_file}))
+
+
+ORCHESTRATOR, CALCULATOR, REPORTER, CHECKER = "Orchestrate.", "Calculate.", "Report.", "Check."
+"""The instructions of the team's agents: the fake server scripts each agent by them."""
+
+
+def team_sdk() -> SDKAgent[Any]:
+    """An orchestrator with an agent used as a tool, a handoff, and an input guardrail that runs an agent."""
+    calculator = SDKAgent(name="calculator", instructions=CALCULATOR, model=MODEL, tools=[add])
+    reporter = SDKAgent(name="reporter", instructions=REPORTER, model=MODEL)
+    checker = SDKAgent(name="checker", instructions=CHECKER, model=MODEL)
+
+    @input_guardrail
+    async def checked(ctx: RunContextWrapper[Any], agent: SDKAgent[Any], input: Any) -> GuardrailFunctionOutput:
+        verdict = await openai_agents.run(ctx.context["agent"], checker, input)  # a nested durable run
+        return GuardrailFunctionOutput(output_info=verdict.final_output,
+                                       tripwire_triggered=verdict.final_output != "safe")
+
+    return SDKAgent(name="orchestrator", instructions=ORCHESTRATOR, model=MODEL,
+                    tools=[calculator.as_tool("calculator", "Calculates.")], handoffs=[reporter],
+                    input_guardrails=[checked])
+
+
+async def ateam_agent(agent: Any, question: str, count_file: str, stop_file: str) -> dict[str, Any]:
+    """The team, interrupted after its SDK run the first time (see stop_once_agent)."""
+    result = await openai_agents.run(agent, team_sdk(), question, context={"count_file": count_file, "agent": agent})
+    _stop_once(stop_file)
+    return _summary(result)
 
 
 class Interrupted(BaseException):

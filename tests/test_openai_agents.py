@@ -129,6 +129,32 @@ def test_a_resumed_run_with_a_new_random_prompt_cache_key_replays(tmp_path: Path
     assert keys == {stable_cache_key("keyed", run_id)}  # one key per agentshards run, sent with every call
 
 
+def test_agents_as_tools_handoffs_and_guardrails_journal_every_model_call_and_tool(
+        tmp_path: Path, fake_llm: FakeLLMServer) -> None:
+    fake_llm.script([ToolCall("calculator", {"input": "2+3"})], [ToolCall("transfer_to_reporter", {})], "unused",
+                    instructions=sdk_agents.ORCHESTRATOR)
+    fake_llm.script([ToolCall("add", {"a": 2, "b": 3})], "calc: {outputs}", instructions=sdk_agents.CALCULATOR)
+    fake_llm.script("report: {outputs}", instructions=sdk_agents.REPORTER)
+    fake_llm.script("safe", instructions=sdk_agents.CHECKER)
+    config = RunConfig(llm=LLMConfig(api_key="test-key", base_url=fake_llm.base_url))
+    kwargs: dict[str, Any] = dict(agent_id="team", data_dir=tmp_path / "data", config=config, question="2+3?",
+                                  count_file=str(tmp_path / "count"), stop_file=str(tmp_path / "stop"))
+    with pytest.raises(sdk_agents.Interrupted):
+        agentshards.run_agent(sdk_agents.ateam_agent, **kwargs)
+    paid = fake_llm.request_count
+    out = agentshards.run_agent(sdk_agents.ateam_agent, **kwargs)  # replays every step
+
+    assert fake_llm.request_count == paid == 6  # orchestrator 2, guardrail's agent 1, calculator 2, reporter 1
+    assert (tmp_path / "count").read_text().splitlines() == ["add 2 3"]
+    assert out["last_agent"] == "reporter" and out["final_output"].startswith("report: calc: 5, ")
+    steps = {s.name for s in agentshards.inspect_agent(tmp_path / "data", "team").runs[-1].steps}
+    [tool_call] = {name.split("/")[1] for name in steps if name.count("/") == 2 and "guardrail" not in name}
+    assert steps == {"sdk/model-1", "sdk/model-2", "sdk/model-3", "sdk/guardrail-checked/model-1",
+                     f"sdk/{tool_call}/model-1", f"sdk/{tool_call}/model-2",
+                     *{n for n in steps if n.startswith(f"sdk/{tool_call}/tool-add-call_fake-")}}
+    assert len(steps) == 7
+
+
 def test_normalise_drops_sentinels_and_sdk_version_keeps_callers_headers() -> None:
     request = {"model": "m", "input": "hi", "temperature": omit, "top_p": NOT_GIVEN, "extra_query": None,
                "extra_headers": {"User-Agent": "Agents/Python 0.24.0", "X-Team": "a"},

@@ -46,6 +46,20 @@ class AgentScript:
         return self.turns[-1]
 
 
+Scripts = dict[str | None, AgentScript]
+"""Scripts by the instructions (system prompt) of the agent they answer; ``None`` answers any other."""
+
+
+def _pick(scripts: Scripts, instructions: Any) -> AgentScript | None:
+    return scripts.get(instructions if isinstance(instructions, str) else None) or scripts.get(None)
+
+
+def _chat_instructions(body: dict[str, Any]) -> Any:
+    messages = body.get("messages") or []
+    first = messages[0] if messages and isinstance(messages[0], dict) else {}
+    return first.get("content") if first.get("role") in ("system", "developer") else None
+
+
 def _final_text(text: str, tool_results: list[str]) -> str:
     return text.replace("{outputs}", ", ".join(tool_results))
 
@@ -67,8 +81,12 @@ def _usage_in(text: str) -> int:
     return len(text.split()) + 4
 
 
-def scripted_response(script: AgentScript, serial: int, body: dict[str, Any]) -> dict[str, Any]:
-    """A Responses API answer following ``script``: ``function_call`` items, or a message."""
+def scripted_response(scripts: Scripts, serial: int, body: dict[str, Any]) -> dict[str, Any] | None:
+    """A Responses API answer following the script for the request's instructions: ``function_call`` items,
+    or a message. None when no script applies."""
+    script = _pick(scripts, body.get("instructions"))
+    if script is None:
+        return None
     results = _responses_tool_results(body)
     turn = script.turn_for(results)
     output: list[dict[str, Any]]
@@ -95,8 +113,13 @@ def scripted_response(script: AgentScript, serial: int, body: dict[str, Any]) ->
     }
 
 
-def scripted_chat_completion(script: AgentScript, serial: int, body: dict[str, Any], model: str) -> dict[str, Any]:
-    """A Chat Completions answer following ``script``: an assistant message with ``tool_calls``, or text."""
+def scripted_chat_completion(scripts: Scripts, serial: int, body: dict[str, Any],
+                             model: str) -> dict[str, Any] | None:
+    """A Chat Completions answer following the script for the request's system prompt: an assistant message
+    with ``tool_calls``, or text. None when no script applies."""
+    script = _pick(scripts, _chat_instructions(body))
+    if script is None:
+        return None
     results = _chat_tool_results(body)
     turn = script.turn_for(results)
     message: dict[str, Any]
