@@ -99,6 +99,15 @@ async def ateam_agent(agent: Any, question: str, count_file: str, stop_file: str
     return _summary(result)
 
 
+async def aretrying_agent(agent: Any, question: str, count_file: str) -> dict[str, Any]:
+    """The math agent configured to retry failed model calls itself (up to 3 times, on any 500)."""
+    from agents import ModelRetrySettings, ModelSettings, retry_policies
+
+    retrying = ModelSettings(retry=ModelRetrySettings(max_retries=3, policy=retry_policies.http_status([500])))
+    sdk_agent = math_agent_sdk().clone(model_settings=retrying)
+    return _summary(await openai_agents.run(agent, sdk_agent, question, context={"count_file": count_file}))
+
+
 class Interrupted(BaseException):
     """Stops an agent function the way a crash does: not an agent error, so the run stays open."""
 

@@ -12,6 +12,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import openai
 import pytest
 from openai import NOT_GIVEN, omit
 from openai.types.shared import Reasoning
@@ -153,6 +154,19 @@ def test_agents_as_tools_handoffs_and_guardrails_journal_every_model_call_and_to
                      f"sdk/{tool_call}/model-1", f"sdk/{tool_call}/model-2",
                      *{n for n in steps if n.startswith(f"sdk/{tool_call}/tool-add-call_fake-")}}
     assert len(steps) == 7
+
+
+def test_the_facade_is_the_one_retry_layer(tmp_path: Path, fake_llm: FakeLLMServer) -> None:
+    """An SDK agent that asks the SDK to retry gets only agentshards' retries: each attempt has its row in
+    the journal; SDK retries would re-send behind it."""
+    fake_llm.script(*SCRIPT)
+    fake_llm.fail_next(2, status=500)
+    config = RunConfig(llm=LLMConfig(api_key="test-key", base_url=fake_llm.base_url, max_attempts=2, backoff_s=0.01))
+    with pytest.raises(openai.InternalServerError):  # the facade gave up: the run stays open for a re-run
+        agentshards.run_agent(sdk_agents.aretrying_agent, agent_id="retry", data_dir=tmp_path, config=config,
+                              question=QUESTION, count_file=str(tmp_path / "count"))
+    assert fake_llm.request_count == 2  # the facade's two attempts, no SDK retry on top
+    assert len(agentshards.inspect_agent(tmp_path, "retry").runs[-1].attempts) == 2
 
 
 def test_normalise_drops_sentinels_and_sdk_version_keeps_callers_headers() -> None:
