@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from collections import Counter
@@ -167,6 +168,24 @@ def test_the_facade_is_the_one_retry_layer(tmp_path: Path, fake_llm: FakeLLMServ
                               question=QUESTION, count_file=str(tmp_path / "count"))
     assert fake_llm.request_count == 2  # the facade's two attempts, no SDK retry on top
     assert len(agentshards.inspect_agent(tmp_path, "retry").runs[-1].attempts) == 2
+
+
+def test_the_docs_example_runs_offline_and_its_second_run_is_free(tmp_path: Path) -> None:
+    text = (TESTS_DIR.parent / "docs" / "integrations.md").read_text()
+    [example] = re.findall(r"^```python\n(.*?)^```", text, re.MULTILINE | re.DOTALL)
+    (tmp_path / "sdk_math.py").write_text(example)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "AGENTSHARDS_"))}
+    env.update(OPENAI_BASE_URL="http://127.0.0.1:9/v1", OPENAI_API_KEY="must-not-be-used",
+               PYTHONPATH=str(TESTS_DIR.parent))
+
+    def run() -> list[str]:
+        done = subprocess.run([sys.executable, "sdk_math.py"], cwd=tmp_path, env=env, capture_output=True,
+                              text=True, timeout=60)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done.stdout.splitlines()
+
+    assert run() == ["the add tool runs: 2 + 3", "2 + 3 = 5", "LLM requests made by this run: 2"]
+    assert run() == ["2 + 3 = 5", "LLM requests made by this run: 0"]
 
 
 def test_normalise_drops_sentinels_and_sdk_version_keeps_callers_headers() -> None:
