@@ -108,6 +108,27 @@ async def aretrying_agent(agent: Any, question: str, count_file: str) -> dict[st
     return _summary(await openai_agents.run(agent, sdk_agent, question, context={"count_file": count_file}))
 
 
+async def aslow_once_agent(agent: Any, question: str, count_file: str, stop_file: str) -> dict[str, Any]:
+    """The math agent whose ``add`` has a 0.2 s timeout and, on its first run only, takes 5 s: the model is
+    told it timed out. Interrupted after its SDK run the first time (see stop_once_agent)."""
+    import asyncio
+
+    @function_tool(name_override="add", timeout=0.2)
+    async def slow_add(a: int, b: int) -> int:
+        """Add two integers."""
+        path = Path(count_file)
+        first = not path.exists() or not any(line.startswith("add ") for line in path.read_text().splitlines())
+        _ran(count_file, f"add {a} {b}")
+        if first:
+            await asyncio.sleep(5)
+        return a + b
+
+    sdk_agent = math_agent_sdk().clone(tools=[slow_add, mul])
+    result = await openai_agents.run(agent, sdk_agent, question, context={"count_file": count_file})
+    _stop_once(stop_file)
+    return _summary(result)
+
+
 class Interrupted(BaseException):
     """Stops an agent function the way a crash does: not an agent error, so the run stays open."""
 

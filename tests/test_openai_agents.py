@@ -157,6 +157,24 @@ def test_agents_as_tools_handoffs_and_guardrails_journal_every_model_call_and_to
     assert len(steps) == 7
 
 
+def test_a_tool_that_timed_out_is_recorded_as_timed_out(tmp_path: Path, fake_llm: FakeLLMServer) -> None:
+    """The model was told the tool timed out; a resumed run must tell it the same, not run the tool again
+    (it might answer this time, and the next model call would no longer match its record)."""
+    fake_llm.script(*SCRIPT)
+    config = RunConfig(llm=LLMConfig(api_key="test-key", base_url=fake_llm.base_url))
+    kwargs: dict[str, Any] = dict(agent_id="slow", data_dir=tmp_path / "data", config=config, question=QUESTION,
+                                  count_file=str(tmp_path / "count"), stop_file=str(tmp_path / "stop"))
+    with pytest.raises(sdk_agents.Interrupted):
+        agentshards.run_agent(sdk_agents.aslow_once_agent, **kwargs)
+    first = Counter((tmp_path / "count").read_text().splitlines())
+    out = agentshards.run_agent(sdk_agents.aslow_once_agent, **kwargs)
+
+    assert out["final_output"] == "the answers: Tool 'add' timed out after 0.2 seconds., 20, 25"
+    assert Counter((tmp_path / "count").read_text().splitlines()) == first == {"add 2 3": 1, "mul 4 5": 1,
+                                                                               "add 5 20": 1}
+    assert fake_llm.request_count == 3
+
+
 def test_the_facade_is_the_one_retry_layer(tmp_path: Path, fake_llm: FakeLLMServer) -> None:
     """An SDK agent that asks the SDK to retry gets only agentshards' retries: each attempt has its row in
     the journal; SDK retries would re-send behind it."""

@@ -13,7 +13,9 @@ SDK's ``ToolOutputText``/``ToolOutputImage``/``ToolOutputFileContent`` rebuilt a
 
 from __future__ import annotations
 
+import asyncio
 import copy
+import inspect
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -95,9 +97,40 @@ def check(tool: Any) -> None:
                   "wrap the work in a @function_tool: a function tool runs once per call id and is recorded")
 
 
+def _with_timeout(tool: Any, original: Callable[[Any, str], Awaitable[Any]]) -> Callable[[Any, str], Awaitable[Any]]:
+    """The tool's own ``timeout_seconds``, applied inside its step, as the SDK would apply it outside.
+
+    The SDK sends the model a "timed out" message when a tool overruns. Applied outside the step, that
+    message would not be recorded: a resumed run would run the tool again, perhaps get an answer this
+    time, and send the next model call something other than its record. Inside, the message is the
+    step's result. ``raise_exception`` tools raise ToolTimeoutError (nothing recorded, as any failure).
+    """
+    from agents.exceptions import ToolTimeoutError
+    from agents.tool import default_tool_timeout_error_message
+
+    timeout: float = tool.timeout_seconds
+
+    async def invoke(ctx: Any, arguments: str) -> Any:
+        try:
+            return await asyncio.wait_for(original(ctx, arguments), timeout)
+        except TimeoutError as exc:
+            error = ToolTimeoutError(tool_name=tool.name, timeout_seconds=timeout)
+            if tool.timeout_behavior == "raise_exception":
+                raise error from exc
+            if tool.timeout_error_function is None:
+                return default_tool_timeout_error_message(tool_name=tool.name, timeout_seconds=timeout)
+            message = tool.timeout_error_function(ctx, error)
+            return await message if inspect.isawaitable(message) else message
+
+    return invoke
+
+
 def _durable_copy(tool: Any) -> Any:
     original: Callable[[Any, str], Awaitable[Any]] = tool.on_invoke_tool
     tool_name: str = tool.name
+    timed = tool.timeout_seconds is not None and not tool._is_agent_tool
+    if timed:
+        original = _with_timeout(tool, original)
 
     if tool._is_agent_tool:
         async def invoke_agent(ctx: Any, arguments: str) -> Any:
@@ -124,6 +157,8 @@ def _durable_copy(tool: Any) -> Any:
     setattr(invoke, _MARK, True)
     durable = copy.copy(tool)
     durable.on_invoke_tool = invoke
+    if timed:
+        durable.timeout_seconds = None  # applied inside the step instead
     return durable
 
 
