@@ -115,3 +115,23 @@ async def drifting(agent: agentshards.AsyncAgent) -> list[str]:
 
 async def async_generator_agent(agent: agentshards.AsyncAgent) -> Any:
     yield None
+
+
+async def where(agent: agentshards.AsyncAgent, n: int) -> dict[str, Any]:
+    """n chat calls, then where the agent ran: its process and thread (a worker hosts async agents on one loop)."""
+    import os
+    import threading
+
+    for i in range(n):
+        await agent.llm.chat.completions.create(model="m", user=agent.agent_id,
+                                                messages=[{"role": "user", "content": f"call {i} of {n}"}])
+    return {"pid": os.getpid(), "thread": threading.current_thread().name}
+
+
+async def fails(agent: agentshards.AsyncAgent, message: str) -> None:
+    await agent.step("before", record, "before")
+    raise ValueError(message)
+
+
+async def replicated(agent: agentshards.AsyncAgent, n: int) -> list[Any]:
+    return [await agent.options(durability="replicated").step("rep", record, f"rep-{i}", {"i": i}) for i in range(n)]

@@ -271,3 +271,63 @@ def test_sigkilled_async_agent_never_repeats_a_completed_call(tmp_path: Path) ->
     ledgered = {name for (name,) in conn.execute("SELECT step_name FROM llm_ledger WHERE event = 'call'")}
     conn.close()
     assert ledgered == {f"llm#{i}" for i in range(1, calls + 1)}  # every completed call is in the cost ledger
+
+
+def test_a_fleet_worker_hosts_async_agents_on_one_loop_and_survives_a_kill(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from agentshards import Fleet, SupervisorConfig
+
+    with FakeLLMServer(delay_s=0.03) as llm:
+        monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+        monkeypatch.setenv("OPENAI_BASE_URL", llm.base_url)
+        fleet = Fleet(tmp_path / "fleet", app_dir=TESTS_DIR,
+                      config=SupervisorConfig(agents_per_worker=3, concurrency=6, restart_backoff_s=0.05))
+        fleet.launch("async_agents:where", {f"w{i}": {"n": 6} for i in range(6)})
+        killed: list[int] = []
+
+        def killer() -> None:  # the fleet runs inside wait(): kill one worker once its agents are under way
+            _wait_for(lambda: llm.request_count >= 12 and len(fleet.worker_pids()) == 2, deadline_s=60)
+            killed.append(fleet.worker_pids()[0])
+            os.kill(killed[0], signal.SIGKILL)
+
+        thread = threading.Thread(target=killer)
+        thread.start()
+        results = fleet.wait(timeout_s=120)
+        thread.join()
+        log = list(llm.requests)
+        victim = killed[0]
+    assert all(isinstance(r, dict) for r in results.values()), results
+    by_pid: dict[int, set[str]] = {}
+    for result in results.values():
+        by_pid.setdefault(result["pid"], set()).add(result["thread"])
+    assert victim not in by_pid and all(threads == {"MainThread"} for threads in by_pid.values())  # one loop
+    assert sum(s.restarts for s in fleet.status().values()) >= 1
+    answered = [(r.body["user"], r.body["messages"][0]["content"]) for r in log]
+    assert len(answered) - len(set(answered)) <= 3  # at most one in-flight call per agent of the killed worker
+    for agent_id in results:
+        steps = inspect_agent(tmp_path / "fleet", agent_id).runs[-1].steps
+        assert len(steps) == 6 and len(set(answered) & {(agent_id, f"call {i} of 6") for i in range(6)}) == 6
+
+
+def test_async_agents_in_a_worker_each_log_to_their_own_file(tmp_path: Path) -> None:
+    from agentshards import Fleet
+
+    fleet = Fleet(tmp_path / "d", app_dir=TESTS_DIR, agents_per_worker=2)
+    fleet.launch("async_agents:fails", {"l1": {"message": "first problem"}, "l2": {"message": "second"}})
+    fleet.wait(timeout_s=60)
+    one = (tmp_path / "d" / ".fleet" / "logs" / "l1.log").read_text()
+    two = (tmp_path / "d" / ".fleet" / "logs" / "l2.log").read_text()
+    assert "first problem" in one and "first problem" not in two and "second" in two
+
+
+def test_replicated_async_steps_return_once_the_replica_has_them(tmp_path: Path) -> None:
+    """Real Litestream, a directory replica: every step is confirmed (and marked) before it returns."""
+    from agentshards import restore_agent
+
+    replica = tmp_path / "replica"
+    assert len(run_agent(async_agents.replicated, agent_id="r", data_dir=tmp_path / "n1", replica=str(replica),
+                         n=3)) == 3
+    steps = inspect_agent(tmp_path / "n1", "r").runs[0].steps
+    assert [s.name for s in steps] == ["rep", "rep#2", "rep#3"] and all(s.replicated_at for s in steps)
+    restore_agent("r", tmp_path / "n2", str(replica))
+    assert len(inspect_agent(tmp_path / "n2", "r").runs[0].steps) == 3

@@ -141,7 +141,8 @@ class AsyncAgent(StepBook):
                 performed = await perform(call)
                 stored = await self._io(self._record_performed, call, kind, input_text, performed)
             if replicated and stored.replicated_at is None:  # also a replayed step never confirmed: wait again
-                stored = await self._io(self._replicate, stored)
+                # a wait of up to a second or more for the replica, not a quick commit: never on the loop
+                stored = await asyncio.to_thread(self._replicate, stored)
             return stored
         finally:
             self._release(token)
