@@ -129,6 +129,23 @@ async def aslow_once_agent(agent: Any, question: str, count_file: str, stop_file
     return _summary(result)
 
 
+async def atwice_agent(agent: Any, question: str, count_file: str, stop_file: str) -> list[dict[str, Any]]:
+    """Two SDK runs in one agent function, the second with a guardrail running an agent beside its first
+    model call. Interrupted after them the first time (see stop_once_agent)."""
+    first = await amath_agent(agent, question, count_file)
+    checker = SDKAgent(name="checker", instructions=CHECKER, model=MODEL)
+
+    @input_guardrail
+    async def checked(ctx: RunContextWrapper[Any], sdk_agent: SDKAgent[Any], input: Any) -> GuardrailFunctionOutput:
+        verdict = await openai_agents.run(agent, checker, input)
+        return GuardrailFunctionOutput(output_info=verdict.final_output, tripwire_triggered=False)
+
+    guarded = math_agent_sdk().clone(input_guardrails=[checked])
+    second = _summary(await openai_agents.run(agent, guarded, question, context={"count_file": count_file}))
+    _stop_once(stop_file)
+    return [first, second]
+
+
 class Interrupted(BaseException):
     """Stops an agent function the way a crash does: not an agent error, so the run stays open."""
 

@@ -157,6 +157,24 @@ def test_agents_as_tools_handoffs_and_guardrails_journal_every_model_call_and_to
     assert len(steps) == 7
 
 
+def test_two_sdk_runs_in_one_agent_function_have_names_of_their_own(tmp_path: Path, fake_llm: FakeLLMServer) -> None:
+    fake_llm.script(*SCRIPT)
+    fake_llm.script("safe", instructions=sdk_agents.CHECKER)
+    config = RunConfig(llm=LLMConfig(api_key="test-key", base_url=fake_llm.base_url))
+    kwargs: dict[str, Any] = dict(agent_id="twice", data_dir=tmp_path / "data", config=config, question=QUESTION,
+                                  count_file=str(tmp_path / "count"), stop_file=str(tmp_path / "stop"))
+    with pytest.raises(sdk_agents.Interrupted):
+        agentshards.run_agent(sdk_agents.atwice_agent, **kwargs)
+    first, second = agentshards.run_agent(sdk_agents.atwice_agent, **kwargs)
+
+    assert first["final_output"] == second["final_output"] == "the answers: 5, 20, 25"
+    assert fake_llm.request_count == 7  # 3 + 3 + the guardrail's agent, none repeated by the replay
+    models = sorted(s.name for s in agentshards.inspect_agent(tmp_path / "data", "twice").runs[-1].steps
+                    if "/tool-" not in s.name)
+    assert models == ["sdk/model-1", "sdk/model-2", "sdk/model-3", "sdk/run-2/guardrail-checked/model-1",
+                      "sdk/run-2/model-1", "sdk/run-2/model-2", "sdk/run-2/model-3"]
+
+
 def test_a_tool_that_timed_out_is_recorded_as_timed_out(tmp_path: Path, fake_llm: FakeLLMServer) -> None:
     """The model was told the tool timed out; a resumed run must tell it the same, not run the tool again
     (it might answer this time, and the next model call would no longer match its record)."""

@@ -90,7 +90,7 @@ async def run(agent: Any, sdk_agent: SDKAgent[Any], input: Any, *, api: Api = "r
     from agents import Runner
 
     from ._openai_agents import guards
-    from ._openai_agents.scope import PREFIX, Handle, Scope
+    from ._openai_agents.scope import Handle, top_level
 
     if api not in ("responses", "chat_completions"):
         raise ValueError(f"api must be 'responses' or 'chat_completions', not {api!r}")
@@ -98,12 +98,16 @@ async def run(agent: Any, sdk_agent: SDKAgent[Any], input: Any, *, api: Api = "r
     guards.check_kwargs(runner_kwargs, handle.agent_id)
     guards.check_input(input, handle.agent_id)
     config = runner_kwargs.pop("run_config", None)
+    if isinstance(config, dict):
+        from agents import RunConfig
+
+        config = RunConfig(**config)
     if config is not None:
         guards.check_run_config(config, handle.agent_id)
     guards.check_agents(sdk_agent, handle.agent_id)
     parent = _scope.current()
     scope = parent.nested_run(_nested_label()) if parent is not None and parent.handle.agent is agent \
-        else Scope(handle, PREFIX)
+        else top_level(handle)
     with _scope.entered(scope):
         return await Runner.run(sdk_agent, input, run_config=_run_config(config, agent, api), **runner_kwargs)
 

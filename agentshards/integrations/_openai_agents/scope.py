@@ -6,6 +6,7 @@ the SDK works concurrently (parallel tool calls, agents used as tools, input gua
 model call), so nothing is numbered by arrival order across tasks:
 
 - a model call is ``sdk/model-N``, N counted within its scope, where calls follow one another;
+- the agent function's second ``run(...)`` runs in ``sdk/run-2/``, its third in ``sdk/run-3/``, ...;
 - a function-tool run is ``sdk/tool-NAME-CALLID``, keyed by the model's call id;
 - an agent used as a tool runs in the scope ``sdk/CALLID/`` of the call that invoked it; a nested
   ``run(...)`` (a guardrail's agent, say) in ``sdk/guardrail-NAME/`` or ``sdk/run-N/``.
@@ -17,6 +18,7 @@ import asyncio
 import hashlib
 import inspect
 import threading
+import weakref
 from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -111,6 +113,17 @@ class Scope:
 
 
 _current: ContextVar[Scope | None] = ContextVar("agentshards_openai_agents_scope", default=None)
+_top_level_runs: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+_top_level_lock = threading.Lock()
+
+
+def top_level(handle: Handle) -> Scope:
+    """The scope of a ``run(...)`` the agent function itself started: ``sdk/`` for its first, then
+    ``sdk/run-N/``, so two SDK runs of one agent never share a name (nor number one by arrival)."""
+    with _top_level_lock:
+        count = _top_level_runs.get(handle.agent, 0) + 1
+        _top_level_runs[handle.agent] = count
+    return Scope(handle, PREFIX if count == 1 else f"{PREFIX}run-{count}/")
 
 
 def current() -> Scope | None:
