@@ -93,6 +93,9 @@ def check(tool: Any) -> None:
         return
     if kind in _HOSTED:
         return
+    if kind == "ProgrammaticToolCallingTool":
+        raise _refuse(tool, "runs provider-side code that calls tools in ways a replay cannot follow yet",
+                      "let the model call the function tools itself")
     raise _refuse(tool, "runs on this machine outside the journal and cannot be made durable",
                   "wrap the work in a @function_tool: a function tool runs once per call id and is recorded")
 
