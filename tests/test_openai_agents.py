@@ -13,6 +13,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import agents
 import openai
 import pytest
 from openai import NOT_GIVEN, omit
@@ -41,10 +42,10 @@ print(json.dumps(out), flush=True)
 """
 
 
-@pytest.fixture(autouse=True)
-def _offline_tracing(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The SDK's default trace exporter posts to api.openai.com; tests stay on this machine."""
-    monkeypatch.setenv("OPENAI_AGENTS_DISABLE_TRACING", "1")
+# The SDK's default trace exporter posts to api.openai.com; tests stay on this machine. The switch, not the
+# environment variable, because the SDK reads that once, on its first use, whenever that was in this process
+# (child processes get OPENAI_AGENTS_DISABLE_TRACING=1).
+agents.set_tracing_disabled(True)
 
 
 def _child(data_dir: Path, llm: FakeLLMServer, agent_id: str, count_file: Path, api: str = "responses",
