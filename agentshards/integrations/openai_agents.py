@@ -90,7 +90,8 @@ async def run(agent: Any, sdk_agent: SDKAgent[Any], input: Any, *, api: Api = "r
     from agents import Runner
 
     from ._openai_agents import guards
-    from ._openai_agents.scope import Handle, top_level
+    from ._openai_agents.handle import Handle
+    from ._openai_agents.scope import top_level
 
     if api not in ("responses", "chat_completions"):
         raise ValueError(f"api must be 'responses' or 'chat_completions', not {api!r}")

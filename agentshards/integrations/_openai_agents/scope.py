@@ -9,23 +9,22 @@ model call), so nothing is numbered by arrival order across tasks:
 - the agent function's second ``run(...)`` runs in ``sdk/run-2/``, its third in ``sdk/run-3/``, ...;
 - a function-tool run is ``sdk/tool-NAME-CALLID``, keyed by the model's call id;
 - an agent used as a tool runs in the scope ``sdk/CALLID/`` of the call that invoked it; a nested
-  ``run(...)`` (a guardrail's agent, say) in ``sdk/guardrail-NAME/`` or ``sdk/run-N/``.
+  ``run(...)`` (a guardrail's agent, say) in ``sdk/guardrail-NAME/`` or, started elsewhere, ``sdk/nested-N/``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
-import inspect
 import threading
 import weakref
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import NotDurable
+from .handle import Handle
 
 PREFIX = "sdk/"
 MAX_NAME = 200
@@ -34,44 +33,6 @@ MAX_NAME = 200
 def _safe(part: str) -> str:
     """A name part with the characters step names reserve ('#', control characters) replaced."""
     return "".join("_" if c == "#" or ord(c) < 32 or ord(c) == 127 else c for c in part)
-
-
-class Handle:
-    """One agentshards handle as the integration uses it: awaitable steps and LLM calls.
-
-    The async handle (``AsyncAgent``) is awaited directly. The sync ``Agent`` works too: its calls run in
-    a worker thread (its step machinery is thread-based), and a tool's coroutine runs on the SDK's loop.
-    """
-
-    def __init__(self, agent: Any) -> None:
-        for attribute in ("step", "options", "agent_id", "run_id"):
-            if not hasattr(agent, attribute):
-                raise TypeError(f"run(agent, ...): agent must be the agentshards handle passed to the agent "
-                                f"function, not {type(agent).__name__}")
-        self.agent = agent
-        self.agent_id: str = agent.agent_id
-        self.run_id: str = agent.run_id
-        self.is_async = inspect.iscoroutinefunction(agent.step)
-
-    async def llm(self, endpoint: str, name: str, request: dict[str, Any]) -> Any:
-        """One durable LLM step named ``name``: the provider's answer object, made once per run."""
-        view = self.agent.options(name=name).llm
-        create = view.responses.create if endpoint == "responses" else view.chat.completions.create
-        if self.is_async:
-            return await create(**request)
-        return await asyncio.to_thread(create, **request)
-
-    async def step(self, name: str, fn: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> Any:
-        """One durable plain step running the coroutine function ``fn(*args)``: its recorded JSON value."""
-        if self.is_async:
-            return await self.agent.step(name, fn, *args)
-        loop = asyncio.get_running_loop()
-
-        def run_on_loop(*values: Any) -> Any:
-            return asyncio.run_coroutine_threadsafe(fn(*values), loop).result()
-
-        run_on_loop.__qualname__ = f"tool:{getattr(fn, '__qualname__', 'fn')}"
-        return await asyncio.to_thread(self.agent.step, name, run_on_loop, *args)
 
 
 @dataclass
@@ -107,7 +68,7 @@ class Scope:
     def nested_run(self, label: str | None) -> Scope:
         """The scope of a ``run(...)`` started inside this one: by the guardrail that started it when there
         is one (guardrails run concurrently, under unique names), else by order."""
-        tail = f"guardrail-{label}" if label else f"run-{self._next('run')}"
+        tail = f"guardrail-{label}" if label else f"nested-{self._next('nested')}"
         count = self._next(f"child:{tail}")
         return self.child(tail if count == 1 else f"{tail}-{count}")
 
