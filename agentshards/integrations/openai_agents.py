@@ -69,12 +69,9 @@ def _run_config(given: Any, agent: Any, api: Api) -> Any:
 
 def _nested_label() -> str | None:
     """The guardrail a nested run() was started from, if it was (guardrails run concurrently)."""
-    from agents.tracing import get_current_span
+    from agents.tracing import GuardrailSpanData, get_current_span
 
-    span = get_current_span()
-    from agents.tracing import GuardrailSpanData
-
-    data = getattr(span, "span_data", None)
+    data = getattr(get_current_span(), "span_data", None)
     return data.name if isinstance(data, GuardrailSpanData) else None
 
 
@@ -85,7 +82,8 @@ async def run(agent: Any, sdk_agent: SDKAgent[Any], input: Any, *, api: Api = "r
 
     ``api`` picks the OpenAI API the models use (``responses`` or ``chat_completions``); ``runner_kwargs``
     go to ``Runner.run`` (``context``, ``max_turns``, ``hooks``, ``run_config``, ...). Called inside a
-    durable run (from a guardrail or a tool), it runs in a scope of that run, so its calls are steps too.
+    durable run (from a guardrail), it runs in a scope of that run, so its calls are steps too. Not from
+    inside a function tool: the tool is a step, and steps do not nest (use ``sdk_agent.as_tool(...)``).
     """
     from agents import Runner
 
