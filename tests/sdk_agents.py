@@ -146,6 +146,14 @@ async def atwice_agent(agent: Any, question: str, count_file: str, stop_file: st
     return [first, second]
 
 
+async def ahosted_agent(agent: Any, question: str, count_file: str) -> dict[str, Any]:
+    """The math agent with a hosted tool beside its function tools: the provider runs it in the model call."""
+    from agents import WebSearchTool
+
+    sdk_agent = math_agent_sdk().clone(tools=[WebSearchTool(), add, mul])
+    return _summary(await openai_agents.run(agent, sdk_agent, question, context={"count_file": count_file}))
+
+
 class Interrupted(BaseException):
     """Stops an agent function the way a crash does: not an agent error, so the run stays open."""
 
@@ -200,6 +208,11 @@ def _refused_run(agent: Any, case: str) -> str:
         shell = LocalShellTool(executor=lambda request: "done")
         helper = SDKAgent(name="ops", instructions="Run commands.", model=MODEL, tools=[shell])
         sdk_agent = sdk_agent.clone(handoffs=[helper])  # refused even one handoff away
+    elif case == "hosted_mcp":
+        from agents import HostedMCPTool
+
+        mcp = HostedMCPTool(tool_config={"type": "mcp", "server_label": "docs", "server_url": "http://127.0.0.1:9"})
+        sdk_agent = sdk_agent.clone(tools=[add, mcp])
     elif case == "model_object":
         sdk_agent = sdk_agent.clone(model=OpenAIResponsesModel(MODEL, AsyncOpenAI(api_key="k", base_url="http://127.0.0.1:9/v1")))
     elif case == "model_provider":

@@ -176,6 +176,16 @@ def test_two_sdk_runs_in_one_agent_function_have_names_of_their_own(tmp_path: Pa
                       "sdk/run-2/model-1", "sdk/run-2/model-2", "sdk/run-2/model-3"]
 
 
+def test_hosted_tools_go_with_the_model_call(tmp_path: Path, fake_llm: FakeLLMServer) -> None:
+    fake_llm.script(*SCRIPT)
+    config = RunConfig(llm=LLMConfig(api_key="test-key", base_url=fake_llm.base_url))
+    out = agentshards.run_agent(sdk_agents.ahosted_agent, agent_id="hosted", data_dir=tmp_path, config=config,
+                                question=QUESTION, count_file=str(tmp_path / "count"))
+    assert out["final_output"] == "the answers: 5, 20, 25"
+    assert all(r.body["tools"][0]["type"] == "web_search" for r in fake_llm.requests)  # sent, run by the provider
+    assert len(agentshards.inspect_agent(tmp_path, "hosted").runs[-1].steps) == 6  # 3 model calls, 3 tool runs
+
+
 def test_a_tool_that_timed_out_is_recorded_as_timed_out(tmp_path: Path, fake_llm: FakeLLMServer) -> None:
     """The model was told the tool timed out; a resumed run must tell it the same, not run the tool again
     (it might answer this time, and the next model call would no longer match its record)."""
@@ -243,6 +253,7 @@ def test_normalise_drops_sentinels_and_sdk_version_keeps_callers_headers() -> No
     ("conversation_id", "conversation_id", "conversation_id="),
     ("approval", "FunctionTool", "'pay'"),
     ("local_shell", "LocalShellTool", "'local_shell'"),
+    ("hosted_mcp", "HostedMCPTool", "'hosted_mcp'"),
     ("model_object", "model", "OpenAIResponsesModel"),
     ("model_provider", "model_provider", "Provider"),
     ("streamed", "streaming", "run_streamed"),
