@@ -223,4 +223,9 @@ def _refused_run(agent: Any, case: str) -> str:
         kwargs["run_config"] = RunConfig(model_provider=Provider(), model_settings=ModelSettings())
     elif case == "streamed":
         return str(openai_agents.run_streamed(agent, sdk_agent, "hi"))
-    return str(openai_agents.run_sync(agent, sdk_agent, "hi", **kwargs).final_output)
+    run_input: Any = "hi"
+    if case == "run_state":
+        from agents import RunState
+
+        run_input = RunState(RunContextWrapper(context={}), "hi", sdk_agent)
+    return str(openai_agents.run_sync(agent, sdk_agent, run_input, **kwargs).final_output)

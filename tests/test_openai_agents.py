@@ -252,6 +252,7 @@ def test_normalise_drops_sentinels_and_sdk_version_keeps_callers_headers() -> No
     ("session", "session", "session="),
     ("conversation_id", "conversation_id", "conversation_id="),
     ("approval", "FunctionTool", "'pay'"),
+    ("run_state", "run_state", "RunState"),
     ("local_shell", "LocalShellTool", "'local_shell'"),
     ("hosted_mcp", "HostedMCPTool", "'hosted_mcp'"),
     ("model_object", "model", "OpenAIResponsesModel"),
