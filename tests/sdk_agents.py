@@ -215,6 +215,8 @@ def _refused_run(agent: Any, case: str) -> str:
         sdk_agent = sdk_agent.clone(tools=[add, mcp])
     elif case == "model_object":
         sdk_agent = sdk_agent.clone(model=OpenAIResponsesModel(MODEL, AsyncOpenAI(api_key="k", base_url="http://127.0.0.1:9/v1")))
+    elif case == "litellm":
+        sdk_agent = sdk_agent.clone(handoffs=[SDKAgent(name="other", model="litellm/anthropic/claude")])
     elif case == "model_provider":
         class Provider(ModelProvider):
             def get_model(self, model_name: str | None) -> Any:

@@ -257,6 +257,7 @@ def test_normalise_drops_sentinels_and_sdk_version_keeps_callers_headers() -> No
     ("hosted_mcp", "HostedMCPTool", "'hosted_mcp'"),
     ("model_object", "model", "OpenAIResponsesModel"),
     ("model_provider", "model_provider", "Provider"),
+    ("litellm", "model_provider", "'litellm/anthropic/claude'"),
     ("streamed", "streaming", "run_streamed"),
 ])
 def test_what_cannot_be_durable_is_refused_before_any_call(tmp_path: Path, fake_llm: FakeLLMServer, case: str,

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from .errors import NotDurable
-from .models import DURABLE_MODELS
+from .models import DURABLE_MODELS, check_model_name
 from .tools import check as check_tool
 
 _REFUSED_KWARGS = {
@@ -45,6 +45,8 @@ def check_run_config(run_config: Any, agent_id: str) -> None:
     from agents.models.interface import Model
     from agents.models.multi_provider import MultiProvider
 
+    if isinstance(run_config.model, str):
+        check_model_name(run_config.model, agent_id)
     if isinstance(run_config.model, Model) and not isinstance(run_config.model, DURABLE_MODELS):
         raise NotDurable(f"RunConfig(model=<{type(run_config.model).__name__}>) makes calls outside the journal",
                          feature="model", agent_id=agent_id, hint="give the model by name, e.g. 'gpt-4o-mini'")
@@ -80,6 +82,8 @@ def check_agents(start: Any, agent_id: str) -> None:
     from agents.models.interface import Model
 
     for sdk_agent in _agents(start):
+        if isinstance(sdk_agent.model, str):
+            check_model_name(sdk_agent.model, agent_id)
         if isinstance(sdk_agent.model, Model) and not isinstance(sdk_agent.model, DURABLE_MODELS):
             raise NotDurable(f"SDK agent {sdk_agent.name!r} has a model object "
                              f"({type(sdk_agent.model).__name__}) whose calls bypass the journal", feature="model",

@@ -57,6 +57,27 @@ class DurableChatModel(OpenAIChatCompletionsModel):
 DURABLE_MODELS = (DurableResponsesModel, DurableChatModel)
 
 
+OTHER_PROVIDERS = ("litellm", "any-llm")
+
+
+def _model_name(name: str) -> str:
+    """The name the facade sends: ``openai/`` dropped as the SDK drops it; another provider's prefix refused
+    (its calls would not reach the facade). Other slashes are part of the name (``meta-llama/...``)."""
+    prefix, slash, rest = name.partition("/")
+    if slash and prefix in OTHER_PROVIDERS:
+        raise NotDurable(f"model {name!r} goes through another provider", feature="model_provider",
+                         hint="name an OpenAI-compatible model; point LLMConfig(base_url=...) at the provider")
+    return rest if slash and prefix == "openai" else name
+
+
+def check_model_name(name: str, agent_id: str) -> None:
+    """Refuse a model name the durable provider would refuse, before the run starts."""
+    try:
+        _model_name(name)
+    except NotDurable as exc:
+        raise NotDurable(exc.message, feature=exc.feature, agent_id=agent_id, hint=exc.hint) from None
+
+
 class DurableProvider(ModelProvider):
     """Resolves model names to durable models: ``gpt-4o-mini`` or ``openai/gpt-4o-mini``; another
     provider's prefix (``litellm/...``) is refused, its calls would not reach the facade."""
@@ -66,13 +87,7 @@ class DurableProvider(ModelProvider):
         self._api = api
 
     def get_model(self, model_name: str | None) -> Model:
-        name = model_name if model_name is not None else get_default_model()
-        prefix, slash, rest = name.partition("/")
-        if slash and prefix == "openai":
-            name = rest
-        elif slash and prefix in ("litellm", "any-llm"):
-            raise NotDurable(f"model {name!r} goes through another provider", feature="model_provider",
-                             hint="name an OpenAI-compatible model; point LLMConfig(base_url=...) at the provider")
+        name = _model_name(model_name if model_name is not None else get_default_model())
         client: Any = self._client
         if self._api == "chat_completions":
             return DurableChatModel(model=name, openai_client=client)
