@@ -186,6 +186,19 @@ def test_hosted_tools_go_with_the_model_call(tmp_path: Path, fake_llm: FakeLLMSe
     assert len(agentshards.inspect_agent(tmp_path, "hosted").runs[-1].steps) == 6  # 3 model calls, 3 tool runs
 
 
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("target", [sdk_agents.math_agent, sdk_agents.amath_agent], ids=["sync", "async"])
+def test_a_dozen_parallel_sync_tools(tmp_path: Path, fake_llm: FakeLLMServer, target: Any) -> None:
+    """The SDK runs a sync tool in the default thread pool; a sync-handle step waiting for it must not take
+    one of those threads, or a dozen parallel calls would wait for each other forever."""
+    calls = [ToolCall("add", {"a": i, "b": 1}) for i in range(12)]
+    fake_llm.script(calls, "sums: {outputs}")
+    config = RunConfig(llm=LLMConfig(api_key="test-key", base_url=fake_llm.base_url))
+    out = agentshards.run_agent(target, agent_id="wide", data_dir=tmp_path, config=config,
+                                question=QUESTION, count_file=str(tmp_path / "count"))
+    assert out["final_output"] == "sums: " + ", ".join(str(i + 1) for i in range(12))
+
+
 def test_a_tool_that_timed_out_is_recorded_as_timed_out(tmp_path: Path, fake_llm: FakeLLMServer) -> None:
     """The model was told the tool timed out; a resumed run must tell it the same, not run the tool again
     (it might answer this time, and the next model call would no longer match its record)."""
