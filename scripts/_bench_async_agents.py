@@ -8,6 +8,7 @@ import time
 import agentshards
 
 PROMPT = "x" * 200
+STARTED: list[float] = []  # time.perf_counter() when each periodic agent started running its code
 
 
 async def raw_vs_durable(agent: agentshards.AsyncAgent, n: int, base_url: str) -> dict[str, list[float]]:
@@ -33,9 +34,21 @@ async def raw_vs_durable(agent: agentshards.AsyncAgent, n: int, base_url: str) -
 
 async def periodic(agent: agentshards.AsyncAgent, period: float, calls: int, offset: float) -> int:
     """One durable LLM step every ``period`` seconds, ``calls`` times, starting ``offset`` seconds in."""
+    STARTED.append(time.perf_counter())
     await asyncio.sleep(offset)
     for i in range(calls):
         await agent.llm.chat.completions.create(model="gpt-4o-mini",
                                                 messages=[{"role": "user", "content": f"tick {i}: {PROMPT}"}])
+        await asyncio.sleep(period)
+    return calls
+
+
+async def periodic_raw(client: object, period: float, calls: int, offset: float) -> int:
+    """The same load as ``periodic`` with raw AsyncOpenAI calls and no journal: the baseline."""
+    STARTED.append(time.perf_counter())
+    await asyncio.sleep(offset)
+    for i in range(calls):
+        await client.chat.completions.create(model="gpt-4o-mini",  # type: ignore[attr-defined]
+                                             messages=[{"role": "user", "content": f"tick {i}: {PROMPT}"}])
         await asyncio.sleep(period)
     return calls

@@ -8,7 +8,8 @@
 (b) N async agents on one loop (arun_agent), one durable LLM step each every --period seconds, for
     --duration seconds. A ticker task sleeps 5 ms at a time and records how late it wakes: the worst
     lateness is the worst stall of the loop. Reported for the start-up (opening N shards) and the steady
-    state (after every agent made its first step) separately.
+    state (after every agent made its first step) separately. Baseline ``raw``: the same load with a raw
+    AsyncOpenAI client and no journal.
 
 Both are run for each way of running the journal's SQLite work (agentshards._core.offload): ``thread``
 (asyncio.to_thread, the default), ``writer`` (one shared writer thread), ``inline`` (on the loop).
@@ -72,7 +73,8 @@ def overhead(base_url: str, work: Path, mode: str, rounds: int) -> dict[str, flo
             "durable_p99": pct(timings["durable"][warm:], 0.99), "raw_p99": pct(timings["raw"][warm:], 0.99)}
 
 
-async def _fleet(base_url: str, data_dir: Path, agents: int, period: float, duration: float) -> dict[str, float]:
+async def _fleet(base_url: str, data_dir: Path, agents: int, period: float, duration: float,
+                 raw: bool) -> dict[str, float]:
     config = RunConfig(shard=ShardConfig(synchronous="FULL"), llm=LLMConfig(api_key="bench", base_url=base_url))
     calls = max(1, round(duration / period))
     lateness: list[tuple[float, float]] = []
@@ -87,30 +89,42 @@ async def _fleet(base_url: str, data_dir: Path, agents: int, period: float, dura
 
     rng = random.Random(7)
     ticking = asyncio.ensure_future(ticker())
+    bench_agents.STARTED.clear()
     started = time.perf_counter()
     cpu0 = time.process_time()
-    runs = [agentshards.arun_agent(bench_agents.periodic, agent_id=f"a{i:05d}", data_dir=data_dir, config=config,
-                                   period=period, calls=calls, offset=rng.uniform(0, period))
-            for i in range(agents)]
+    if raw:
+        import openai
+
+        client = openai.AsyncOpenAI(api_key="bench", base_url=base_url, max_retries=0)
+        runs = [bench_agents.periodic_raw(client, period, calls, rng.uniform(0, period)) for i in range(agents)]
+    else:
+        runs = [agentshards.arun_agent(bench_agents.periodic, agent_id=f"a{i:05d}", data_dir=data_dir, config=config,
+                                       period=period, calls=calls, offset=rng.uniform(0, period))
+                for i in range(agents)]
     results = await asyncio.gather(*runs)
+    if raw:
+        await client.close()
     elapsed = time.perf_counter() - started
     cpu = time.process_time() - cpu0
     stop.set()
     await ticking
     assert sum(results) == agents * calls
-    steady_from = started + period + 2.0  # every agent has made its first step (offsets < period) and settled
+    all_started = max(bench_agents.STARTED)  # every shard is open and every run begun
+    steady_from = all_started + period  # ... and every agent has made its first step (offsets < period)
     steady_until = started + elapsed - period  # before agents finish and close their shards
     startup = [late for at, late in lateness if at < steady_from]
     steady = [late for at, late in lateness if steady_from <= at < steady_until] or [0.0]
     return {"steps": agents * calls, "elapsed": elapsed, "steps_per_s": agents * calls / elapsed,
             "cpu_pct": 100 * cpu / elapsed, "startup_max": max(startup), "steady_max": max(steady),
-            "steady_p99": pct(steady, 0.99), "steady_p50": pct(steady, 0.5)}
+            "steady_p99": pct(steady, 0.99), "steady_p50": pct(steady, 0.5), "setup_s": all_started - started,
+            "steady_s": steady_until - steady_from}
 
 
 def fleet(base_url: str, work: Path, mode: str, agents: int, period: float, duration: float) -> dict[str, float]:
-    offload.DEFAULT_MODE = mode  # type: ignore[assignment]
+    if mode != "raw":
+        offload.DEFAULT_MODE = mode  # type: ignore[assignment]
     data_dir = work / f"fleet-{mode}-{agents}"
-    return asyncio.run(_fleet(base_url, data_dir, agents, period, duration))
+    return asyncio.run(_fleet(base_url, data_dir, agents, period, duration, raw=mode == "raw"))
 
 
 def main() -> None:
@@ -146,12 +160,13 @@ def main() -> None:
         print(f"\n(b) N async agents on one loop, one durable LLM step each every {args.period:g} s, {duration:g} s;"
               " loop stall = how late a 5 ms ticker wakes")
         for agents in counts:
-            for mode in args.modes:
+            for mode in ["raw", *args.modes]:
                 r = fleet(base_url, work, mode, agents, args.period, duration)
                 print(f"    {agents:5d} agents {mode:7s} {r['steps']:6.0f} steps ({r['steps_per_s']:.0f}/s), CPU"
                       f" {r['cpu_pct']:.0f}%: steady stall max {r['steady_max']:.1f} ms, p99"
                       f" {r['steady_p99']:.1f} ms, p50 {r['steady_p50']:.1f} ms; start-up stall max"
-                      f" {r['startup_max']:.1f} ms")
+                      f" {r['startup_max']:.1f} ms ({r['setup_s']:.1f} s to start all; steady window"
+                      f" {r['steady_s']:.0f} s)")
                 shutil.rmtree(work / f"fleet-{mode}-{agents}", ignore_errors=True)
     finally:
         server.terminate()

@@ -78,6 +78,7 @@ async def nested(agent: agentshards.AsyncAgent) -> Any:
 
 
 async def _slow_observed(seconds: float) -> str:
+    OBSERVED.append("started")
     try:
         await asyncio.sleep(seconds)
     except asyncio.CancelledError:

@@ -109,7 +109,7 @@ def test_step_timeout_cancels_the_coroutine(data_dir: Path) -> None:
             await arun_agent(async_agents.slow_step, agent_id="t", data_dir=data_dir, seconds=30, timeout_s=0.2)
         assert time.monotonic() - started < 5
         assert "cancelled" in str(info.value)
-        assert async_agents.OBSERVED == ["cancelled"]  # the step's coroutine saw its cancellation
+        assert async_agents.OBSERVED == ["started", "cancelled"]  # the step's coroutine saw its cancellation
         assert asyncio.all_tasks() == {asyncio.current_task()}  # nothing left running on the loop
 
     threads = threading.active_count()
@@ -331,3 +331,23 @@ def test_replicated_async_steps_return_once_the_replica_has_them(tmp_path: Path)
     assert [s.name for s in steps] == ["rep", "rep#2", "rep#3"] and all(s.replicated_at for s in steps)
     restore_agent("r", tmp_path / "n2", str(replica))
     assert len(inspect_agent(tmp_path / "n2", "r").runs[0].steps) == 3
+
+
+def test_a_cancelled_arun_agent_leaves_its_run_open_and_its_locks_released(data_dir: Path) -> None:
+    from agentshards import cancel_agent
+
+    async def main() -> None:
+        task = asyncio.ensure_future(arun_agent(async_agents.slow_step, agent_id="c", data_dir=data_dir,
+                                                seconds=30, timeout_s=60))
+        deadline = time.monotonic() + 30
+        while async_agents.OBSERVED != ["started"]:
+            assert time.monotonic() < deadline and not task.done()
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert async_agents.OBSERVED == ["started", "cancelled"]
+
+    asyncio.run(main())
+    assert inspect_agent(data_dir, "c").runs[0].run.status == "running"  # a cancellation is not an outcome
+    assert cancel_agent("c", data_dir).status == "cancelled"  # takes the agent's lock: it was released
