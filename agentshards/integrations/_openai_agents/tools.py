@@ -129,6 +129,8 @@ def _with_timeout(tool: Any, original: Callable[[Any, str], Awaitable[Any]]) -> 
 
 
 def _durable_copy(tool: Any) -> Any:
+    """A copy of the function tool whose invoker is a step keyed by the call id (an agent used as a tool:
+    whose invoker opens the call's scope for the nested run's own steps)."""
     original: Callable[[Any, str], Awaitable[Any]] = tool.on_invoke_tool
     tool_name: str = tool.name
     timed = tool.timeout_seconds is not None and not tool._is_agent_tool
