@@ -32,14 +32,64 @@ SCRIPT = ([ToolCall("add", {"a": 2, "b": 3}), ToolCall("mul", {"a": 4, "b": 5})]
           "the answers: {outputs}")
 QUESTION = "what are 2+3, 4*5 and 5+20?"
 
-CHILD = """
-import json, sys
-import agents, openai, sdk_agents, agentshards  # loaded before "ready": kills land in agent code
-print("ready", flush=True)
-out = agentshards.run_agent(sdk_agents.amath_agent, agent_id=sys.argv[2], data_dir=sys.argv[1], question=sys.argv[3],
-                            count_file=sys.argv[4], api=sys.argv[5])
-print(json.dumps(out), flush=True)
+WARM = """
+import json, os, sys
+import agents, openai, sdk_agents, agentshards  # imported once; every run is a fresh fork of this process
+agents.set_tracing_disabled(True)
+print(json.dumps("ready"), flush=True)
+for line in sys.stdin:
+    job = json.loads(line)
+    pid = os.fork()
+    if pid == 0:  # the agent process: run_agent reads the crash plan from its environment, as in production
+        os.environ.update(job.pop("env"))
+        out = agentshards.run_agent(sdk_agents.amath_agent, **job)
+        print(json.dumps({"result": out}), flush=True)
+        os._exit(0)
+    print(json.dumps({"exit": os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])}), flush=True)
 """
+
+
+class _Agents:
+    """A warm parent process that forks one agent process per run: each run is a real process that a crash
+    point or a tool SIGKILLs, without paying the SDK's import (3.5 s or more here) every time."""
+
+    def __init__(self, llm: FakeLLMServer) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "AGENTSHARDS_", "SDK_TEST_"))}
+        env.update(OPENAI_API_KEY="test-key", OPENAI_BASE_URL=llm.base_url, OPENAI_AGENTS_DISABLE_TRACING="1",
+                   PYTHONPATH=os.pathsep.join([str(TESTS_DIR), str(TESTS_DIR.parent)]))
+        self._proc = subprocess.Popen([sys.executable, "-c", WARM], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                      text=True, env=env)
+        assert self._read() == "ready"
+
+    def _read(self) -> Any:
+        assert self._proc.stdout is not None
+        line = self._proc.stdout.readline()
+        assert line, f"the warm parent died (code {self._proc.wait()})"
+        return json.loads(line)
+
+    def run(self, data_dir: Path, agent_id: str, count_file: Path, **env: str) -> tuple[int, dict[str, Any] | None]:
+        """Run the SDK math agent under run_agent in a forked process: its exit code and result."""
+        assert self._proc.stdin is not None
+        job = {"agent_id": agent_id, "data_dir": str(data_dir), "question": QUESTION, "count_file": str(count_file),
+               "env": env}
+        self._proc.stdin.write(json.dumps(job) + "\n")
+        self._proc.stdin.flush()
+        result = None
+        while "exit" not in (message := self._read()):
+            result = message["result"]
+        assert message["exit"] in (0, -9), message
+        return message["exit"], result
+
+    def __enter__(self) -> _Agents:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """Ends the warm parent: by closing its input after a clean test, by SIGKILL after a failed one."""
+        assert self._proc.stdin is not None
+        self._proc.stdin.close()
+        if exc[0] is not None:
+            self._proc.kill()
+        assert self._proc.wait(timeout=30) in (0, -9)
 
 
 # The SDK's default trace exporter posts to api.openai.com; tests stay on this machine. The switch, not the
@@ -48,28 +98,13 @@ print(json.dumps(out), flush=True)
 agents.set_tracing_disabled(True)
 
 
-def _child(data_dir: Path, llm: FakeLLMServer, agent_id: str, count_file: Path, api: str = "responses",
-           **env: str) -> tuple[int, dict[str, Any] | None]:
-    """Run the SDK math agent under run_agent in a real child process; its exit code and result."""
-    child_env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "AGENTSHARDS_", "SDK_TEST_"))}
-    child_env.update(OPENAI_API_KEY="test-key", OPENAI_BASE_URL=llm.base_url, OPENAI_AGENTS_DISABLE_TRACING="1",
-                     PYTHONPATH=os.pathsep.join([str(TESTS_DIR), str(TESTS_DIR.parent)]), **env)
-    proc = subprocess.run([sys.executable, "-c", CHILD, str(data_dir), agent_id, QUESTION, str(count_file), api],
-                          capture_output=True, text=True, env=child_env, timeout=60)
-    lines = [line for line in proc.stdout.splitlines() if line and line != "ready"]
-    if proc.returncode == 0:
-        return 0, json.loads(lines[-1])
-    assert proc.returncode == -9, proc.stderr[-3000:]
-    return proc.returncode, None
-
-
 def _runs(count_file: Path) -> Counter[str]:
     return Counter(count_file.read_text().splitlines()) if count_file.exists() else Counter()
 
 
 def test_sigkilled_sdk_run_resumes_without_repeating_calls_or_recorded_tools(tmp_path: Path) -> None:
-    api = "responses"  # Chat Completions resumes the same way: see the replay test below
-    with FakeLLMServer() as llm:
+    # on the Responses API; Chat Completions resumes the same way: see the replay test below
+    with FakeLLMServer() as llm, _Agents(llm) as agents_:
         llm.script(*SCRIPT)
         config = RunConfig(llm=LLMConfig(api_key="test-key", base_url=llm.base_url))
         clean = agentshards.run_agent(sdk_agents.amath_agent, agent_id="clean", data_dir=tmp_path / "clean",
@@ -79,25 +114,25 @@ def test_sigkilled_sdk_run_resumes_without_repeating_calls_or_recorded_tools(tmp
 
         data, count = tmp_path / "data", tmp_path / "count"
         # 1. killed right after the first model call is recorded (tools asked for, none run yet)
-        assert _child(data, llm, "crashy", count, api, AGENTSHARDS_TEST_CRASH="after_commit@1")[0] == -9
+        assert agents_.run(data, "crashy", count, AGENTSHARDS_TEST_CRASH="after_commit@1")[0] == -9
         assert llm.request_count - clean_requests == 1 and not _runs(count)
         # 2. the resumed run replays call 1, runs both tools (recorded), and is killed as call 2 starts
-        assert _child(data, llm, "crashy", count, api, AGENTSHARDS_TEST_CRASH="after_intent@1")[0] == -9
+        assert agents_.run(data, "crashy", count, AGENTSHARDS_TEST_CRASH="after_intent@1")[0] == -9
         assert llm.request_count - clean_requests == 1
         assert _runs(count) == {"add 2 3": 1, "mul 4 5": 1}
         # 3. recorded tools are not run again; call 2 is made; the third tool kills its process mid-run
-        assert _child(data, llm, "crashy", count, api, SDK_TEST_SELF_KILL="add 5 20")[0] == -9
+        assert agents_.run(data, "crashy", count, SDK_TEST_SELF_KILL="add 5 20")[0] == -9
         assert llm.request_count - clean_requests == 2
         assert _runs(count) == {"add 2 3": 1, "mul 4 5": 1, "add 5 20": 1}
         # 4. the run finishes: only the tool whose result was never recorded runs again
-        code, resumed = _child(data, llm, "crashy", count, api)
+        code, resumed = agents_.run(data, "crashy", count)
         assert code == 0
         assert _runs(count) == {"add 2 3": 1, "mul 4 5": 1, "add 5 20": 2}
         paid = llm.requests[clean_requests:]
         assert len(paid) == 3, "a completed model call was made again"
         # 5. a finished agent answers from its journal
         assert agentshards.run_agent(sdk_agents.amath_agent, agent_id="crashy", data_dir=data, config=config,
-                                     question=QUESTION, count_file=str(count), api=api) == resumed
+                                     question=QUESTION, count_file=str(count)) == resumed
         assert llm.request_count == clean_requests + 3
 
     assert resumed == clean
