@@ -154,6 +154,22 @@ async def ahosted_agent(agent: Any, question: str, count_file: str) -> dict[str,
     return _summary(await openai_agents.run(agent, sdk_agent, question, context={"count_file": count_file}))
 
 
+@function_tool
+def ticket(ctx: RunContextWrapper[Any], title: str) -> str:
+    """Open a ticket (a side effect: keyed so that a re-run cannot open it twice)."""
+    return f"{title}: {ctx.context['agent'].idempotency_key()}"
+
+
+def keyed_agent(agent: Any, count_file: str) -> str:
+    return str(openai_agents.run_sync(agent, math_agent_sdk().clone(tools=[ticket]), "open one",
+                                      context={"agent": agent, "count_file": count_file}).final_output)
+
+
+async def akeyed_agent(agent: Any, count_file: str) -> str:
+    return str((await openai_agents.run(agent, math_agent_sdk().clone(tools=[ticket]), "open one",
+                                        context={"agent": agent, "count_file": count_file})).final_output)
+
+
 class Interrupted(BaseException):
     """Stops an agent function the way a crash does: not an agent error, so the run stays open."""
 

@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 import sys
+import uuid
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -232,6 +233,16 @@ def test_a_dozen_parallel_sync_tools(tmp_path: Path, fake_llm: FakeLLMServer, ta
     out = agentshards.run_agent(target, agent_id="wide", data_dir=tmp_path, config=config,
                                 question=QUESTION, count_file=str(tmp_path / "count"))
     assert out["final_output"] == "sums: " + ", ".join(str(i + 1) for i in range(12))
+
+
+@pytest.mark.parametrize("target", [sdk_agents.keyed_agent, sdk_agents.akeyed_agent], ids=["sync", "async"])
+def test_a_tool_gets_its_steps_idempotency_key(tmp_path: Path, fake_llm: FakeLLMServer, target: Any) -> None:
+    fake_llm.script([ToolCall("ticket", {"title": "disk full"})], "{outputs}")
+    config = RunConfig(llm=LLMConfig(api_key="test-key", base_url=fake_llm.base_url))
+    out = agentshards.run_agent(target, agent_id="keyed", data_dir=tmp_path, config=config,
+                                count_file=str(tmp_path / "count"))
+    title, _, key = out.partition(": ")
+    assert title == "disk full" and str(uuid.UUID(key)) == key  # the same key on every re-run of the step
 
 
 def test_a_tool_that_timed_out_is_recorded_as_timed_out(tmp_path: Path, fake_llm: FakeLLMServer) -> None:

@@ -70,6 +70,7 @@ class Handle:
         loop = asyncio.get_running_loop()
 
         def run_on_loop(*values: Any) -> Any:
+            # the task copies this thread's context (the step's): agent.idempotency_key() works in the tool
             return asyncio.run_coroutine_threadsafe(fn(*values), loop).result()
 
         # hashed as the coroutine function itself, so a step's input is the same under either handle
