@@ -31,6 +31,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -74,7 +75,7 @@ def overhead(base_url: str, work: Path, mode: str, rounds: int) -> dict[str, flo
 
 
 async def _fleet(base_url: str, data_dir: Path, agents: int, period: float, duration: float,
-                 raw: bool) -> dict[str, float]:
+                 raw: bool) -> dict[str, Any]:
     config = RunConfig(shard=ShardConfig(synchronous="FULL"), llm=LLMConfig(api_key="bench", base_url=base_url))
     calls = max(1, round(duration / period))
     lateness: list[tuple[float, float]] = []
@@ -95,32 +96,36 @@ async def _fleet(base_url: str, data_dir: Path, agents: int, period: float, dura
     if raw:
         import openai
 
-        client = openai.AsyncOpenAI(api_key="bench", base_url=base_url, max_retries=0)
+        client = openai.AsyncOpenAI(api_key="bench", base_url=base_url, max_retries=2)  # durable calls retry too
         runs = [bench_agents.periodic_raw(client, period, calls, rng.uniform(0, period)) for i in range(agents)]
     else:
         runs = [agentshards.arun_agent(bench_agents.periodic, agent_id=f"a{i:05d}", data_dir=data_dir, config=config,
                                        period=period, calls=calls, offset=rng.uniform(0, period))
                 for i in range(agents)]
-    results = await asyncio.gather(*runs)
+    outcomes = await asyncio.gather(*runs, return_exceptions=True)
+    failed = [o for o in outcomes if isinstance(o, BaseException)]
+    results = [o for o in outcomes if not isinstance(o, BaseException)]
     if raw:
         await client.close()
     elapsed = time.perf_counter() - started
     cpu = time.process_time() - cpu0
     stop.set()
     await ticking
-    assert sum(results) == agents * calls
-    all_started = max(bench_agents.STARTED)  # every shard is open and every run begun
+    assert sum(results) == (agents - len(failed)) * calls
+    all_started = max(bench_agents.STARTED, default=started)  # every shard is open and every run begun
     steady_from = all_started + period  # ... and every agent has made its first step (offsets < period)
     steady_until = started + elapsed - period  # before agents finish and close their shards
     startup = [late for at, late in lateness if at < steady_from]
     steady = [late for at, late in lateness if steady_from <= at < steady_until] or [0.0]
-    return {"steps": agents * calls, "elapsed": elapsed, "steps_per_s": agents * calls / elapsed,
+    return {"failed": len(failed), "failure": repr(failed[0])[:160] if failed else "",
+            "steps": (agents - len(failed)) * calls, "elapsed": elapsed,
+            "steps_per_s": (agents - len(failed)) * calls / elapsed,
             "cpu_pct": 100 * cpu / elapsed, "startup_max": max(startup), "steady_max": max(steady),
             "steady_p99": pct(steady, 0.99), "steady_p50": pct(steady, 0.5), "setup_s": all_started - started,
             "steady_s": steady_until - steady_from}
 
 
-def fleet(base_url: str, work: Path, mode: str, agents: int, period: float, duration: float) -> dict[str, float]:
+def fleet(base_url: str, work: Path, mode: str, agents: int, period: float, duration: float) -> dict[str, Any]:
     if mode != "raw":
         offload.DEFAULT_MODE = mode  # type: ignore[assignment]
     data_dir = work / f"fleet-{mode}-{agents}"
@@ -166,7 +171,8 @@ def main() -> None:
                       f" {r['cpu_pct']:.0f}%: steady stall max {r['steady_max']:.1f} ms, p99"
                       f" {r['steady_p99']:.1f} ms, p50 {r['steady_p50']:.1f} ms; start-up stall max"
                       f" {r['startup_max']:.1f} ms ({r['setup_s']:.1f} s to start all; steady window"
-                      f" {r['steady_s']:.0f} s)")
+                      f" {r['steady_s']:.0f} s)" + (f"; {r['failed']} agents FAILED: {r['failure']}"
+                                                    if r["failed"] else ""))
                 shutil.rmtree(work / f"fleet-{mode}-{agents}", ignore_errors=True)
     finally:
         server.terminate()
