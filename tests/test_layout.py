@@ -9,7 +9,7 @@ from __future__ import annotations
 import grimp
 
 WINGS = ("agentshards._base", "agentshards._core", "agentshards._replication", "agentshards._fleet",
-         "agentshards._cli", "agentshards.testing")
+         "agentshards._cli", "agentshards.testing", "agentshards.integrations")
 
 
 def _cycle(graph: grimp.ImportGraph, modules: set[str]) -> list[str] | None:

@@ -4,5 +4,6 @@
 """
 
 from ._fakellm import FakeLLMServer
+from ._fakescript import ToolCall
 
-__all__ = ["FakeLLMServer"]
+__all__ = ["FakeLLMServer", "ToolCall"]

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from ._fakescript import AgentScript, Scripts, ToolCall, Turn, scripted_chat_completion, scripted_response
+
 ID_PREFIX = "chatcmpl-fake-"
 RESPONSE_PREFIX = "resp_fake-"
 CHAT_PATH, RESPONSES_PATH = "/v1/chat/completions", "/v1/responses"
@@ -92,6 +94,17 @@ class FakeLLMServer:
         self._thread: threading.Thread | None = None
         self._faults: list[Fault] = []
         self._released = threading.Event()
+        self._scripts: Scripts = {}
+
+    def script(self, *turns: Turn, instructions: str | None = None) -> None:
+        """Answer later requests by a script instead of echoing: each turn is a list of :class:`ToolCall`
+        (made in parallel) or the final text (``{outputs}`` becomes the tool results), e.g.
+        ``server.script([ToolCall("add", {"a": 2, "b": 3})], "the sum is {outputs}")``. With
+        ``instructions``, only requests with that system prompt (one agent of several) follow it."""
+        if not turns or any(not isinstance(t, str) and not all(isinstance(c, ToolCall) for c in t) for t in turns):
+            raise ValueError("script(...) takes turns: lists of ToolCall, or a final answer str")
+        with self._lock:
+            self._scripts[instructions] = AgentScript(tuple(turns))
 
     def inject(self, fault: Fault, times: int = 1) -> None:
         """Apply ``fault`` to the next ``times`` requests; each still gets a serial and a log entry."""
@@ -144,6 +157,9 @@ class FakeLLMServer:
             return self._serial, (self._faults.pop(0) if self._faults else None)
 
     def _chat_completion(self, serial: int, body: dict[str, Any]) -> dict[str, Any]:
+        scripted = scripted_chat_completion(self._scripts, serial, body, _dated(str(body.get("model", "fake-model"))))
+        if scripted is not None:
+            return scripted
         content = _answer(body)
         cached = int(body.get("metadata", {}).get("fake_cached_tokens", 0)) if isinstance(
             body.get("metadata"), dict) else 0
@@ -165,6 +181,9 @@ class FakeLLMServer:
 
     def _response(self, serial: int, body: dict[str, Any]) -> dict[str, Any]:
         """A Responses API answer: a message, or a function call when the request offers function tools."""
+        scripted = scripted_response(self._scripts, serial, body)
+        if scripted is not None:
+            return scripted
         raw_input = body.get("input", "")
         text_in = raw_input if isinstance(raw_input, str) else json.dumps(raw_input, sort_keys=True)
         digest = hashlib.sha256(text_in.encode()).hexdigest()[:8]
