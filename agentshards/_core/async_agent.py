@@ -21,14 +21,14 @@ import inspect
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 from .._base.config import Durability, RunConfig
 from .._base.errors import InvalidStepName, StepTimeout
 from . import codec as _codec
 from .journal import Journal, StepRecord
 from .offload import Offload, offload
-from .steps import STEP, StepBook, StepCall, StepOptions
+from .steps import STEP, Performed, StepBook, StepCall, StepOptions
 
 if TYPE_CHECKING:  # the facade (and openai) loads on first use: replaying a plain agent needs none of it
     from .async_llm import AsyncDurableLLM
@@ -36,18 +36,6 @@ if TYPE_CHECKING:  # the facade (and openai) loads on first use: replaying a pla
 __all__ = ["AsyncAgent"]
 
 log = logging.getLogger("agentshards")
-
-
-class Performed(NamedTuple):
-    """A step performed for the first time, about to be recorded.
-
-    ``before_record`` is journal work that must commit before the step's own record (an LLM answer's
-    ledger row): it runs in the same trip to the offload thread as the record, as its own transaction.
-    """
-
-    output_json: str
-    outcome: str
-    before_record: Callable[[], None] | None = None
 
 
 class AsyncAgent(StepBook):

@@ -23,14 +23,15 @@ from .._base.config import LLMConfig
 from .._base.errors import LLMError
 from . import codec as _codec
 from . import fence as _fence
-from .async_agent import AsyncAgent, Performed
 from .llm import RetryPolicy, _check_budget, _NotDurable, answer_of, rebuild, request_text, stored_answer
-from .steps import LLM, StepCall, StepOptions
+from .steps import LLM, Performed, StepCall, StepOptions
 
 if TYPE_CHECKING:
     import openai
     from openai.types.chat import ChatCompletion
     from openai.types.responses import Response
+
+    from .async_agent import AsyncAgent
 
 
 _clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[LLMConfig, openai.AsyncOpenAI]] = (

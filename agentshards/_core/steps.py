@@ -18,7 +18,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 from .._base.config import Durability, RunConfig
 from .._base.crashpoints import CrashCounter, CrashPlan
@@ -276,6 +276,18 @@ class StepBook:
         assert mine is not None
         with self._lock:
             del self._running[mine[1]]
+
+
+class Performed(NamedTuple):
+    """A step performed for the first time, about to be recorded.
+
+    ``before_record`` is journal work that must commit before the step's own record (an LLM answer's
+    ledger row): it runs in the same trip to the offload thread as the record, as its own transaction.
+    """
+
+    output_json: str
+    outcome: str
+    before_record: Callable[[], None] | None = None
 
 
 class StepRunner(StepBook):
