@@ -23,6 +23,7 @@ from .._base.config import LLMConfig
 from .._base.errors import LLMError
 from . import codec as _codec
 from . import fence as _fence
+from .async_steps import AsyncStepRunner
 from .llm import RetryPolicy, _check_budget, _NotDurable, answer_of, rebuild, request_text, stored_answer
 from .steps import LLM, Performed, StepCall, StepOptions
 
@@ -30,8 +31,6 @@ if TYPE_CHECKING:
     import openai
     from openai.types.chat import ChatCompletion
     from openai.types.responses import Response
-
-    from .async_agent import AsyncAgent
 
 
 _clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[LLMConfig, openai.AsyncOpenAI]] = (
@@ -65,7 +64,7 @@ async def close_clients() -> None:
         await client.close()
 
 
-async def _perform(agent: AsyncAgent, call: StepCall, endpoint: str, request: dict[str, Any]) -> Performed:
+async def _perform(agent: AsyncStepRunner, call: StepCall, endpoint: str, request: dict[str, Any]) -> Performed:
     """The async twin of ``llm._perform``: same rows in the same order, same retry rules.
 
     The answer's ledger row is committed in the same trip to the offload thread as the step's record (two
@@ -164,7 +163,7 @@ class AsyncDurableLLM:
     anything else raises LLMError, as on the sync facade.
     """
 
-    def __init__(self, agent: AsyncAgent, options: StepOptions) -> None:
+    def __init__(self, agent: AsyncStepRunner, options: StepOptions) -> None:
         self._agent = agent
         self._options = options
         self.chat = _Chat(self)
