@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
 from openai.lib.streaming.chat import ChatCompletionStreamState
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
-from agentshards import FakeLLMServer
+from agentshards import FakeLLMServer, LLMConfig, RunConfig, inspect_agent, run_agent
+from agentshards._base.prices import catalogue_cost
 from agentshards.testing._fakellm import Fault, serial_of
 from agentshards.testing._fakestream import pieces
+
+import stream_agents
+from agent_process import TESTS_DIR, wait_ready
 
 TOOLS = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]
 RESPONSE_TOOLS = [{"type": "function", "name": "lookup", "parameters": {"type": "object"}}]
@@ -94,3 +105,161 @@ def test_fake_server_pauses_a_stream_until_resumed(fake_llm: FakeLLMServer) -> N
     rest = list(stream)
     assert [e.type for e in first] == ["response.created", "response.in_progress"]
     assert rest[-1].type == "response.completed"
+
+
+# -- stream=True on the durable facade --------------------------------------------------------------------
+
+@pytest.fixture(autouse=True)
+def _reset() -> None:
+    stream_agents.SEEN.clear()
+    stream_agents.INTERRUPTED.clear()
+
+
+@pytest.mark.parametrize(("endpoint", "tools"), [("chat", False), ("chat", True), ("responses", False),
+                                                 ("responses", True)])
+def test_replay_streams_the_same_chunks_as_the_first_run_without_a_request(
+        data_dir: Path, fake_llm: FakeLLMServer, run_config: RunConfig, endpoint: str, tools: bool) -> None:
+    with pytest.raises(KeyboardInterrupt):  # the first execution streams, then stops before the run ends
+        run_agent(stream_agents.stream_once, agent_id="s", data_dir=data_dir, config=run_config,
+                  endpoint=endpoint, tools=tools)
+    no_client = RunConfig(llm=LLMConfig(api_key=None, base_url="http://127.0.0.1:9/v1"))  # a request would fail
+    result = run_agent(stream_agents.stream_once, agent_id="s", data_dir=data_dir, config=no_client,
+                       endpoint=endpoint, tools=tools)
+    assert fake_llm.request_count == 1
+    first, replay = stream_agents.SEEN
+    assert len(first["chunks"]) > 5
+    assert [type(c) for c in replay["chunks"]] == [type(c) for c in first["chunks"]]
+    for a, b in zip(first["chunks"], replay["chunks"], strict=True):
+        assert a == b
+    assert replay["final"] == first["final"] and serial_of(result) == 1
+    if endpoint == "chat":
+        assert isinstance(first["chunks"][0], ChatCompletionChunk) and isinstance(first["final"], ChatCompletion)
+        message = first["final"].choices[0].message
+        text = "".join(c.choices[0].delta.content or "" for c in first["chunks"] if c.choices)
+        assert (message.tool_calls[0].function.name if tools else message.content) == (  # type: ignore[index]
+            "lookup" if tools else text)
+    else:
+        assert first["chunks"][-1].type == "response.completed"
+        assert first["final"] == first["chunks"][-1].response
+    step, = inspect_agent(data_dir, "s").runs[0].steps
+    assert step.kind == "llm" and step.outcome == "ok"
+
+
+def test_the_ledger_has_the_cost_from_the_streamed_usage(
+        data_dir: Path, fake_llm: FakeLLMServer, run_config: RunConfig) -> None:
+    texts = run_agent(stream_agents.stream_calls, agent_id="c", data_dir=data_dir, config=run_config, n=2)
+    assert [r.body["stream_options"] for r in fake_llm.requests] == [{"include_usage": True}] * 2
+    usages = []
+    for request, text in zip(fake_llm.requests, texts, strict=True):
+        prompt = len(request.body["messages"][0]["content"].split()) + 4  # the fake server's token counts
+        usages.append((prompt, len(text.split())))
+    spend = inspect_agent(data_dir, "c").runs[0].spend
+    assert (spend.calls, spend.unpriced_calls, spend.in_flight_calls) == (2, 0, 0)
+    assert (spend.input_tokens, spend.output_tokens) == tuple(map(sum, zip(*usages, strict=True)))
+    expected = sum(catalogue_cost("gpt-4o-mini-2024-07-18", i, 0, o) or 0.0 for i, o in usages)
+    assert expected > 0 and spend.spent_usd == pytest.approx(expected, rel=1e-9)
+
+
+def test_a_stream_broken_mid_way_is_not_recorded_and_a_resume_sends_it_once(
+        data_dir: Path, fake_llm: FakeLLMServer, run_config: RunConfig) -> None:
+    fake_llm.inject(Fault())  # the first call streams whole
+    fake_llm.inject(Fault(cut_after=4))  # the second breaks after four chunks
+    with pytest.raises(openai.APIConnectionError):
+        run_agent(stream_agents.stream_calls, agent_id="b", data_dir=data_dir, config=run_config, n=3)
+    assert fake_llm.request_count == 2  # a break after the first chunk is not retried behind the caller's back
+    run = inspect_agent(data_dir, "b").runs[0]
+    assert run.run.status == "running" and [s.name for s in run.steps] == ["llm#1"]
+    assert [a.step_name for a in run.in_flight] == ["llm#2"]
+    texts = run_agent(stream_agents.stream_calls, agent_id="b", data_dir=data_dir, config=run_config, n=3)
+    prompts = [r.body["messages"][0]["content"] for r in fake_llm.requests]
+    assert prompts == ["stream 0 of 3", "stream 1 of 3", "stream 1 of 3", "stream 2 of 3"]
+    assert len(texts) == 3 and inspect_agent(data_dir, "b").runs[0].in_flight == []
+
+
+def test_a_stream_that_fails_before_its_first_chunk_is_retried_in_the_step(
+        data_dir: Path, fake_llm: FakeLLMServer, run_config: RunConfig) -> None:
+    fake_llm.inject(Fault(cut_after=0))  # headers, then the connection closes
+    fake_llm.fail_next(1, status=503)
+    texts = run_agent(stream_agents.stream_calls, agent_id="f", data_dir=data_dir, config=run_config, n=1)
+    assert fake_llm.request_count == 3 and texts[0].endswith("stream 0 of 1")
+
+
+def test_a_rejected_stream_is_recorded_as_rejected_and_replayed_without_a_request(
+        data_dir: Path, fake_llm: FakeLLMServer, run_config: RunConfig) -> None:
+    fake_llm.fail_next(1, status=400, code="bad_thing")
+    with pytest.raises(KeyboardInterrupt):
+        run_agent(stream_agents.rejected, agent_id="r", data_dir=data_dir, config=run_config)
+    assert run_agent(stream_agents.rejected, agent_id="r", data_dir=data_dir, config=run_config) == 2
+    assert stream_agents.SEEN == [{"status": 400}, {"status": 400}] and fake_llm.request_count == 1
+    step, = inspect_agent(data_dir, "r").runs[0].steps
+    assert step.outcome == "error"
+
+
+@pytest.mark.parametrize("how", ["with", "next_step", "run_end"])
+def test_a_consumer_that_stops_early_gets_the_rest_read_and_recorded(
+        data_dir: Path, fake_llm: FakeLLMServer, run_config: RunConfig, how: str) -> None:
+    """The choice: stopping early (leaving the ``with`` block, or just breaking out of the loop) reads the rest
+    of the answer and records it before the next step or at the run's end. The ledger stays exact, and a replay
+    shows the consumer the same first chunks, so it stops at the same place."""
+    if how == "run_end":
+        run_agent(stream_agents.stop_early, agent_id="e", data_dir=data_dir, config=run_config, how=how)
+    else:
+        with pytest.raises(KeyboardInterrupt):
+            run_agent(stream_agents.stop_early, agent_id="e", data_dir=data_dir, config=run_config, how=how)
+    run = inspect_agent(data_dir, "e").runs[0]
+    assert run.steps[0].name == "llm#1" and run.in_flight == [] and run.spend.calls == 1
+    recorded = json.loads(run.steps[0].output_json)
+    assert len(recorded["events"]) > 5 and recorded["events"][-1]["usage"] is not None  # read to its end
+    assert recorded["final"]["choices"][0]["message"]["content"].endswith("a long answer, please")
+    if how != "run_end":
+        assert [s.name for s in run.steps] == ["llm#1", "after"]
+        run_agent(stream_agents.stop_early, agent_id="e", data_dir=data_dir, config=run_config, how=how)
+        first, replay = stream_agents.SEEN
+        assert first["chunks"] == replay["chunks"] and len(first["chunks"]) == 2
+    assert fake_llm.request_count == 1
+
+
+CHILD = """
+import json, os, sys
+import openai  # preloaded so the kill lands in the stream, not in an import
+import agentshards, stream_agents
+config = agentshards.RunConfig(llm=agentshards.LLMConfig(api_key="k", base_url=os.environ["FAKE_LLM_URL"]))
+print("ready", flush=True)
+result = agentshards.run_agent(stream_agents.stream_calls, agent_id="k", data_dir=sys.argv[1], n=3, config=config)
+print(json.dumps(result), flush=True)
+"""
+
+
+def test_sigkill_mid_stream_then_resume_resends_only_that_call(
+        data_dir: Path, fake_llm: FakeLLMServer, run_config: RunConfig) -> None:
+    fake_llm.inject(Fault())
+    fake_llm.inject(Fault(pause_after=3))  # the second call stops mid-stream until the child is dead
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "AGENTSHARDS_"))}
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(data_dir)], stdout=subprocess.PIPE, text=True,
+                             env={**env, "FAKE_LLM_URL": fake_llm.base_url, "PYTHONPATH": str(TESTS_DIR)})
+    try:
+        wait_ready(child)
+        assert fake_llm.wait_paused(30.0), "the second stream never started"
+        child.send_signal(signal.SIGKILL)
+        assert child.wait(10) == -signal.SIGKILL
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    fake_llm.resume()  # the paused handler writes to a dead client and ends
+    run = inspect_agent(data_dir, "k").runs[0]
+    assert [s.name for s in run.steps] == ["llm#1"] and [a.step_name for a in run.in_flight] == ["llm#2"]
+    texts = run_agent(stream_agents.stream_calls, agent_id="k", data_dir=data_dir, config=run_config, n=3)
+    prompts = [r.body["messages"][0]["content"] for r in fake_llm.requests]
+    assert prompts == ["stream 0 of 3", "stream 1 of 3", "stream 1 of 3", "stream 2 of 3"]
+    assert [t.split("] ", 1)[1] for t in texts] == [f"answer to: stream {i} of 3" for i in range(3)]
+
+
+def test_inspect_shows_a_streamed_answer_as_its_text(data_dir: Path, run_config: RunConfig) -> None:
+    from click.testing import CliRunner
+
+    from agentshards._cli.main import main
+
+    texts = run_agent(stream_agents.stream_calls, agent_id="i", data_dir=data_dir, config=run_config, n=1)
+    shown = CliRunner().invoke(main, ["inspect", "i", "--data-dir", str(data_dir)])
+    assert shown.exit_code == 0 and texts[0] in shown.output and '"final"' not in shown.output

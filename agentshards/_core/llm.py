@@ -16,11 +16,14 @@ import logging
 import random
 import threading
 import time
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 from .._base.config import LLMConfig
 from .._base.errors import BudgetExceeded, LLMError, LLMRequestRejected, StepTimeout
 from . import codec as _codec
+from .journal import StepRecord
 from .ledger import cost_of, usage_of
 from .steps import LLM, StepCall, StepOptions, StepRunner
 
@@ -31,8 +34,11 @@ if TYPE_CHECKING:
     from openai.types.chat import ChatCompletion
     from openai.types.responses import Response
 
+    from .stream import ChatCompletionStream, ResponseEventStream
+
 log = logging.getLogger("agentshards")
 _M = TypeVar("_M", bound="pydantic.BaseModel")
+_T = TypeVar("_T")
 
 _clients: dict[LLMConfig, openai.OpenAI] = {}
 _clients_lock = threading.Lock()
@@ -91,10 +97,42 @@ def _retry_after_s(exc: BaseException | None) -> float | None:
 
 
 def _perform(agent: StepRunner, call: StepCall, endpoint: str, request: dict[str, Any]) -> tuple[str, str]:
+    """Send the request and return the answer as stored JSON with its outcome (``error``: rejected)."""
+
+    def take(response: Any, number: int, started: float) -> dict[str, Any]:
+        dumped: dict[str, Any] = response.model_dump(mode="json", exclude_unset=True)
+        record_cost(agent, call, number, dumped, started)
+        return dumped
+
+    answer = send_request(agent, call, endpoint, request, take)
+    if isinstance(answer, Rejected):
+        return answer.json, "error"
+    return _codec.dumps(answer, agent_id=agent.agent_id, step=call.name), "ok"
+
+
+def record_cost(agent: StepRunner, call: StepCall, number: int, answer: dict[str, Any], started: float) -> None:
+    """The answer's cost goes to the ledger (its attempt answered) as soon as it is complete, before the
+    step is recorded, so a crash in between still shows the money as spent."""
+    usage = usage_of(answer)
+    agent._journal.record_answer(agent.run_id, call.name, number, agent.execution, usage,
+                                 time.monotonic() - started, cost_of(usage, agent._config.llm.prices))
+    agent._crash.reached("after_response")
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """The provider refused the request as invalid (400/422): stored as the step's ``error`` outcome."""
+
+    json: str
+
+
+def send_request(agent: StepRunner, call: StepCall, endpoint: str, request: dict[str, Any],
+          take: Callable[[Any, int, float], _T]) -> _T | Rejected:
     """Send the request (retrying transient failures), one committed attempt row before each send.
 
-    The budget is checked first, against what the agent's ledger says it has spent. Each answer's cost
-    goes to the ledger as soon as it arrives, before the step is recorded.
+    ``take(response, attempt_number, started)`` turns the client's answer into the result; a transient
+    error it raises is retried like one of the request's own. The budget is checked first, against what
+    the agent's ledger says it has spent.
     """
     import openai
     import tenacity
@@ -120,7 +158,7 @@ def _perform(agent: StepRunner, call: StepCall, endpoint: str, request: dict[str
     def stop(state: tenacity.RetryCallState) -> bool:
         return state.attempt_number >= attempts or remaining() <= 0
 
-    def send() -> Any:
+    def send() -> _T:
         number = agent._journal.begin_attempt(agent.run_id, call.name, call.input_hash)
         agent._crash.reached("after_intent")
         timeout = min(config.timeout_s, max(remaining(), 0.001))
@@ -130,29 +168,23 @@ def _perform(agent: StepRunner, call: StepCall, endpoint: str, request: dict[str
         except openai.APIStatusError:
             agent._journal.end_attempt(agent.run_id, call.name, number, "error")  # answered: not in flight
             raise
-        dumped = response.model_dump(mode="json", exclude_unset=True)
-        usage = usage_of(dumped)
-        agent._journal.record_answer(agent.run_id, call.name, number, agent.execution, usage,
-                                     time.monotonic() - started, cost_of(usage, config.prices))
-        agent._crash.reached("after_response")
-        return dumped
+        return take(response, number, started)
 
     retrying = tenacity.Retrying(stop=stop, wait=wait, retry=tenacity.retry_if_exception(_is_transient),
                                  reraise=True, before_sleep=lambda s: log.warning(
                                      "agent %s: LLM step %r attempt %d failed (%s); retrying", agent.agent_id,
                                      call.name, s.attempt_number, s.outcome.exception() if s.outcome else "?"))
     try:
-        dumped = retrying(send)
+        return retrying(send)
     except (openai.BadRequestError, openai.UnprocessableEntityError) as exc:
         rejected = {"status": exc.status_code, "code": exc.code, "message": str(exc.message)[:2000]}
-        return _codec.dumps(rejected, agent_id=agent.agent_id, step=call.name), "error"
+        return Rejected(_codec.dumps(rejected, agent_id=agent.agent_id, step=call.name))
     except openai.APITimeoutError as exc:
         if remaining() <= 0:
             raise StepTimeout(f"no LLM answer within {budget}s ({attempts} attempts allowed)",
                               agent_id=agent.agent_id, step=call.name,
                               hint="raise timeout_s in agent.options(...); nothing was recorded") from exc
         raise
-    return _codec.dumps(dumped, agent_id=agent.agent_id, step=call.name), "ok"
 
 
 def _check_budget(agent: StepRunner, step: str) -> None:
@@ -166,19 +198,25 @@ def _check_budget(agent: StepRunner, step: str) -> None:
                                              "and start a new run to go on")
 
 
-def _durable_call(llm: DurableLLM, endpoint: str, kwargs: dict[str, Any]) -> str:
-    """Journal one call to ``endpoint``; return the stored JSON (raising a recorded rejection)."""
-    agent = llm._agent
-    if kwargs.get("stream"):
-        raise LLMError("stream=True is not durable yet", agent_id=agent.agent_id,
-                       hint="call without stream; the full response is journaled and replayed")
+def request_text(agent: StepRunner, endpoint: str, kwargs: dict[str, Any]) -> str:
+    """The call as the journal identifies it (its hash tells a replay with another request)."""
     try:
-        input_text = _codec.canonical({"endpoint": endpoint, "request": kwargs})
+        return _codec.canonical({"endpoint": endpoint, "request": kwargs})
     except (TypeError, ValueError) as exc:
         raise LLMError(f"the request is not JSON-able: {exc}", agent_id=agent.agent_id,
                        hint="pass plain dicts/lists/str (e.g. model.model_dump()) in the request") from exc
-    record = agent._execute(llm._options.name, LLM, input_text, llm._options,
+
+
+def _durable_call(llm: DurableLLM, endpoint: str, kwargs: dict[str, Any]) -> str:
+    """Journal one call to ``endpoint``; return the stored JSON (raising a recorded rejection)."""
+    agent = llm._agent
+    record = agent._execute(llm._options.name, LLM, request_text(agent, endpoint, kwargs), llm._options,
                             lambda call: _perform(agent, call, endpoint, kwargs))
+    return answer_of(agent, record)
+
+
+def answer_of(agent: StepRunner, record: StepRecord) -> str:
+    """The recorded answer's JSON, or the recorded rejection raised as LLMRequestRejected."""
     if record.outcome == "error":
         rejected = _codec.loads(record.output_json)
         raise LLMRequestRejected(f"the provider rejected the request ({rejected['status']}): "
@@ -209,7 +247,7 @@ class _NotDurable:
         if name.startswith("_"):
             raise AttributeError(name)
         raise LLMError(f"agent.llm.{self._path}.{name} is not durable yet", agent_id=self._llm._agent.agent_id,
-                       hint="use .create(...) without stream, or wrap another call in agent.step")
+                       hint="use .create(...) (stream=True included), or wrap another call in agent.step")
 
 
 class _Completions(_NotDurable):
@@ -218,10 +256,21 @@ class _Completions(_NotDurable):
     def __init__(self, llm: DurableLLM) -> None:
         self._llm = llm
 
-    def create(self, **kwargs: Any) -> ChatCompletion:
-        """Like ``openai``'s ``chat.completions.create`` (non-streaming), made once per run."""
+    @overload
+    def create(self, *, stream: Literal[True], **kwargs: Any) -> ChatCompletionStream: ...
+
+    @overload
+    def create(self, *, stream: Literal[False] = ..., **kwargs: Any) -> ChatCompletion: ...
+
+    def create(self, **kwargs: Any) -> ChatCompletion | ChatCompletionStream:
+        """Like ``openai``'s ``chat.completions.create``, made once per run: a ChatCompletion, or with
+        ``stream=True`` a stream of chunks (see :mod:`.stream`)."""
         from openai.types.chat import ChatCompletion
 
+        if kwargs.get("stream"):
+            from .stream import chat_stream
+
+            return chat_stream(self._llm._agent, self._llm._options, kwargs)
         return _rebuild(ChatCompletion, _durable_call(self._llm, "chat.completions", kwargs))
 
 
@@ -239,18 +288,29 @@ class _Responses(_NotDurable):
     def __init__(self, llm: DurableLLM) -> None:
         self._llm = llm
 
-    def create(self, **kwargs: Any) -> Response:
-        """Like ``openai``'s ``responses.create`` (non-streaming), made once per run; tool calls included."""
+    @overload
+    def create(self, *, stream: Literal[True], **kwargs: Any) -> ResponseEventStream: ...
+
+    @overload
+    def create(self, *, stream: Literal[False] = ..., **kwargs: Any) -> Response: ...
+
+    def create(self, **kwargs: Any) -> Response | ResponseEventStream:
+        """Like ``openai``'s ``responses.create``, made once per run; tool calls included. With
+        ``stream=True``, a stream of events (see :mod:`.stream`)."""
         from openai.types.responses import Response
 
+        if kwargs.get("stream"):
+            from .stream import response_stream
+
+            return response_stream(self._llm._agent, self._llm._options, kwargs)
         return _rebuild(Response, _durable_call(self._llm, "responses", kwargs))
 
 
 class DurableLLM:
     """``agent.llm``: the OpenAI surface that is durable today; anything else raises LLMError.
 
-    Durable: ``chat.completions.create`` and ``responses.create`` (non-streaming). Not durable yet, and
-    refused: ``stream=True``, ``.parse()``/``.stream()``, ``beta``, ``embeddings``, ``images`` and every
+    Durable: ``chat.completions.create`` and ``responses.create``, streamed (``stream=True``) or not. Not
+    durable yet, and refused: ``.parse()``/``.stream()``, ``beta``, ``embeddings``, ``images`` and every
     other endpoint (wrap them in ``agent.step`` if their results are JSON). There is no async facade.
     """
 

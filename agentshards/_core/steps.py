@@ -101,6 +101,7 @@ class StepRunner:
         self._occurrences: dict[str, int] = {}
         self._llm_calls = 0
         self._running: dict[int, str] = {}
+        self._open: dict[int, Callable[[], None]] = {}
         self._current = threading.local()
         self._crash = CrashCounter(CrashPlan.parse(config.crash_plan))
         for attempt in self._in_flight_at_start.values():
@@ -202,40 +203,72 @@ class StepRunner:
         """Claim the step's name, then replay it or perform and record it. Returns the stored record."""
         name = self._claim(base)
         try:
-            input_hash = _codec.digest(input_text)
-            replicated = (options.durability or self._config.durability) == "replicated"
-            if replicated and self._confirm is None:
-                raise ReplicationError("durability 'replicated' needs a replica", agent_id=self.agent_id, step=name,
-                                       hint="pass replica='s3://bucket/prefix' (or a directory) to run_agent")
-            stored = self._completed.get(name)
-            if stored is not None:
-                if stored.input_hash is not None and stored.input_hash != input_hash:
-                    raise self._nondeterminism(name, stored, input_text)
-                if replicated and stored.replicated_at is None:
-                    stored = self._replicate(stored)  # recorded but never confirmed: wait for it again
-                if kind == LLM and name in self._recorded_calls:
-                    with self._lock:
-                        self._replays.append((name, *self._recorded_calls[name]))
-                return stored
-            self.flush_ledger()
-            if name in self._in_flight_at_start and self._config.in_flight == "fail":
-                attempt = self._in_flight_at_start[name]
-                raise InFlightStepError(
-                    f"its LLM request (attempt {attempt.attempt}) was in flight when the agent stopped",
-                    agent_id=self.agent_id, step=name,
-                    hint="check the provider's usage for that call, then re-run with RunConfig(in_flight='retry')")
-            output_json, outcome = perform(StepCall(name, input_hash, options))
-            stored = self._journal.record_step(self.run_id, name, kind, output_json, input_hash=input_hash,
-                                               input_preview=input_text[:PREVIEW_CHARS], outcome=outcome)
-            self._completed[name] = stored
-            if kind == LLM:
-                self._crash.reached("after_commit")
-            if replicated:
-                stored = self._replicate(stored)
-            return stored
+            found = self._replay_or_call(name, kind, input_text, options)
+            if isinstance(found, StepRecord):
+                return found
+            output_json, outcome = perform(found)
+            return self._record(found, kind, input_text, output_json, outcome)
         finally:
-            with self._lock:
-                del self._running[threading.get_ident()]
+            self._release(threading.get_ident())
+
+    def _replay_or_call(self, name: str, kind: str, input_text: str,
+                        options: StepOptions) -> StepRecord | StepCall:
+        """The claimed step's stored record (a replay), or the call to perform it for the first time."""
+        input_hash = _codec.digest(input_text)
+        replicated = (options.durability or self._config.durability) == "replicated"
+        if replicated and self._confirm is None:
+            raise ReplicationError("durability 'replicated' needs a replica", agent_id=self.agent_id, step=name,
+                                   hint="pass replica='s3://bucket/prefix' (or a directory) to run_agent")
+        stored = self._completed.get(name)
+        if stored is not None:
+            if stored.input_hash is not None and stored.input_hash != input_hash:
+                raise self._nondeterminism(name, stored, input_text)
+            if replicated and stored.replicated_at is None:
+                stored = self._replicate(stored)  # recorded but never confirmed: wait for it again
+            if kind == LLM and name in self._recorded_calls:
+                with self._lock:
+                    self._replays.append((name, *self._recorded_calls[name]))
+            return stored
+        self.flush_ledger()
+        if name in self._in_flight_at_start and self._config.in_flight == "fail":
+            attempt = self._in_flight_at_start[name]
+            raise InFlightStepError(
+                f"its LLM request (attempt {attempt.attempt}) was in flight when the agent stopped",
+                agent_id=self.agent_id, step=name,
+                hint="check the provider's usage for that call, then re-run with RunConfig(in_flight='retry')")
+        return StepCall(name, input_hash, options)
+
+    def _record(self, call: StepCall, kind: str, input_text: str, output_json: str, outcome: str) -> StepRecord:
+        """Record a performed step (and wait for the replica when its durability says so)."""
+        stored = self._journal.record_step(self.run_id, call.name, kind, output_json, input_hash=call.input_hash,
+                                           input_preview=input_text[:PREVIEW_CHARS], outcome=outcome)
+        self._completed[call.name] = stored
+        if kind == LLM:
+            self._crash.reached("after_commit")
+        if (call.options.durability or self._config.durability) == "replicated":
+            stored = self._replicate(stored)
+        return stored
+
+    def _release(self, thread: int) -> None:
+        with self._lock:
+            del self._running[thread]
+
+    def _hold_open(self, finish: Callable[[], None]) -> None:
+        """A step this thread left open (a stream not read to its end): ``finish`` settles it before the
+        thread's next step, or when the run ends, so steps keep their call order."""
+        with self._lock:
+            self._open[threading.get_ident()] = finish
+
+    def _let_go(self, thread: int) -> None:
+        with self._lock:
+            self._open.pop(thread, None)
+
+    def _finish_open_steps(self) -> None:
+        """Settle every step left open (read the rest of an unfinished stream and record it)."""
+        with self._lock:
+            pending = list(self._open.values())
+        for finish in pending:
+            finish()
 
     def flush_ledger(self) -> None:
         """Write what this execution saved by replaying recorded LLM calls, in one transaction.
@@ -281,6 +314,10 @@ class StepRunner:
 
     def _claim(self, base: str | None) -> str:
         me = threading.get_ident()
+        with self._lock:
+            finish = self._open.get(me)
+        if finish is not None:
+            finish()  # this thread's open stream: read to its end and recorded before the next step
         with self._lock:
             if me in self._running:
                 raise ConcurrentStepError(

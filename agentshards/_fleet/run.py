@@ -169,6 +169,7 @@ def _execute(journal: Journal, replication: Replication | None, func: AgentFn, t
     agent = Agent(journal, run.id, config, None if replication is None else replication.confirm, run.executions)
     try:
         result = func(agent, **_codec.loads(input_json))
+        agent._finish_open_steps()  # a stream the agent stopped reading: its rest is read and recorded
     except BudgetExceeded as exc:
         agent.flush_ledger()
         run = journal.finish_run(run.id, BUDGET_EXCEEDED, error_json=json.dumps(
