@@ -15,7 +15,7 @@ import pytest
 from openai.lib.streaming.chat import ChatCompletionStreamState
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
-from agentshards import FakeLLMServer, LLMConfig, RunConfig, inspect_agent, run_agent
+from agentshards import FakeLLMServer, LLMConfig, LLMError, RunConfig, inspect_agent, run_agent
 from agentshards._base.prices import catalogue_cost
 from agentshards.testing._fakellm import Fault, serial_of
 from agentshards.testing._fakestream import pieces
@@ -176,6 +176,19 @@ def test_a_stream_broken_mid_way_is_not_recorded_and_a_resume_sends_it_once(
     assert len(texts) == 3 and inspect_agent(data_dir, "b").runs[0].in_flight == []
 
 
+@pytest.mark.parametrize("endpoint", ["chat", "responses"])
+def test_a_stream_that_ends_short_without_an_error_is_not_recorded(
+        data_dir: Path, fake_llm: FakeLLMServer, run_config: RunConfig, endpoint: str) -> None:
+    """No finish reason and usage chunk (chat) or no ``response.completed`` (Responses): not a whole answer."""
+    fake_llm.inject(Fault(end_after=4))
+    stream_agents.INTERRUPTED.append("t")  # were the short stream taken for whole, the run would just succeed
+    with pytest.raises(LLMError, match="ended before its final chunk"):
+        run_agent(stream_agents.stream_once, agent_id="t", data_dir=data_dir, config=run_config, endpoint=endpoint)
+    run = inspect_agent(data_dir, "t").runs[0]
+    assert run.steps == [] and [a.step_name for a in run.in_flight] == ["llm#1"] and fake_llm.request_count == 1
+    assert len(stream_agents.SEEN) == 0
+
+
 def test_a_stream_that_fails_before_its_first_chunk_is_retried_in_the_step(
         data_dir: Path, fake_llm: FakeLLMServer, run_config: RunConfig) -> None:
     fake_llm.inject(Fault(cut_after=0))  # headers, then the connection closes
@@ -210,6 +223,7 @@ def test_a_consumer_that_stops_early_gets_the_rest_read_and_recorded(
     assert run.steps[0].name == "llm#1" and run.in_flight == [] and run.spend.calls == 1
     recorded = json.loads(run.steps[0].output_json)
     assert len(recorded["events"]) > 5 and recorded["events"][-1]["usage"] is not None  # read to its end
+    assert recorded["shared"]["id"] == "chatcmpl-fake-1" and "id" not in recorded["events"][0]  # stored once
     assert recorded["final"]["choices"][0]["message"]["content"].endswith("a long answer, please")
     if how != "run_end":
         assert [s.name for s in run.steps] == ["llm#1", "after"]

@@ -7,9 +7,10 @@ records the cost from the streamed usage (the usage chunk, or ``response.complet
 the same objects from that record, in the same order, without a request. Both runs build each object the
 same way from the same JSON, so they compare equal chunk by chunk.
 
-Storing every chunk costs about 150 bytes of repeated id/model/timestamps per chunk on top of the text;
-it is kept because it replays exactly what the provider sent (obfuscation, logprobs, fields a newer API
-adds) with no rebuilding logic of ours to get wrong.
+The record is ``{"final": answer, "shared": {...}, "events": [...]}``: every chunk's JSON as the provider
+sent it (obfuscation, logprobs, fields a newer API adds: nothing of ours rebuilds them), except that the
+top-level fields equal in every chunk (a chat chunk's id, model, created, fingerprint: about 150 of its
+~250 bytes) are stored once in ``shared``. A replayed chunk is ``{**shared, **event}``, the same JSON.
 
 Failures: the retry policy covers the request until its first chunk arrives. A stream that breaks after
 that raises to the caller and is not recorded: its attempt stays in flight and a resumed run sends it
@@ -120,7 +121,8 @@ class _Recorded(_Source):
 
     def __init__(self, stored: dict[str, Any], endpoint: str) -> None:
         self.endpoint = endpoint
-        self._events: list[dict[str, Any]] = stored["events"]
+        shared = stored.get("shared") or {}
+        self._events: list[dict[str, Any]] = [{**shared, **event} for event in stored["events"]]
         self._final: dict[str, Any] = stored["final"]
         self._next = 0
 
@@ -223,7 +225,10 @@ class _Live(_Source):
         agent, call = self._agent, self._call
         try:
             record_cost(agent, call, self._number, final, self._started)
-            output = _codec.dumps({"final": final, "events": self._events}, agent_id=agent.agent_id, step=call.name)
+            shared = _shared(self._events)
+            events = [{k: v for k, v in event.items() if k not in shared} for event in self._events]
+            output = _codec.dumps({"final": final, "shared": shared, "events": events}, agent_id=agent.agent_id,
+                                  step=call.name)
             agent._record(call, LLM, self._input_text, output, "ok")
         except BaseException:
             self._break()
@@ -239,6 +244,13 @@ class _Live(_Source):
     def _let_go(self) -> None:
         self._agent._let_go(self._thread)
         self._agent._release(self._thread)
+
+
+def _shared(events: list[dict[str, Any]]) -> dict[str, Any]:
+    """The top-level fields every event has, with the same value: stored once."""
+    first = events[0]
+    return {key: value for key, value in first.items()
+            if all(key in event and event[key] == value for event in events[1:])}
 
 
 def _dump(chunk: Any) -> dict[str, Any]:

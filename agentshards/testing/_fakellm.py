@@ -45,7 +45,8 @@ class Fault:
     ``status`` answers with that HTTP error (``code`` in the body, optional Retry-After headers);
     ``delay_s`` answers normally but late; ``hang`` accepts the request and never answers.
     For streamed answers only: ``cut_after`` sends that many events, then closes the connection mid-body
-    (the client sees a broken stream); ``pause_after`` sends that many events, then waits for
+    (the client sees a broken stream); ``end_after`` sends that many events, then ends the body cleanly (a
+    stream cut short without an error, as a proxy may do); ``pause_after`` sends that many events, then waits for
     :meth:`FakeLLMServer.resume` (a test kills the client meanwhile; see :meth:`FakeLLMServer.wait_paused`).
     """
 
@@ -56,6 +57,7 @@ class Fault:
     delay_s: float = 0.0
     hang: bool = False
     cut_after: int | None = None
+    end_after: int | None = None
     pause_after: int | None = None
 
 
@@ -304,10 +306,13 @@ class FakeLLMServer:
                 self.end_headers()
                 cut = fault.cut_after if fault is not None else None
                 pause = fault.pause_after if fault is not None else None
+                end = fault.end_after if fault is not None else None
                 for sent, event in enumerate(events):
                     if sent == cut:
                         self.close_connection = True
                         return
+                    if sent == end:
+                        break
                     if sent == pause:
                         server._paused.set()
                         server._resume.wait()
