@@ -82,3 +82,11 @@ def rejected(agent: agentshards.Agent) -> int:
         SEEN.append({"status": exc.status})
     _interrupt_once(agent)
     return len(SEEN)
+
+
+def stream_without_usage(agent: agentshards.Agent) -> str:
+    """The caller turns the usage chunk off: its choice stands, and the call is recorded without a price."""
+    stream = agent.llm.chat.completions.create(model="gpt-4o-mini", stream=True,
+                                               stream_options={"include_usage": False},
+                                               messages=[{"role": "user", "content": "no usage"}])
+    return stream.get_final_completion().choices[0].message.content or ""

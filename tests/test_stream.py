@@ -160,6 +160,15 @@ def test_the_ledger_has_the_cost_from_the_streamed_usage(
     assert expected > 0 and spend.spent_usd == pytest.approx(expected, rel=1e-9)
 
 
+def test_a_caller_that_turns_the_usage_chunk_off_is_obeyed(
+        data_dir: Path, fake_llm: FakeLLMServer, run_config: RunConfig) -> None:
+    text = run_agent(stream_agents.stream_without_usage, agent_id="n", data_dir=data_dir, config=run_config)
+    assert text.endswith("answer to: no usage")
+    assert fake_llm.requests[0].body["stream_options"] == {"include_usage": False}
+    spend = inspect_agent(data_dir, "n").runs[0].spend
+    assert (spend.calls, spend.unpriced_calls, spend.in_flight_calls) == (1, 1, 0)
+
+
 def test_a_stream_broken_mid_way_is_not_recorded_and_a_resume_sends_it_once(
         data_dir: Path, fake_llm: FakeLLMServer, run_config: RunConfig) -> None:
     fake_llm.inject(Fault())  # the first call streams whole

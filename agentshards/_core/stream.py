@@ -163,7 +163,7 @@ class _Live(_Source):
     def start(self, response: Any, number: int, started: float) -> _Live:
         """Take the client's stream and wait for its first chunk: until then, a failure is retried."""
         try:
-            first = next(iter(response))
+            first = next(response)  # the SDK's Stream is its own iterator
         except StopIteration:
             response.close()
             raise LLMError("the stream ended before its first chunk", agent_id=self._agent.agent_id,
@@ -171,7 +171,7 @@ class _Live(_Source):
         except BaseException:
             response.close()
             raise
-        self._response, self._iterator, self._number, self._started = response, iter(response), number, started
+        self._response, self._number, self._started = response, number, started
         self._pending = _dump(first)
         return self
 
@@ -188,7 +188,7 @@ class _Live(_Source):
                 self._events.append(data)
                 return data
             try:
-                chunk = next(self._iterator)
+                chunk = next(self._response)
             except StopIteration:
                 self._complete()
                 return None
