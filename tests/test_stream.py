@@ -259,7 +259,8 @@ def test_sigkill_mid_stream_then_resume_resends_only_that_call(
     fake_llm.inject(Fault(pause_after=3))  # the second call stops mid-stream until the child is dead
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "AGENTSHARDS_"))}
     child = subprocess.Popen([sys.executable, "-c", CHILD, str(data_dir)], stdout=subprocess.PIPE, text=True,
-                             env={**env, "FAKE_LLM_URL": fake_llm.base_url, "PYTHONPATH": str(TESTS_DIR)})
+                             env={**env, "FAKE_LLM_URL": fake_llm.base_url,
+                                  "PYTHONPATH": os.pathsep.join([str(TESTS_DIR), str(TESTS_DIR.parent)])})
     try:
         wait_ready(child)
         assert fake_llm.wait_paused(30.0), "the second stream never started"
