@@ -17,6 +17,7 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from agentshards import FakeLLMServer, LLMConfig, LLMError, RunConfig, inspect_agent, run_agent
 from agentshards._base.prices import catalogue_cost
+from agentshards._core.stream import chat_completion_of
 from agentshards.testing._fakellm import Fault, serial_of
 from agentshards.testing._fakestream import pieces
 
@@ -56,6 +57,13 @@ def test_fake_server_streams_the_chat_answer_it_would_send_whole(fake_llm: FakeL
         streamed_call, whole_call = assembled.message.tool_calls[0], whole.choices[0].message.tool_calls[0]  # type: ignore[index]
         assert (streamed_call.function.arguments, streamed_call.function.name) == (  # type: ignore[union-attr]
             whole_call.function.arguments, whole_call.function.name)  # type: ignore[union-attr]
+    ours = chat_completion_of([c.model_dump(mode="json", exclude_unset=True) for c in chunks])
+    sdk = state.get_final_completion().model_dump(mode="json", exclude_unset=True)
+    for choice in sdk["choices"]:  # what the SDK's helper adds to the API's shape
+        choice["message"].pop("parsed")
+        for call in choice["message"].get("tool_calls") or []:
+            call.pop("index"), call["function"].pop("parsed_arguments")
+    assert ChatCompletion.model_validate(ours) == ChatCompletion.model_validate(sdk)  # the facade's assembly agrees
     no_usage = list(client.chat.completions.create(model="gpt-4o-mini", messages=msgs, stream=True, **extra))
     assert no_usage[-1].choices[0].finish_reason is not None and all(c.usage is None for c in no_usage)
 

@@ -34,7 +34,6 @@ from typing import Any, Generic, TypeVar
 
 import pydantic
 from openai import BaseModel as OpenAIModel
-from openai.lib.streaming.chat import ChatCompletionStreamState
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from openai.types.responses import Response, ResponseStreamEvent
 
@@ -266,13 +265,54 @@ def _assemble(endpoint: str, events: list[dict[str, Any]], wants_usage: bool) ->
     finished = any(c.get("finish_reason") for e in events for c in e.get("choices") or [])
     if not finished or (wants_usage and not any(e.get("usage") for e in events)):
         return None
-    state: ChatCompletionStreamState[Any] = ChatCompletionStreamState()
-    for data in events:
-        state.handle_chunk(_model(ChatCompletionChunk, data))
-    final = state.get_final_completion().model_dump(mode="json", exclude_unset=True)
-    for choice in final.get("choices") or []:  # a plain ChatCompletion: nothing was parsed
-        choice.get("message", {}).pop("parsed", None)
-    return final
+    return chat_completion_of(events)
+
+
+def chat_completion_of(chunks: list[dict[str, Any]]) -> dict[str, Any]:
+    """The chat completion a stream's chunks (as JSON) add up to, as the API would have sent it whole.
+
+    Written out rather than taken from the SDK's ``ChatCompletionStreamState``: that one rebuilds a model
+    snapshot per chunk (about 0.5 ms a chunk, measured), this is a few dict updates. Assembled: role,
+    content, refusal, tool calls (by index: id, type, name, arguments), content/refusal logprobs, finish
+    reason, usage. Anything else a chunk carries is still in the recorded chunks.
+    """
+    head = chunks[0]
+    completion: dict[str, Any] = {"id": head.get("id"), "object": "chat.completion", "created": head.get("created"),
+                                  "model": head.get("model")}
+    for key in ("system_fingerprint", "service_tier"):
+        if key in head:
+            completion[key] = head[key]
+    choices: dict[int, dict[str, Any]] = {}
+    for chunk in chunks:
+        if chunk.get("usage"):
+            completion["usage"] = chunk["usage"]
+        for part in chunk.get("choices") or []:
+            choice = choices.setdefault(part["index"], {"index": part["index"], "finish_reason": None,
+                                                        "logprobs": None, "message": {"role": "assistant"}})
+            message, delta = choice["message"], part.get("delta") or {}
+            if delta.get("role"):
+                message["role"] = delta["role"]
+            for key in ("content", "refusal"):
+                if delta.get(key) is not None:
+                    message[key] = (message.get(key) or "") + delta[key]
+            for call in delta.get("tool_calls") or []:
+                calls = message.setdefault("tool_calls", [])
+                while len(calls) <= call["index"]:
+                    calls.append({"id": None, "type": "function", "function": {"name": "", "arguments": ""}})
+                into, function = calls[call["index"]], call.get("function") or {}
+                into.update({key: call[key] for key in ("id", "type") if call.get(key)})
+                into["function"]["name"] += function.get("name") or ""
+                into["function"]["arguments"] += function.get("arguments") or ""
+            for key, tokens in (part.get("logprobs") or {}).items():
+                if tokens:
+                    logprobs = choice["logprobs"] = choice["logprobs"] or {}
+                    logprobs.setdefault(key, []).extend(tokens)
+            if part.get("finish_reason"):
+                choice["finish_reason"] = part["finish_reason"]
+    for choice in choices.values():
+        choice["message"].setdefault("content", None)
+    completion["choices"] = [choices[index] for index in sorted(choices)]
+    return completion
 
 
 # -- the objects the caller iterates ----------------------------------------------------------------------
