@@ -90,3 +90,10 @@ def stream_without_usage(agent: agentshards.Agent) -> str:
                                                stream_options={"include_usage": False},
                                                messages=[{"role": "user", "content": "no usage"}])
     return stream.get_final_completion().choices[0].message.content or ""
+
+
+def replicated_stream(agent: agentshards.Agent) -> str:
+    """A streamed call with ``durability="replicated"``: it completes once the replica has it."""
+    stream = agent.options(durability="replicated").llm.responses.create(model="gpt-4o-mini", input="kept",
+                                                                          stream=True)
+    return "".join(e.delta for e in stream if e.type == "response.output_text.delta")

@@ -287,6 +287,20 @@ def test_sigkill_mid_stream_then_resume_resends_only_that_call(
     assert [t.split("] ", 1)[1] for t in texts] == [f"answer to: stream {i} of 3" for i in range(3)]
 
 
+def test_a_replicated_stream_completes_once_the_replica_has_it(tmp_path: Path, run_config: RunConfig) -> None:
+    """Real Litestream, a directory replica."""
+    from agentshards import restore_agent
+
+    replica = str(tmp_path / "replica")
+    text = run_agent(stream_agents.replicated_stream, agent_id="rs", data_dir=tmp_path / "n1", replica=replica,
+                     config=run_config)
+    step, = inspect_agent(tmp_path / "n1", "rs").runs[0].steps
+    assert text.endswith("response to: kept") and step.replicated_at is not None
+    restore_agent("rs", tmp_path / "n2", replica)
+    assert json.loads(inspect_agent(tmp_path / "n2", "rs").runs[0].steps[0].output_json)["final"]["status"] == (
+        "completed")
+
+
 def test_inspect_shows_a_streamed_answer_as_its_text(data_dir: Path, run_config: RunConfig) -> None:
     from click.testing import CliRunner
 
