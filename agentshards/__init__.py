@@ -40,9 +40,10 @@ from ._core.agent import Agent, StepOptions
 from ._core.ledger import Spend
 from ._core.shard import validate_agent_id
 from ._fleet.report import AgentReport, RunReport, SpendReport, inspect_agent, spend_report
-from ._fleet.run import cancel_agent, fork_run, retry_agent, run_agent
+from ._fleet.run import arun_agent, cancel_agent, fork_run, retry_agent, run_agent
 
 if TYPE_CHECKING:
+    from ._core.async_agent import AsyncAgent
     from ._fleet.fleet import Fleet, recover
     from ._fleet.query import QueryResult, query_fleet
     from ._replication.archive import (
@@ -66,6 +67,7 @@ __all__ = [
     "AgentReport",
     "AgentShardsError",
     "ArchiveEntry",
+    "AsyncAgent",
     "BudgetExceeded",
     "ConcurrentStepError",
     "DataDirLocked",
@@ -103,6 +105,7 @@ __all__ = [
     "SupervisorConfig",
     "__version__",
     "archive_agent",
+    "arun_agent",
     "cancel_agent",
     "delete_agent",
     "expire_archives",
@@ -123,6 +126,7 @@ __all__ = [
 
 
 _LAZY = {
+    "AsyncAgent": "._core.async_agent",
     "ArchiveEntry": "._replication.archive",
     "archive_agent": "._replication.archive",
     "delete_agent": "._replication.archive",
@@ -142,7 +146,7 @@ _LAZY = {
 
 
 def __getattr__(name: str) -> Any:
-    """Names whose modules pull in http.server, subprocess or boto3 load only when asked for."""
+    """Names whose modules pull in http.server, subprocess (asyncio does) or boto3 load only when asked for."""
     if name in _LAZY:
         import importlib
 

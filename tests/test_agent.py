@@ -18,6 +18,7 @@ from agentshards import (
     run_agent,
 )
 
+import async_agents
 import sample_agents
 
 
@@ -156,8 +157,9 @@ def test_oversized_step_result_is_refused_and_not_recorded(data_dir: Path) -> No
     assert inspect_agent(data_dir, "big").runs[0].steps == []
 
 
-def test_async_agent_functions_are_refused(data_dir: Path) -> None:
-    with pytest.raises(InvalidTarget, match="async function"):
-        run_agent(sample_agents.async_agent, agent_id="a", data_dir=data_dir)
-    with pytest.raises(InvalidTarget, match="async function"):
-        run_agent("sample_agents:async_agent", agent_id="a", data_dir=data_dir)
+def test_async_generator_agents_are_refused(data_dir: Path) -> None:
+    with pytest.raises(InvalidTarget, match="async generator"):
+        run_agent(async_agents.async_generator_agent, agent_id="a", data_dir=data_dir)
+    with pytest.raises(InvalidTarget, match="async generator"):
+        run_agent("async_agents:async_generator_agent", agent_id="a", data_dir=data_dir)
+    assert not data_dir.exists()

@@ -20,6 +20,7 @@ PUBLIC = {
     "expire_archives", "fetch_archive", "list_archives", "LeaseError", "recover",
     "cancel_agent", "retry_agent", "query_fleet", "QueryResult",
     "AgentLocked", "ShardExists", "NoReplica", "ReplicaNotRestorable",
+    "AsyncAgent", "arun_agent",
 }
 
 

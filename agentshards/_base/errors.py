@@ -11,7 +11,7 @@ The tree is deliberately shallow so callers can catch at the level they care abo
     │   └── ShardExists              a restore or fetch would replace a local shard
     ├── RunMismatch                  re-run with another target/inputs than the open run
     ├── AgentFailed                  the run finished with an error (recorded in the journal)
-    ├── ConcurrentStepError          unnamed steps started concurrently from several threads
+    ├── ConcurrentStepError          unnamed steps started concurrently (threads, asyncio tasks)
     ├── ResultNotStorable            a step or agent result that is not JSON-able
     ├── NonDeterminismError          a replayed step is called with other inputs than recorded
     ├── InFlightStepError            an LLM call was in flight at a crash and the policy is "fail"
@@ -111,7 +111,7 @@ class AgentFailed(AgentShardsError):
 
 
 class ConcurrentStepError(AgentShardsError):
-    """A step without an explicit unique name started while another thread's step was running."""
+    """A step without an explicit unique name started while a step of another thread or task was running."""
 
 
 class ResultNotStorable(AgentShardsError, TypeError):

@@ -159,7 +159,9 @@ class Journal:
         self._lock = threading.Lock()
 
     def close(self) -> None:
-        self._conn.close()
+        """Under the lock: a step still being recorded from another thread finishes its transaction first."""
+        with self._lock:
+            self._conn.close()
 
     def _write(self, what: str, step: str | None = None) -> _JournalWrite:
         """One write transaction under this journal's lock; storage failures become a ShardError.

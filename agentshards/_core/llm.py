@@ -16,16 +16,14 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 from .._base.config import LLMConfig
 from .._base.errors import BudgetExceeded, LLMError, LLMRequestRejected, StepTimeout
 from . import codec as _codec
 from .journal import StepRecord
-from .ledger import cost_of, usage_of
-from .steps import LLM, StepCall, StepOptions, StepRunner
+from .ledger import Usage, cost_of, usage_of
+from .steps import LLM, StepBook, StepCall, StepOptions, StepRunner
 
 if TYPE_CHECKING:
     import openai
@@ -38,7 +36,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("agentshards")
 _M = TypeVar("_M", bound="pydantic.BaseModel")
-_T = TypeVar("_T")
 
 _clients: dict[LLMConfig, openai.OpenAI] = {}
 _clients_lock = threading.Lock()
@@ -96,43 +93,69 @@ def _retry_after_s(exc: BaseException | None) -> float | None:
         return None
 
 
+class RetryPolicy:
+    """One LLM step's retry rules, the same for the sync and the async facade: how many attempts, the
+    step's wall-clock budget, which errors are transient, and Retry-After-aware backoff with full jitter."""
+
+    def __init__(self, agent: StepBook, call: StepCall) -> None:
+        self._agent, self._call, self._config = agent, call, agent._config.llm
+        self.attempts = call.options.max_attempts or self._config.max_attempts
+        self.budget = call.options.timeout_s
+        self._deadline = None if self.budget is None else time.monotonic() + self.budget
+
+    def remaining(self) -> float:
+        return float("inf") if self._deadline is None else self._deadline - time.monotonic()
+
+    def request_timeout(self) -> float:
+        """One request's timeout: the client's, cut to what is left of the step's budget."""
+        return min(self._config.timeout_s, max(self.remaining(), 0.001))
+
+    def wait(self, state: tenacity.RetryCallState) -> float:
+        assert state.outcome is not None
+        pause = _retry_after_s(state.outcome.exception())
+        if pause is None:  # exponential backoff with full jitter
+            pause = random.uniform(0, self._config.backoff_s * 2 ** (state.attempt_number - 1))
+        return max(0.0, min(pause, self._config.backoff_max_s, self.remaining()))
+
+    def stop(self, state: tenacity.RetryCallState) -> bool:
+        return state.attempt_number >= self.attempts or self.remaining() <= 0
+
+    def tenacity_kwargs(self) -> dict[str, Any]:
+        """For ``tenacity.Retrying`` or ``tenacity.AsyncRetrying``: only transient errors are retried."""
+        import tenacity
+
+        agent, name = self._agent, self._call.name
+        return {"stop": self.stop, "wait": self.wait, "retry": tenacity.retry_if_exception(_is_transient),
+                "reraise": True, "before_sleep": lambda s: log.warning(
+                    "agent %s: LLM step %r attempt %d failed (%s); retrying", agent.agent_id, name,
+                    s.attempt_number, s.outcome.exception() if s.outcome else "?")}
+
+    def rejected(self, exc: openai.BadRequestError | openai.UnprocessableEntityError) -> tuple[str, str]:
+        """A request the provider refused as invalid is the step's recorded outcome, not an error to retry."""
+        rejected = {"status": exc.status_code, "code": exc.code, "message": str(exc.message)[:2000]}
+        return _codec.dumps(rejected, agent_id=self._agent.agent_id, step=self._call.name), "error"
+
+    def timed_out(self, exc: BaseException) -> StepTimeout | None:
+        """The StepTimeout to raise when ``exc`` came from running out of the step's budget, else None."""
+        if self.remaining() > 0:
+            return None
+        return StepTimeout(f"no LLM answer within {self.budget}s ({self.attempts} attempts allowed)",
+                           agent_id=self._agent.agent_id, step=self._call.name,
+                           hint="raise timeout_s in agent.options(...); nothing was recorded")
+
+
+def answer_of(response: pydantic.BaseModel, config: LLMConfig) -> tuple[dict[str, Any], Usage, float | None]:
+    """An answered call as stored (the JSON the SDK model dumps), its usage and its price."""
+    dumped = response.model_dump(mode="json", exclude_unset=True)
+    usage = usage_of(dumped)
+    return dumped, usage, cost_of(usage, config.prices)
+
+
 def _perform(agent: StepRunner, call: StepCall, endpoint: str, request: dict[str, Any]) -> tuple[str, str]:
-    """Send the request and return the answer as stored JSON with its outcome (``error``: rejected)."""
-
-    def take(response: Any, number: int, started: float) -> dict[str, Any]:
-        dumped: dict[str, Any] = response.model_dump(mode="json", exclude_unset=True)
-        record_cost(agent, call, number, dumped, started)
-        return dumped
-
-    answer = send_request(agent, call, endpoint, request, take)
-    if isinstance(answer, Rejected):
-        return answer.json, "error"
-    return _codec.dumps(answer, agent_id=agent.agent_id, step=call.name), "ok"
-
-
-def record_cost(agent: StepRunner, call: StepCall, number: int, answer: dict[str, Any], started: float) -> None:
-    """The answer's cost goes to the ledger (its attempt answered) as soon as it is complete, before the
-    step is recorded, so a crash in between still shows the money as spent."""
-    usage = usage_of(answer)
-    agent._journal.record_answer(agent.run_id, call.name, number, agent.execution, usage,
-                                 time.monotonic() - started, cost_of(usage, agent._config.llm.prices))
-    agent._crash.reached("after_response")
-
-
-@dataclass(frozen=True)
-class Rejected:
-    """The provider refused the request as invalid (400/422): stored as the step's ``error`` outcome."""
-
-    json: str
-
-
-def send_request(agent: StepRunner, call: StepCall, endpoint: str, request: dict[str, Any],
-          take: Callable[[Any, int, float], _T]) -> _T | Rejected:
     """Send the request (retrying transient failures), one committed attempt row before each send.
 
-    ``take(response, attempt_number, started)`` turns the client's answer into the result; a transient
-    error it raises is retried like one of the request's own. The budget is checked first, against what
-    the agent's ledger says it has spent.
+    The budget is checked first, against what the agent's ledger says it has spent. Each answer's cost
+    goes to the ledger as soon as it arrives, before the step is recorded.
     """
     import openai
     import tenacity
@@ -141,53 +164,36 @@ def send_request(agent: StepRunner, call: StepCall, endpoint: str, request: dict
     _check_budget(agent, call.name)
     client = _client(config, agent.agent_id)
     create = client.chat.completions.create if endpoint == "chat.completions" else client.responses.create
-    attempts = call.options.max_attempts or config.max_attempts
-    budget = call.options.timeout_s
-    deadline = None if budget is None else time.monotonic() + budget
+    policy = RetryPolicy(agent, call)
 
-    def remaining() -> float:
-        return float("inf") if deadline is None else deadline - time.monotonic()
-
-    def wait(state: tenacity.RetryCallState) -> float:
-        assert state.outcome is not None
-        pause = _retry_after_s(state.outcome.exception())
-        if pause is None:  # exponential backoff with full jitter
-            pause = random.uniform(0, config.backoff_s * 2 ** (state.attempt_number - 1))
-        return max(0.0, min(pause, config.backoff_max_s, remaining()))
-
-    def stop(state: tenacity.RetryCallState) -> bool:
-        return state.attempt_number >= attempts or remaining() <= 0
-
-    def send() -> _T:
+    def send() -> Any:
         number = agent._journal.begin_attempt(agent.run_id, call.name, call.input_hash)
         agent._crash.reached("after_intent")
-        timeout = min(config.timeout_s, max(remaining(), 0.001))
         started = time.monotonic()
         try:
-            response = create(**{"timeout": timeout, **request})
+            response = create(**{"timeout": policy.request_timeout(), **request})
         except openai.APIStatusError:
             agent._journal.end_attempt(agent.run_id, call.name, number, "error")  # answered: not in flight
             raise
-        return take(response, number, started)
+        dumped, usage, cost = answer_of(response, config)
+        agent._journal.record_answer(agent.run_id, call.name, number, agent.execution, usage,
+                                     time.monotonic() - started, cost)
+        agent._crash.reached("after_response")
+        return dumped
 
-    retrying = tenacity.Retrying(stop=stop, wait=wait, retry=tenacity.retry_if_exception(_is_transient),
-                                 reraise=True, before_sleep=lambda s: log.warning(
-                                     "agent %s: LLM step %r attempt %d failed (%s); retrying", agent.agent_id,
-                                     call.name, s.attempt_number, s.outcome.exception() if s.outcome else "?"))
     try:
-        return retrying(send)
+        dumped = tenacity.Retrying(**policy.tenacity_kwargs())(send)
     except (openai.BadRequestError, openai.UnprocessableEntityError) as exc:
-        rejected = {"status": exc.status_code, "code": exc.code, "message": str(exc.message)[:2000]}
-        return Rejected(_codec.dumps(rejected, agent_id=agent.agent_id, step=call.name))
+        return policy.rejected(exc)
     except openai.APITimeoutError as exc:
-        if remaining() <= 0:
-            raise StepTimeout(f"no LLM answer within {budget}s ({attempts} attempts allowed)",
-                              agent_id=agent.agent_id, step=call.name,
-                              hint="raise timeout_s in agent.options(...); nothing was recorded") from exc
+        timeout = policy.timed_out(exc)
+        if timeout is not None:
+            raise timeout from exc
         raise
+    return _codec.dumps(dumped, agent_id=agent.agent_id, step=call.name), "ok"
 
 
-def _check_budget(agent: StepRunner, step: str) -> None:
+def _check_budget(agent: StepBook, step: str) -> None:
     limit = agent._config.budget_usd
     if limit is None:
         return
@@ -198,8 +204,8 @@ def _check_budget(agent: StepRunner, step: str) -> None:
                                              "and start a new run to go on")
 
 
-def request_text(agent: StepRunner, endpoint: str, kwargs: dict[str, Any]) -> str:
-    """The call as the journal identifies it (its hash tells a replay with another request)."""
+def request_text(agent: StepBook, endpoint: str, kwargs: dict[str, Any]) -> str:
+    """The request as hashed and previewed in the journal; refuses what cannot be made durable."""
     try:
         return _codec.canonical({"endpoint": endpoint, "request": kwargs})
     except (TypeError, ValueError) as exc:
@@ -207,16 +213,8 @@ def request_text(agent: StepRunner, endpoint: str, kwargs: dict[str, Any]) -> st
                        hint="pass plain dicts/lists/str (e.g. model.model_dump()) in the request") from exc
 
 
-def _durable_call(llm: DurableLLM, endpoint: str, kwargs: dict[str, Any]) -> str:
-    """Journal one call to ``endpoint``; return the stored JSON (raising a recorded rejection)."""
-    agent = llm._agent
-    record = agent._execute(llm._options.name, LLM, request_text(agent, endpoint, kwargs), llm._options,
-                            lambda call: _perform(agent, call, endpoint, kwargs))
-    return answer_of(agent, record)
-
-
-def answer_of(agent: StepRunner, record: StepRecord) -> str:
-    """The recorded answer's JSON, or the recorded rejection raised as LLMRequestRejected."""
+def stored_answer(agent: StepBook, record: StepRecord) -> str:
+    """The recorded answer's JSON; a recorded rejection is raised again, the same on every replay."""
     if record.outcome == "error":
         rejected = _codec.loads(record.output_json)
         raise LLMRequestRejected(f"the provider rejected the request ({rejected['status']}): "
@@ -225,7 +223,16 @@ def answer_of(agent: StepRunner, record: StepRecord) -> str:
     return record.output_json
 
 
-def _rebuild(model: type[_M], text: str) -> _M:
+def _durable_call(llm: DurableLLM, endpoint: str, kwargs: dict[str, Any]) -> str:
+    """Journal one call to ``endpoint``; return the stored JSON (raising a recorded rejection)."""
+    agent = llm._agent
+    input_text = request_text(agent, endpoint, kwargs)
+    record = agent._execute(llm._options.name, LLM, input_text, llm._options,
+                            lambda call: _perform(agent, call, endpoint, kwargs))
+    return stored_answer(agent, record)
+
+
+def rebuild(model: type[_M], text: str) -> _M:
     """The stored JSON as an openai object: validated in Rust when it is complete (fast, ~20x quicker than
     constructing), else constructed leniently like the SDK does, so a field the provider omitted never
     breaks a replay. First run and replay take the same path for the same text."""
@@ -241,7 +248,7 @@ class _NotDurable:
     """Every attribute but the durable ones raises a clear LLMError instead of bypassing the journal."""
 
     _path: str
-    _llm: DurableLLM
+    _llm: Any  # the sync or the async facade: what is read here is ._agent
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):
@@ -271,7 +278,7 @@ class _Completions(_NotDurable):
             from .stream import chat_stream
 
             return chat_stream(self._llm._agent, self._llm._options, kwargs)
-        return _rebuild(ChatCompletion, _durable_call(self._llm, "chat.completions", kwargs))
+        return rebuild(ChatCompletion, _durable_call(self._llm, "chat.completions", kwargs))
 
 
 class _Chat(_NotDurable):
@@ -303,7 +310,7 @@ class _Responses(_NotDurable):
             from .stream import response_stream
 
             return response_stream(self._llm._agent, self._llm._options, kwargs)
-        return _rebuild(Response, _durable_call(self._llm, "responses", kwargs))
+        return rebuild(Response, _durable_call(self._llm, "responses", kwargs))
 
 
 class DurableLLM:
@@ -311,7 +318,8 @@ class DurableLLM:
 
     Durable: ``chat.completions.create`` and ``responses.create``, streamed (``stream=True``) or not. Not
     durable yet, and refused: ``.parse()``/``.stream()``, ``beta``, ``embeddings``, ``images`` and every
-    other endpoint (wrap them in ``agent.step`` if their results are JSON). There is no async facade.
+    other endpoint (wrap them in ``agent.step`` if their results are JSON). The async facade is
+    ``agentshards._core.async_llm``.
     """
 
     def __init__(self, agent: StepRunner, options: StepOptions) -> None:

@@ -5,7 +5,8 @@ first run hands the caller each chunk (Chat Completions) or event (Responses API
 stream is complete, the step records every chunk's JSON and the assembled final answer, and the ledger
 records the cost from the streamed usage (the usage chunk, or ``response.completed``). A replay rebuilds
 the same objects from that record, in the same order, without a request. Both runs build each object the
-same way from the same JSON, so they compare equal chunk by chunk.
+same way from the same JSON, so they compare equal chunk by chunk. Sync agents get an iterator, async
+agents (``await ...create(..., stream=True)``) an async iterator; both share everything here but the I/O.
 
 The record is ``{"final": answer, "shared": {...}, "events": [...]}``: every chunk's JSON as the provider
 sent it (obfuscation, logprobs, fields a newer API adds: nothing of ours rebuilds them), except that the
@@ -18,19 +19,23 @@ again (``RunConfig(in_flight=...)`` decides). It is not retried behind the calle
 caller has already seen chunks that a new answer would contradict.
 
 A caller that stops reading early: the rest of the stream is read and recorded when the stream is closed
-(``close()``, the end of a ``with`` block), before the same thread's next step, or when the run ends. So
-the journal always holds the complete answer and the exact cost, and a replay shows the caller the same
-prefix it saw; the price is that the whole answer is paid for, as it would be without streaming.
+(``close()``/``aclose()``, the end of a ``with``/``async with`` block), before the same thread's (task's)
+next step, or when the run ends. So the journal always holds the complete answer and the exact cost, and a
+replay shows the caller the same prefix it saw; the price is that the whole answer is paid for, as it
+would be without streaming. Until then the stream is the running step of its thread or task.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import logging
 import threading
+import time
 import typing
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from types import TracebackType
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import pydantic
 from openai import BaseModel as OpenAIModel
@@ -40,15 +45,22 @@ from openai.types.responses import Response, ResponseStreamEvent
 from .._base.errors import LLMError
 from . import codec as _codec
 from .journal import StepRecord
-from .llm import Rejected, answer_of, record_cost, request_text, send_request
-from .steps import LLM, StepCall, StepOptions, StepRunner
+from .ledger import cost_of, usage_of
+from .llm import RetryPolicy, _check_budget, _client, request_text, stored_answer
+from .steps import LLM, StepBook, StepCall, StepOptions, StepRunner
+
+if TYPE_CHECKING:
+    from .async_agent import AsyncAgent
 
 log = logging.getLogger("agentshards")
 _E = TypeVar("_E")
+_Token = contextvars.Token[Any]
 CHAT, RESPONSES = "chat.completions", "responses"
 _RESPONSE_ENDS = frozenset({"response.completed", "response.incomplete", "response.failed"})
 """Responses API events that carry the final response: the answer is complete (and priced)."""
 
+
+# -- opening a stream: a replay, or a live request ---------------------------------------------------------
 
 def chat_stream(agent: StepRunner, options: StepOptions, kwargs: dict[str, Any]) -> ChatCompletionStream:
     """``chat.completions.create(..., stream=True)``."""
@@ -60,69 +72,199 @@ def response_stream(agent: StepRunner, options: StepOptions, kwargs: dict[str, A
     return ResponseEventStream(_open(agent, options, RESPONSES, kwargs))
 
 
-def _open(agent: StepRunner, options: StepOptions, endpoint: str, kwargs: dict[str, Any]) -> _Source:
-    """The replayed stream of a recorded call, or a live one.
+async def async_chat_stream(agent: AsyncAgent, options: StepOptions,
+                            kwargs: dict[str, Any]) -> AsyncChatCompletionStream:
+    """``await chat.completions.create(..., stream=True)`` on the async facade."""
+    return AsyncChatCompletionStream(await _aopen(agent, options, CHAT, kwargs))
 
-    The live stream holds the step (its name and this thread's turn) until it is complete, broken or
-    closed; the step is recorded when it completes.
-    """
+
+async def async_response_stream(agent: AsyncAgent, options: StepOptions,
+                                kwargs: dict[str, Any]) -> AsyncResponseEventStream:
+    """``await responses.create(..., stream=True)`` on the async facade."""
+    return AsyncResponseEventStream(await _aopen(agent, options, RESPONSES, kwargs))
+
+
+def _request(endpoint: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """What is sent: a chat request asks for the usage chunk (the ledger stays exact) unless the caller
+    decided about it. The journal hashes the caller's own arguments, not this."""
     request = dict(kwargs)
     stream_options = request.get("stream_options") or {}
     if endpoint == CHAT and isinstance(stream_options, dict) and "include_usage" not in stream_options:
-        request["stream_options"] = {**stream_options, "include_usage": True}  # the usage chunk: exact ledger
-    input_text = request_text(agent, endpoint, kwargs)
-    thread = threading.get_ident()
-    name = agent._claim(options.name)
+        request["stream_options"] = {**stream_options, "include_usage": True}
+    return request
+
+
+def _wants_usage(endpoint: str, request: dict[str, Any]) -> bool:
+    options = request.get("stream_options")
+    return endpoint == RESPONSES or (isinstance(options, dict) and options.get("include_usage") is True)
+
+
+def _open(agent: StepRunner, options: StepOptions, endpoint: str, kwargs: dict[str, Any]) -> _Recorded | _Live:
+    """The replayed stream of a recorded call, or a live one that holds the step until it completes."""
+    import openai
+    import tenacity
+
+    request, input_text = _request(endpoint, kwargs), request_text(agent, endpoint, kwargs)
+    agent._finish_open_here()
+    name, token = agent._claim(options.name)
     held = False
     try:
-        found = agent._replay_or_call(name, LLM, input_text, options)
-        if isinstance(found, StepRecord):
-            return _Recorded(_codec.loads(answer_of(agent, found)), endpoint)
-        live = _Live(agent, found, endpoint, input_text, thread,
-                     wants_usage=_wants_usage(request) if endpoint == CHAT else True)
-        sent = send_request(agent, found, endpoint, request, live.start)
-        if isinstance(sent, Rejected):
-            answer_of(agent, agent._record(found, LLM, input_text, sent.json, "error"))  # raises
+        input_hash = _codec.digest(input_text)
+        replicated = agent._is_replicated(options, name)
+        stored = agent._replayed(name, LLM, input_hash, input_text)
+        if stored is not None:
+            if replicated and stored.replicated_at is None:
+                stored = agent._replicate(stored)
+            return _Recorded(stored, endpoint, agent)
+        agent._before_perform(name)
+        call = StepCall(name, input_hash, options)
+        _check_budget(agent, name)
+        client = _client(agent._config.llm, agent.agent_id)
+        create = client.chat.completions.create if endpoint == CHAT else client.responses.create
+        policy = RetryPolicy(agent, call)
+        live = _Live(agent, call, endpoint, input_text, _wants_usage(endpoint, request), token)
+
+        def send() -> _Live:
+            number = agent._journal.begin_attempt(agent.run_id, name, input_hash)
+            agent._crash.reached("after_intent")
+            started = time.monotonic()
+            try:
+                response = create(**{"timeout": policy.request_timeout(), **request})
+            except openai.APIStatusError:
+                agent._journal.end_attempt(agent.run_id, name, number, "error")  # answered: not in flight
+                raise
+            live.started(response, _first(agent, name, response), number, started)
+            return live
+
+        rejected: tuple[str, str] | None = None
+        try:
+            tenacity.Retrying(**policy.tenacity_kwargs())(send)
+        except (openai.BadRequestError, openai.UnprocessableEntityError) as exc:
+            rejected = policy.rejected(exc)
+        except openai.APITimeoutError as exc:
+            timeout = policy.timed_out(exc)
+            if timeout is not None:
+                raise timeout from exc
+            raise
+        if rejected is not None:
+            stored = agent._record(call, LLM, input_text, *rejected)
+            if replicated:
+                agent._replicate(stored)
+            return _Recorded(stored, endpoint, agent)  # raises the recorded rejection, as its replay will
+        live.claim = agent._hold_open(live.finish)
         held = True
-        agent._hold_open(live.finish)
         return live
     finally:
         if not held:
-            agent._release(thread)
+            agent._release(token)
 
 
-def _wants_usage(request: dict[str, Any]) -> bool:
-    options = request.get("stream_options")
-    return isinstance(options, dict) and options.get("include_usage") is True
+async def _aopen(agent: AsyncAgent, options: StepOptions, endpoint: str,
+                 kwargs: dict[str, Any]) -> _Recorded | _AsyncLive:
+    """``_open`` for an async agent: the request awaited, journal work through the agent's offload."""
+    import openai
+    import tenacity
+
+    from .async_llm import async_client
+
+    request, input_text = _request(endpoint, kwargs), request_text(agent, endpoint, kwargs)
+    await agent._finish_open_here()
+    name, token = agent._claim(options.name)
+    held = False
+    try:
+        input_hash = _codec.digest(input_text)
+        replicated = agent._is_replicated(options, name)
+        stored = agent._replayed(name, LLM, input_hash, input_text)
+        if stored is not None:
+            if replicated and stored.replicated_at is None:
+                stored = await asyncio.to_thread(agent._replicate, stored)  # a wait, never on the loop
+            return _Recorded(stored, endpoint, agent)
+        if agent._replays:
+            await agent._io(agent.flush_ledger)
+        agent._before_perform(name)
+        call = StepCall(name, input_hash, options)
+        if agent._config.budget_usd is not None:
+            await agent._io(_check_budget, agent, name)
+        client = async_client(agent._config.llm, agent.agent_id)
+        create = client.chat.completions.create if endpoint == CHAT else client.responses.create
+        policy = RetryPolicy(agent, call)
+        live = _AsyncLive(agent, call, endpoint, input_text, _wants_usage(endpoint, request), token)
+        journal = agent._journal
+
+        async def send() -> _AsyncLive:
+            number = await agent._io(journal.begin_attempt, agent.run_id, name, input_hash)
+            agent._crash.reached("after_intent")
+            started = time.monotonic()
+            try:
+                response = await create(**{"timeout": policy.request_timeout(), **request})
+            except openai.APIStatusError:
+                await agent._io(journal.end_attempt, agent.run_id, name, number, "error")
+                raise
+            live.started(response, await _afirst(agent, name, response), number, started)
+            return live
+
+        rejected: tuple[str, str] | None = None
+        try:
+            async with asyncio.timeout(policy.budget):  # the step's budget, until the first chunk
+                await tenacity.AsyncRetrying(**policy.tenacity_kwargs())(send)
+        except (openai.BadRequestError, openai.UnprocessableEntityError) as exc:
+            rejected = policy.rejected(exc)
+        except (openai.APITimeoutError, TimeoutError) as exc:
+            timeout = policy.timed_out(exc)
+            if timeout is not None:
+                raise timeout from exc
+            raise
+        if rejected is not None:
+            stored = await agent._io(agent._record, call, LLM, input_text, *rejected)
+            if replicated:
+                await asyncio.to_thread(agent._replicate, stored)
+            return _Recorded(stored, endpoint, agent)  # raises the recorded rejection, as its replay will
+        live.claim = agent._hold_open(live.finish)
+        held = True
+        return live
+    finally:
+        if not held:
+            agent._release(token)
+
+
+def _first(agent: StepBook, step: str, response: Any) -> Any:
+    """The stream's first chunk: until it is here a failure is retried, like one of the request's own."""
+    try:
+        return next(response)  # the SDK's Stream is its own iterator
+    except StopIteration:
+        response.close()
+        raise _ended_short(agent, step, "its first") from None
+    except BaseException:
+        response.close()
+        raise
+
+
+async def _afirst(agent: StepBook, step: str, response: Any) -> Any:
+    try:
+        return await response.__anext__()
+    except StopAsyncIteration:
+        await response.close()
+        raise _ended_short(agent, step, "its first") from None
+    except BaseException:
+        await response.close()
+        raise
+
+
+def _ended_short(agent: StepBook, step: str, which: str) -> LLMError:
+    return LLMError(f"the stream ended before {which} chunk", agent_id=agent.agent_id, step=step,
+                    hint="nothing was recorded; a resumed run sends the request again")
 
 
 # -- what a stream's chunks come from ---------------------------------------------------------------------
 
-class _Source:
-    """Chunk JSON in order, and the final answer once it is complete."""
+class _Recorded:
+    """A recorded stream: its chunks and final answer, from the journal (a recorded rejection raises)."""
 
-    endpoint: str
-
-    def next_json(self) -> dict[str, Any] | None:
-        """The next chunk's JSON, or None at the end of a complete stream."""
-        raise NotImplementedError
-
-    def final(self) -> dict[str, Any]:
-        """The assembled final answer (reading the rest of the stream first)."""
-        raise NotImplementedError
-
-    def close(self) -> None:
-        raise NotImplementedError
-
-
-class _Recorded(_Source):
-    """A recorded stream: its chunks and final answer, from the journal."""
-
-    def __init__(self, stored: dict[str, Any], endpoint: str) -> None:
-        self.endpoint = endpoint
-        shared = stored.get("shared") or {}
-        self._events: list[dict[str, Any]] = [{**shared, **event} for event in stored["events"]]
-        self._final: dict[str, Any] = stored["final"]
+    def __init__(self, stored: StepRecord, endpoint: str, agent: StepBook) -> None:
+        record = _codec.loads(stored_answer(agent, stored))
+        shared = record.get("shared") or {}
+        self._events: list[dict[str, Any]] = [{**shared, **event} for event in record["events"]]
+        self._final: dict[str, Any] = record["final"]
         self._next = 0
 
     def next_json(self) -> dict[str, Any] | None:
@@ -137,73 +279,130 @@ class _Recorded(_Source):
     def close(self) -> None:
         self._next = len(self._events)
 
+    async def anext_json(self) -> dict[str, Any] | None:
+        return self.next_json()
 
-class _Live(_Source):
-    """The provider's stream as it arrives: every chunk kept, the step recorded when it is complete.
+    async def afinal(self) -> dict[str, Any]:
+        return self._final
 
-    States: ``open`` (chunks arriving), ``recorded`` (complete and journaled) or ``broken`` (failed or
-    ended short: nothing recorded, its attempt in flight).
+    async def aclose(self) -> None:
+        self.close()
+
+
+class _Tape:
+    """The chunks of a live stream as they arrive, and what completing it records.
+
+    States: ``open`` (chunks arriving), ``recorded`` (complete and journaled) or ``broken`` (failed or ended
+    short: nothing recorded, its attempt in flight). The sync and async live streams differ only in how
+    they wait for a chunk and reach the journal.
     """
 
-    def __init__(self, agent: StepRunner, call: StepCall, endpoint: str, input_text: str, thread: int, *,
-                 wants_usage: bool) -> None:
-        self.endpoint = endpoint
-        self._agent = agent
-        self._call = call
-        self._input_text = input_text
-        self._thread = thread
-        self._wants_usage = wants_usage
+    claim: object = None
+
+    def __init__(self, agent: StepBook, call: StepCall, endpoint: str, input_text: str, wants_usage: bool,
+                 token: _Token) -> None:
+        self._agent, self._call, self._endpoint, self._input_text = agent, call, endpoint, input_text
+        self._wants_usage, self._token = wants_usage, token
         self._events: list[dict[str, Any]] = []
         self._pending: dict[str, Any] | None = None
         self._state = "open"
         self._final: dict[str, Any] | None = None
-        self._lock = threading.RLock()
+        self._response: Any = None
+        self._number, self._started = 0, 0.0
 
-    def start(self, response: Any, number: int, started: float) -> _Live:
-        """Take the client's stream and wait for its first chunk: until then, a failure is retried."""
-        try:
-            first = next(response)  # the SDK's Stream is its own iterator
-        except StopIteration:
-            response.close()
-            raise LLMError("the stream ended before its first chunk", agent_id=self._agent.agent_id,
-                           step=self._call.name, hint="nothing was recorded; re-run to send it again") from None
-        except BaseException:
-            response.close()
-            raise
+    def started(self, response: Any, first: Any, number: int, started: float) -> None:
+        """The request was answered and its first chunk read (attempt ``number``, sent at ``started``)."""
         self._response, self._number, self._started = response, number, started
         self._pending = _dump(first)
-        return self
+
+    def _take_pending(self) -> dict[str, Any] | None:
+        """The first chunk (read while the request could still be retried), once; raises once broken."""
+        if self._state == "broken":
+            raise LLMError("the stream broke earlier; its answer was not recorded", agent_id=self._agent.agent_id,
+                           step=self._call.name, hint="a resumed run sends the request again")
+        data, self._pending = self._pending, None
+        if data is not None:
+            self._events.append(data)
+        return data
+
+    def _kept(self, chunk: Any) -> dict[str, Any]:
+        data = _dump(chunk)
+        self._events.append(data)
+        return data
+
+    def _final_or_break(self) -> dict[str, Any]:
+        """The stream ended: its final answer, or (it ended short) LLMError with the stream broken."""
+        final = _assemble(self._endpoint, self._events, self._wants_usage)
+        if final is None:
+            self._state = "broken"
+            raise _ended_short(self._agent, self._call.name, "its final")
+        return final
+
+    def _commit(self, final: dict[str, Any]) -> StepRecord:
+        """The journal work of a complete stream (sync: run inline, or through an async agent's offload):
+        its cost in the ledger, then the step, as for an answer that came whole."""
+        agent, call = self._agent, self._call
+        usage = usage_of(final)
+        agent._journal.record_answer(agent.run_id, call.name, self._number, agent.execution, usage,
+                                     time.monotonic() - self._started, cost_of(usage, agent._config.llm.prices))
+        agent._crash.reached("after_response")
+        shared = _shared(self._events)
+        events = [{k: v for k, v in event.items() if k not in shared} for event in self._events]
+        output = _codec.dumps({"final": final, "shared": shared, "events": events}, agent_id=agent.agent_id,
+                              step=call.name)
+        return agent._record(call, LLM, self._input_text, output, "ok")
+
+    def _replicated(self) -> bool:
+        return (self._call.options.durability or self._agent._config.durability) == "replicated"
+
+    def _done(self, state: str, final: dict[str, Any] | None = None) -> None:
+        self._state, self._final = state, final
+        self._agent._let_go(self.claim, self._token)
+
+    def _final_answer(self) -> dict[str, Any]:
+        if self._final is None:
+            raise LLMError("the stream broke; there is no final answer", agent_id=self._agent.agent_id,
+                           step=self._call.name, hint="a resumed run sends the request again")
+        return self._final
+
+
+class _Live(_Tape):
+    """A sync agent's live stream."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self._lock = threading.RLock()
 
     def next_json(self) -> dict[str, Any] | None:
         with self._lock:
             if self._state == "recorded":
                 return None
-            if self._state == "broken":
-                raise LLMError("the stream broke earlier; its answer was not recorded",
-                               agent_id=self._agent.agent_id, step=self._call.name,
-                               hint="a resumed run sends the request again")
-            if self._pending is not None:
-                data, self._pending = self._pending, None
-                self._events.append(data)
+            data = self._take_pending()
+            if data is not None:
                 return data
             try:
-                chunk = next(self._response)
+                return self._kept(next(self._response))
             except StopIteration:
                 self._complete()
                 return None
             except BaseException:
                 self._break()
                 raise
-            data = _dump(chunk)
-            self._events.append(data)
-            return data
 
-    def final(self) -> dict[str, Any]:
-        self.finish()
-        if self._final is None:
-            raise LLMError("the stream broke; there is no final answer", agent_id=self._agent.agent_id,
-                           step=self._call.name, hint="a resumed run sends the request again")
-        return self._final
+    def _complete(self) -> None:
+        try:
+            final = self._final_or_break()
+            stored = self._commit(final)
+            if self._replicated():
+                self._agent._replicate(stored)
+        except BaseException:
+            self._break()
+            raise
+        self._done("recorded", final)
+
+    def _break(self) -> None:
+        self._response.close()
+        self._done("broken")
 
     def finish(self) -> None:
         """Read the rest of the stream (the caller stopped early), so the step is complete and recorded."""
@@ -211,38 +410,59 @@ class _Live(_Source):
             while self._state == "open" and self.next_json() is not None:
                 pass
 
+    def final(self) -> dict[str, Any]:
+        self.finish()
+        return self._final_answer()
+
     def close(self) -> None:
         self.finish()
 
-    def _complete(self) -> None:
-        """The stream ended: record it if it is complete, else it is broken (an answer cut short)."""
-        final = _assemble(self.endpoint, self._events, self._wants_usage)
-        if final is None:
-            self._break()
-            raise LLMError("the stream ended before its final chunk", agent_id=self._agent.agent_id,
-                           step=self._call.name, hint="nothing was recorded; a resumed run sends it again")
-        agent, call = self._agent, self._call
+
+class _AsyncLive(_Tape):
+    """An async agent's live stream."""
+
+    _agent: AsyncAgent
+
+    async def anext_json(self) -> dict[str, Any] | None:
+        if self._state == "recorded":
+            return None
+        data = self._take_pending()
+        if data is not None:
+            return data
         try:
-            record_cost(agent, call, self._number, final, self._started)
-            shared = _shared(self._events)
-            events = [{k: v for k, v in event.items() if k not in shared} for event in self._events]
-            output = _codec.dumps({"final": final, "shared": shared, "events": events}, agent_id=agent.agent_id,
-                                  step=call.name)
-            agent._record(call, LLM, self._input_text, output, "ok")
+            return self._kept(await self._response.__anext__())
+        except StopAsyncIteration:
+            await self._complete()
+            return None
         except BaseException:
-            self._break()
+            await self._break()
             raise
-        self._final, self._state = final, "recorded"
-        self._let_go()
 
-    def _break(self) -> None:
-        self._state = "broken"
-        self._response.close()
-        self._let_go()
+    async def _complete(self) -> None:
+        try:
+            final = self._final_or_break()
+            stored = await self._agent._io(self._commit, final)
+            if self._replicated():
+                await asyncio.to_thread(self._agent._replicate, stored)  # a wait, never on the loop
+        except BaseException:
+            await self._break()
+            raise
+        self._done("recorded", final)
 
-    def _let_go(self) -> None:
-        self._agent._let_go(self._thread)
-        self._agent._release(self._thread)
+    async def _break(self) -> None:
+        self._done("broken")
+        await self._response.close()
+
+    async def finish(self) -> None:
+        while self._state == "open" and await self.anext_json() is not None:
+            pass
+
+    async def afinal(self) -> dict[str, Any]:
+        await self.finish()
+        return self._final_answer()
+
+    async def aclose(self) -> None:
+        await self.finish()
 
 
 def _shared(events: list[dict[str, Any]]) -> dict[str, Any]:
@@ -321,7 +541,7 @@ _M = TypeVar("_M", bound=pydantic.BaseModel)
 
 
 def _model(cls: type[_M], data: dict[str, Any]) -> _M:
-    """Validated when complete, else constructed leniently like the SDK does (as ``llm._rebuild``)."""
+    """Validated when complete, else constructed leniently like the SDK does (as ``llm.rebuild``)."""
     try:
         return cls.model_validate(data)
     except pydantic.ValidationError:
@@ -344,11 +564,15 @@ def _response_event(data: dict[str, Any]) -> ResponseStreamEvent:
     return typing.cast(ResponseStreamEvent, _model(cls, data))
 
 
+def _chunk(data: dict[str, Any]) -> ChatCompletionChunk:
+    return _model(ChatCompletionChunk, data)
+
+
 class DurableStream(Generic[_E]):
     """What ``create(..., stream=True)`` returns: iterate it for the chunks; use it as a context manager
     (or call :meth:`close`) to stop early, which reads and records the rest (see the module docs)."""
 
-    def __init__(self, source: _Source, build: Callable[[dict[str, Any]], _E]) -> None:
+    def __init__(self, source: _Recorded | _Live, build: Callable[[dict[str, Any]], _E]) -> None:
         self._source = source
         self._build = build
 
@@ -376,15 +600,49 @@ class DurableStream(Generic[_E]):
         try:  # do not hide the caller's own error behind one of reading the rest
             self.close()
         except Exception:  # logged; the caller's exception is the one that matters
-            log.warning("could not read the rest of a stream after %r", exc,
-                                                     exc_info=True)
+            log.warning("could not read the rest of a stream after %r", exc, exc_info=True)
+
+
+class AsyncDurableStream(Generic[_E]):
+    """What ``await create(..., stream=True)`` returns on the async facade: ``async for`` the chunks; use
+    ``async with`` (or ``await aclose()``) to stop early, which reads and records the rest."""
+
+    def __init__(self, source: _Recorded | _AsyncLive, build: Callable[[dict[str, Any]], _E]) -> None:
+        self._source = source
+        self._build = build
+
+    def __aiter__(self) -> AsyncIterator[_E]:
+        return self
+
+    async def __anext__(self) -> _E:
+        data = await self._source.anext_json()
+        if data is None:
+            raise StopAsyncIteration
+        return self._build(data)
+
+    async def aclose(self) -> None:
+        """Stop reading: the rest of a live stream is read and recorded (the answer is paid for anyway)."""
+        await self._source.aclose()
+
+    async def __aenter__(self) -> AsyncDurableStream[_E]:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        if exc is None:
+            await self.aclose()
+            return
+        try:
+            await self.aclose()
+        except Exception:
+            log.warning("could not read the rest of a stream after %r", exc, exc_info=True)
 
 
 class ChatCompletionStream(DurableStream[ChatCompletionChunk]):
     """A durable Chat Completions stream of ``ChatCompletionChunk`` objects."""
 
-    def __init__(self, source: _Source) -> None:
-        super().__init__(source, lambda data: _model(ChatCompletionChunk, data))
+    def __init__(self, source: _Recorded | _Live) -> None:
+        super().__init__(source, _chunk)
 
     def get_final_completion(self) -> ChatCompletion:
         """The whole answer assembled from the chunks (the rest of the stream is read first)."""
@@ -394,7 +652,7 @@ class ChatCompletionStream(DurableStream[ChatCompletionChunk]):
 class ResponseEventStream(DurableStream[ResponseStreamEvent]):
     """A durable Responses API stream of ``ResponseStreamEvent`` objects."""
 
-    def __init__(self, source: _Source) -> None:
+    def __init__(self, source: _Recorded | _Live) -> None:
         super().__init__(source, _response_event)
 
     def get_final_response(self) -> Response:
@@ -402,6 +660,28 @@ class ResponseEventStream(DurableStream[ResponseStreamEvent]):
         return _model(Response, self._source.final())
 
 
+class AsyncChatCompletionStream(AsyncDurableStream[ChatCompletionChunk]):
+    """A durable Chat Completions stream for async agents."""
+
+    def __init__(self, source: _Recorded | _AsyncLive) -> None:
+        super().__init__(source, _chunk)
+
+    async def get_final_completion(self) -> ChatCompletion:
+        """The whole answer assembled from the chunks (the rest of the stream is read first)."""
+        return _model(ChatCompletion, await self._source.afinal())
 
 
-__all__ = ["ChatCompletionStream", "DurableStream", "ResponseEventStream", "chat_stream", "response_stream"]
+class AsyncResponseEventStream(AsyncDurableStream[ResponseStreamEvent]):
+    """A durable Responses API stream for async agents."""
+
+    def __init__(self, source: _Recorded | _AsyncLive) -> None:
+        super().__init__(source, _response_event)
+
+    async def get_final_response(self) -> Response:
+        """The final response, from ``response.completed`` (the rest of the stream is read first)."""
+        return _model(Response, await self._source.afinal())
+
+
+__all__ = ["AsyncChatCompletionStream", "AsyncDurableStream", "AsyncResponseEventStream", "ChatCompletionStream",
+           "DurableStream", "ResponseEventStream", "async_chat_stream", "async_response_stream", "chat_stream",
+           "response_stream"]

@@ -15,7 +15,7 @@ AgentFn = Callable[..., Any]
 def target_of(fn: AgentFn | str) -> tuple[str, AgentFn]:
     """Return (``module:function``, the function), refusing what another process could not import."""
     if isinstance(fn, str):
-        return fn, _sync_only(fn, resolve(fn))
+        return fn, _runnable(fn, resolve(fn))
     module = getattr(fn, "__module__", None)
     qualname = getattr(fn, "__qualname__", None)
     if not callable(fn) or not module or not qualname:
@@ -31,16 +31,20 @@ def target_of(fn: AgentFn | str) -> tuple[str, AgentFn]:
     if resolve(target) is not fn:
         raise InvalidTarget(f"{target} does not resolve to the function given",
                             hint="do not rebind or decorate the agent function under another name")
-    return target, _sync_only(target, fn)
+    return target, _runnable(target, fn)
 
 
-def _sync_only(target: str, fn: AgentFn) -> AgentFn:
-    """Async agent functions are refused (decided, documented): agents run as threads in a worker, and the
-    durable LLM facade is synchronous; an ``async def`` agent would return an un-awaited coroutine."""
-    if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
-        raise InvalidTarget(f"{target} is an async function; agentshards runs agents as plain functions",
-                            hint="define the agent with `def`; it runs in its own thread, so blocking I/O is fine")
+def _runnable(target: str, fn: AgentFn) -> AgentFn:
+    """Plain and ``async def`` functions are agents; an async generator is not (it returns no result)."""
+    if inspect.isasyncgenfunction(fn):
+        raise InvalidTarget(f"{target} is an async generator function; an agent returns its result",
+                            hint="define the agent with `def` or `async def` and return the result")
     return fn
+
+
+def is_async(fn: AgentFn) -> bool:
+    """An ``async def`` agent: it gets an AsyncAgent and runs on an event loop."""
+    return inspect.iscoroutinefunction(fn)
 
 
 def resolve(target: str) -> AgentFn:

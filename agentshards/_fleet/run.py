@@ -12,6 +12,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +22,7 @@ from .._base.errors import (
     AgentShardsError,
     BudgetExceeded,
     InvalidInputs,
+    InvalidTarget,
     LLMRequestRejected,
     ShardError,
 )
@@ -30,7 +32,8 @@ from .._core.journal import BUDGET_EXCEEDED, CANCELLED, FAILED, RUNNING, SUCCEED
 from .._core.locks import lock_agent, lock_data_dir
 from .._core.shard import open_shard, validate_agent_id
 from .._core.sqlite import require_sqlite
-from .._core.target import AgentFn, target_of
+from .._core.steps import StepBook
+from .._core.target import AgentFn, is_async, target_of
 from .._core.target_policy import TargetPolicy, resolve_stored
 
 if TYPE_CHECKING:  # replication modules load only when a replica is used: `import agentshards` stays fast
@@ -70,9 +73,67 @@ def run_agent(
       data dir as a fleet does (DataDirLocked while another owner has it) and the replica prefix's lease.
     - One run of an agent at a time: AgentLocked (naming the holder's pid) while another process or
       thread runs it.
+    - An ``async def`` agent gets an :class:`~agentshards.AsyncAgent` and runs on an event loop of its
+      own (``asyncio.run``); inside a running loop, ``await arun_agent(...)`` instead.
 
     Everything is validated before the disk is touched. The result is the JSON value the journal holds.
     """
+    prepared = _prepare(fn, agent_id, config, replica, inputs)
+    if is_async(prepared.func):
+        import asyncio  # here, not at the top: asyncio imports subprocess, and `import agentshards` stays light
+
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(_own_loop(prepared, data_dir, new_run, replica))
+        raise InvalidTarget(f"{prepared.target} is an async agent and run_agent was called inside a running event"
+                            " loop, which cannot start another", agent_id=prepared.agent_id,
+                            hint="use `await agentshards.arun_agent(...)` (same arguments) inside async code")
+    with _opened(prepared, data_dir, replica) as (journal, replication):
+        return _execute(journal, replication, prepared.func, prepared.target, prepared.input_json, new_run,
+                        prepared.config)
+
+
+async def arun_agent(
+    fn: AgentFn | str,
+    *,
+    agent_id: str,
+    data_dir: str | os.PathLike[str],
+    new_run: bool = False,
+    config: RunConfig | None = None,
+    replica: str | None = None,
+    **inputs: Any,
+) -> Any:
+    """``run_agent`` for async code: run an ``async def`` agent on the running event loop, no second loop.
+
+    Same arguments, guarantees and errors as :func:`run_agent`. The blocking parts (validation, locks,
+    opening the shard, starting and ending the run, a replica's Litestream and lease) run in worker
+    threads, so many agents share one loop. A plain ``def`` agent runs in a worker thread
+    (``asyncio.to_thread(run_agent, ...)``).
+    """
+    import asyncio
+
+    prepared = await asyncio.to_thread(_prepare, fn, agent_id, config, replica, inputs)
+    if not is_async(prepared.func):
+        return await asyncio.to_thread(run_agent, fn, agent_id=agent_id, data_dir=data_dir, new_run=new_run,
+                                       config=prepared.config, replica=replica, **inputs)
+    return await _arun(prepared, data_dir, new_run, replica)
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """A run_agent call checked before the disk is touched."""
+
+    agent_id: str
+    target: str
+    func: AgentFn
+    input_json: str
+    config: RunConfig
+    checked: tuple[ReplicaTarget, ObjectStore] | None
+
+
+def _prepare(fn: AgentFn | str, agent_id: str, config: RunConfig | None, replica: str | None,
+             inputs: dict[str, Any]) -> _Prepared:
     agent_id = validate_agent_id(agent_id)
     target, func = target_of(fn)
     input_json = _check_inputs(func, target, agent_id, inputs)
@@ -85,6 +146,15 @@ def run_agent(
         from .._replication.lease import probe_conditional_writes
 
         probe_conditional_writes(checked[1], checked[0])
+    return _Prepared(agent_id, target, func, input_json, config, checked)
+
+
+@contextlib.contextmanager
+def _opened(prepared: _Prepared, data_dir: str | os.PathLike[str],
+            replica: str | None) -> Iterator[tuple[Journal, Replication | None]]:
+    """Locks, lease, Litestream and the open journal for one run; all released on the way out. A lease lost
+    during the run is raised at the end: the result is in the journal, the replica may lack it."""
+    agent_id, config, checked, env = prepared.agent_id, prepared.config, prepared.checked, os.environ
     with contextlib.ExitStack() as stack:
         replication = lease = None
         if replica is not None:  # this call runs the data dir's Litestream: it must own the data dir
@@ -105,11 +175,47 @@ def run_agent(
         stack.callback(journal.close)
         if replication is not None:
             replication.litestream.register(agent_id)
-        result = _execute(journal, replication, func, target, input_json, new_run, config)
-        if lease is not None and lease.lost is not None:  # the result is in the journal; the replica may lack it
+        yield journal, replication
+        if lease is not None and lease.lost is not None:
             raise lease.lost
-        return result
-    raise AssertionError("unreachable")  # pragma: no cover - ExitStack does not swallow exceptions
+
+
+async def _own_loop(prepared: _Prepared, data_dir: str | os.PathLike[str], new_run: bool,
+                    replica: str | None) -> Any:
+    """An async agent under run_agent, on the loop asyncio.run made for it: its LLM clients close with it."""
+    try:
+        return await _arun(prepared, data_dir, new_run, replica)
+    finally:
+        if "agentshards._core.async_llm" in sys.modules:
+            from .._core.async_llm import close_clients
+
+            await close_clients()
+
+
+async def _arun(prepared: _Prepared, data_dir: str | os.PathLike[str], new_run: bool, replica: str | None) -> Any:
+    """Open the run's resources in a worker thread, run the agent on this loop, release them in a thread.
+
+    A cancellation while they are being opened still releases them once opened (a lock must not leak).
+    """
+    import asyncio
+
+    opening = _opened(prepared, data_dir, replica)
+    entering = asyncio.ensure_future(asyncio.to_thread(opening.__enter__))
+    try:
+        journal, replication = await asyncio.shield(entering)
+    except asyncio.CancelledError:
+        entering.add_done_callback(lambda f: None if f.cancelled() or f.exception() else opening.__exit__(
+            None, None, None))
+        raise
+    try:
+        result = await _aexecute(journal, replication, prepared.func, prepared.target, prepared.input_json,
+                                 new_run, prepared.config)
+    except BaseException as exc:
+        if not await asyncio.to_thread(opening.__exit__, type(exc), exc, exc.__traceback__):
+            raise
+        raise AssertionError("unreachable") from exc  # pragma: no cover - ExitStack does not swallow exceptions
+    await asyncio.to_thread(opening.__exit__, None, None, None)
+    return result
 
 
 def config_from_env(env: Mapping[str, str], shard: ShardConfig | None = None) -> RunConfig:
@@ -156,41 +262,83 @@ def start_replication(data_dir: Path, replica: str, config: RunConfig, env: Mapp
 
 def _execute(journal: Journal, replication: Replication | None, func: AgentFn, target: str, input_json: str,
              new_run: bool, config: RunConfig) -> Any:
-    agent_id = journal.agent_id
-    run = journal.begin_run(target, input_json, _codec.digest(input_json), new_run=new_run)
-    publish = _publisher(journal, replication, target, func)
+    run, publish = _start(journal, replication, func, target, input_json, new_run)
     if run.status == SUCCEEDED:
-        publish(run)
         return _codec.loads(run.output_json or "null")
-    if run.status in (FAILED, BUDGET_EXCEEDED, CANCELLED):
-        publish(run)
-        raise _failure(agent_id, run.error_json, run.status)
-    publish(run)
     agent = Agent(journal, run.id, config, None if replication is None else replication.confirm, run.executions)
     try:
         result = func(agent, **_codec.loads(input_json))
         agent._finish_open_steps()  # a stream the agent stopped reading: its rest is read and recorded
-    except BudgetExceeded as exc:
-        agent.flush_ledger()
-        run = journal.finish_run(run.id, BUDGET_EXCEEDED, error_json=json.dumps(
-            {"type": "agentshards.BudgetExceeded", "message": exc.message}))
-        publish(run)
-        raise
     except Exception as exc:
-        agent.flush_ledger()
-        if _leaves_run_open(exc):
+        agent.end()
+        failure = _ended_with(journal, publish, run, agent, exc)
+        if failure is None:
             raise
-        error = {"type": f"{type(exc).__module__}.{type(exc).__qualname__}", "message": str(exc)[:4000],
-                 "traceback": "".join(traceback.format_exception(exc))[-8000:]}
-        run = journal.finish_run(run.id, FAILED, error_json=json.dumps(error))
-        publish(run)
-        raise _failure(agent_id, run.error_json) from exc
+        raise failure from exc
+    agent.end()
+    return _succeeded(journal, publish, run, agent, result)
+
+
+async def _aexecute(journal: Journal, replication: Replication | None, func: AgentFn, target: str,
+                    input_json: str, new_run: bool, config: RunConfig) -> Any:
+    """``_execute`` for an async agent: the same run bookkeeping, its blocking parts in worker threads."""
+    import asyncio
+
+    from .._core.async_agent import AsyncAgent
+
+    run, publish = await asyncio.to_thread(_start, journal, replication, func, target, input_json, new_run)
+    if run.status == SUCCEEDED:
+        return _codec.loads(run.output_json or "null")
+    confirm = None if replication is None else replication.confirm
+    agent = await asyncio.to_thread(AsyncAgent, journal, run.id, config, confirm, run.executions)
+    try:
+        result = await func(agent, **_codec.loads(input_json))
+    except Exception as exc:
+        agent.end()
+        failure = await asyncio.to_thread(_ended_with, journal, publish, run, agent, exc)
+        if failure is None:
+            raise
+        raise failure from exc
+    agent.end()
+    return await asyncio.to_thread(_succeeded, journal, publish, run, agent, result)
+
+
+def _start(journal: Journal, replication: Replication | None, func: AgentFn, target: str, input_json: str,
+           new_run: bool) -> tuple[Run, Callable[[Run], None]]:
+    """Begin or resume the run and publish it; a run that ended in failure raises its recorded error."""
+    run = journal.begin_run(target, input_json, _codec.digest(input_json), new_run=new_run)
+    publish = _publisher(journal, replication, target, func)
+    publish(run)
+    if run.status in (FAILED, BUDGET_EXCEEDED, CANCELLED):
+        raise _failure(journal.agent_id, run.error_json, run.status)
+    return run, publish
+
+
+def _ended_with(journal: Journal, publish: Callable[[Run], None], run: Run, agent: StepBook,
+                exc: Exception) -> AgentShardsError | None:
+    """Record how the agent's exception ends the run; return the error to raise from it (None: raise ``exc``
+    itself, the run ended as budget_exceeded or stays open)."""
     agent.flush_ledger()
-    output = _codec.dumps(result, agent_id=agent_id, step=None, what="agent result")
+    if isinstance(exc, BudgetExceeded):
+        publish(journal.finish_run(run.id, BUDGET_EXCEEDED, error_json=json.dumps(
+            {"type": "agentshards.BudgetExceeded", "message": exc.message})))
+        return None
+    if _leaves_run_open(exc):
+        return None
+    error = {"type": f"{type(exc).__module__}.{type(exc).__qualname__}", "message": str(exc)[:4000],
+             "traceback": "".join(traceback.format_exception(exc))[-8000:]}
+    run = journal.finish_run(run.id, FAILED, error_json=json.dumps(error))
+    publish(run)
+    return _failure(journal.agent_id, run.error_json)
+
+
+def _succeeded(journal: Journal, publish: Callable[[Run], None], run: Run, agent: StepBook, result: Any) -> Any:
+    agent.flush_ledger()
+    output = _codec.dumps(result, agent_id=journal.agent_id, step=None, what="agent result")
     run = journal.finish_run(run.id, SUCCEEDED, output_json=output)
     publish(run)
     if run.status == FAILED:
-        raise _failure(agent_id, run.error_json)
+        raise _failure(journal.agent_id, run.error_json)
     return _codec.loads(run.output_json or "null")
 
 

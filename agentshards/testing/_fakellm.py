@@ -83,6 +83,7 @@ def _answer(body: dict[str, Any]) -> str:
 
 class _QuietServer(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 1024  # hundreds of agents connect at once; the default backlog of 5 drops SYNs (1 s stalls)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A client killed mid-request (the crash tests do that on purpose) is not a server error."""

@@ -1,0 +1,175 @@
+"""The durable facade over ``openai.AsyncOpenAI``: ``await agent.llm.chat.completions.create(...)``.
+
+The same rules as the sync facade (:mod:`.llm`), whose pieces it calls: one committed attempt row before
+each send, the answer's cost in the ledger before the step is recorded, the same transient-error rules
+and Retry-After handling (``RetryPolicy``, driven here by tenacity's ``AsyncRetrying``), the same stored
+JSON and rebuilt objects. What differs is only how it waits: the request is awaited, journal writes go
+through the agent's offload (see :mod:`.offload`), and the step's timeout cancels the request.
+
+``AsyncOpenAI`` clients are bound to the event loop they first ran on, so the cache is per loop (and
+per configuration); a loop's clients go away with the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from .._base.config import LLMConfig
+from .._base.errors import LLMError
+from . import codec as _codec
+from .async_agent import AsyncAgent, Performed
+from .llm import RetryPolicy, _check_budget, _NotDurable, answer_of, rebuild, request_text, stored_answer
+from .steps import LLM, StepCall, StepOptions
+
+if TYPE_CHECKING:
+    import openai
+    from openai.types.chat import ChatCompletion
+    from openai.types.responses import Response
+
+
+_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[LLMConfig, openai.AsyncOpenAI]] = (
+    weakref.WeakKeyDictionary())
+_clients_lock = threading.Lock()
+
+
+def async_client(config: LLMConfig, agent_id: str) -> openai.AsyncOpenAI:
+    """One client per configuration per running event loop: it holds a connection pool bound to that loop."""
+    loop = asyncio.get_running_loop()
+    with _clients_lock:
+        per_loop = _clients.setdefault(loop, {})
+        client = per_loop.get(config)
+        if client is None:
+            if not config.api_key:
+                raise LLMError("no OpenAI API key to make a new LLM call", agent_id=agent_id,
+                               hint="set OPENAI_API_KEY (completed calls replay without one)")
+            import openai
+
+            client = openai.AsyncOpenAI(api_key=config.api_key, base_url=config.base_url,
+                                        max_retries=0, timeout=config.timeout_s)
+            per_loop[config] = client
+        return client
+
+
+async def close_clients() -> None:
+    """Close the running loop's clients (their connections), before a loop this library made ends."""
+    with _clients_lock:
+        clients = _clients.pop(asyncio.get_running_loop(), {})
+    for client in clients.values():
+        await client.close()
+
+
+async def _perform(agent: AsyncAgent, call: StepCall, endpoint: str, request: dict[str, Any]) -> Performed:
+    """The async twin of ``llm._perform``: same rows in the same order, same retry rules.
+
+    The answer's ledger row is committed in the same trip to the offload thread as the step's record (two
+    transactions, ledger first, as on the sync path): one thread hop fewer per call."""
+    import openai
+    import tenacity
+
+    config = agent._config.llm
+    if agent._config.budget_usd is not None:
+        await agent._io(_check_budget, agent, call.name)
+    client = async_client(config, agent.agent_id)
+    create = client.chat.completions.create if endpoint == "chat.completions" else client.responses.create
+    policy = RetryPolicy(agent, call)
+    journal, run_id, name = agent._journal, agent.run_id, call.name
+
+    async def send() -> tuple[dict[str, Any], Callable[[], None]]:
+        number = await agent._io(journal.begin_attempt, run_id, name, call.input_hash)
+        agent._crash.reached("after_intent")
+        started = time.monotonic()
+        try:
+            response = await create(**{"timeout": policy.request_timeout(), **request})
+        except openai.APIStatusError:
+            await agent._io(journal.end_attempt, run_id, name, number, "error")  # answered: not in flight
+            raise
+        dumped, usage, cost = answer_of(response, config)
+        latency = time.monotonic() - started
+
+        def ledger() -> None:
+            journal.record_answer(run_id, name, number, agent.execution, usage, latency, cost)
+            agent._crash.reached("after_response")
+
+        return dumped, ledger
+
+    try:
+        async with asyncio.timeout(policy.budget):  # the step's budget cancels the request in flight
+            retrying = tenacity.AsyncRetrying(**policy.tenacity_kwargs())
+            answer: tuple[dict[str, Any], Callable[[], None]] = await retrying(send)
+    except (openai.BadRequestError, openai.UnprocessableEntityError) as exc:
+        return Performed(*policy.rejected(exc))
+    except (openai.APITimeoutError, TimeoutError) as exc:
+        timeout = policy.timed_out(exc)
+        if timeout is not None:
+            raise timeout from exc
+        raise
+    dumped, ledger = answer
+    return Performed(_codec.dumps(dumped, agent_id=agent.agent_id, step=name), "ok", ledger)
+
+
+async def _durable_call(llm: AsyncDurableLLM, endpoint: str, kwargs: dict[str, Any]) -> str:
+    agent = llm._agent
+    input_text = request_text(agent, endpoint, kwargs)
+    record = await agent._execute(llm._options.name, LLM, input_text, llm._options,
+                                  lambda call: _perform(agent, call, endpoint, kwargs))
+    return stored_answer(agent, record)
+
+
+class _Completions(_NotDurable):
+    _path = "chat.completions"
+
+    def __init__(self, llm: AsyncDurableLLM) -> None:
+        self._llm = llm
+
+    async def create(self, **kwargs: Any) -> ChatCompletion:
+        """Like ``AsyncOpenAI``'s ``chat.completions.create`` (non-streaming), made once per run."""
+        from openai.types.chat import ChatCompletion
+
+        return rebuild(ChatCompletion, await _durable_call(self._llm, "chat.completions", kwargs))
+
+
+class _Chat(_NotDurable):
+    _path = "chat"
+
+    def __init__(self, llm: AsyncDurableLLM) -> None:
+        self._llm = llm
+        self.completions = _Completions(llm)
+
+
+class _Responses(_NotDurable):
+    _path = "responses"
+
+    def __init__(self, llm: AsyncDurableLLM) -> None:
+        self._llm = llm
+
+    async def create(self, **kwargs: Any) -> Response:
+        """Like ``AsyncOpenAI``'s ``responses.create`` (non-streaming), made once per run; tool calls included."""
+        from openai.types.responses import Response
+
+        return rebuild(Response, await _durable_call(self._llm, "responses", kwargs))
+
+
+class AsyncDurableLLM:
+    """``agent.llm`` of an :class:`~agentshards.AsyncAgent`: the durable part of ``AsyncOpenAI``.
+
+    Durable: ``await chat.completions.create(...)`` and ``await responses.create(...)`` (non-streaming);
+    anything else raises LLMError, as on the sync facade.
+    """
+
+    def __init__(self, agent: AsyncAgent, options: StepOptions) -> None:
+        self._agent = agent
+        self._options = options
+        self.chat = _Chat(self)
+        self.responses = _Responses(self)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        raise LLMError(f"agent.llm.{name} is not durable yet", agent_id=self._agent.agent_id,
+                       hint="use agent.llm.chat.completions.create or agent.llm.responses.create, "
+                            "or wrap another call in agent.step")
