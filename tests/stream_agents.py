@@ -97,3 +97,62 @@ def replicated_stream(agent: agentshards.Agent) -> str:
     stream = agent.options(durability="replicated").llm.responses.create(model="gpt-4o-mini", input="kept",
                                                                           stream=True)
     return "".join(e.delta for e in stream if e.type == "response.output_text.delta")
+
+
+# -- async agents: the same, with await and async for ------------------------------------------------------
+
+async def astream_once(agent: agentshards.AsyncAgent, endpoint: str) -> str:
+    """``stream_once`` for an async agent."""
+    if endpoint == "chat":
+        chat = await agent.llm.chat.completions.create(
+            model="gpt-4o-mini", stream=True, messages=[{"role": "user", "content": "tell me about WAL mode"}])
+        chunks: list[Any] = [chunk async for chunk in chat]
+        final: Any = await chat.get_final_completion()
+    else:
+        events = await agent.llm.responses.create(model="gpt-4o-mini", input="tell me about WAL mode", stream=True)
+        chunks = [event async for event in events]
+        final = await events.get_final_response()
+    SEEN.append({"chunks": chunks, "final": final})
+    _interrupt_once(agent)
+    return str(final.id)
+
+
+async def astream_calls(agent: agentshards.AsyncAgent, n: int) -> list[str]:
+    """``stream_calls`` for an async agent."""
+    texts = []
+    for i in range(n):
+        stream = await agent.llm.chat.completions.create(
+            model="gpt-4o-mini", stream=True, messages=[{"role": "user", "content": f"stream {i} of {n}"}])
+        texts.append("".join([c.choices[0].delta.content or "" async for c in stream if c.choices]))
+    return texts
+
+
+async def astop_early(agent: agentshards.AsyncAgent, how: str) -> str:
+    """``stop_early`` for an async agent: ``async with`` and break, or a break, then the next step or the end."""
+    stream = await agent.llm.chat.completions.create(
+        model="gpt-4o-mini", stream=True, messages=[{"role": "user", "content": "a long answer, please"}])
+    seen: list[Any] = []
+    if how == "with":
+        async with stream:
+            async for chunk in stream:
+                seen.append(chunk)
+                if len(seen) == 2:
+                    break
+    else:
+        async for chunk in stream:
+            seen.append(chunk)
+            if len(seen) == 2:
+                break
+    SEEN.append({"chunks": seen})
+    if how == "run_end":
+        return "stopped"
+    await agent.step("after", os.getpid)
+    _interrupt_once(agent)
+    return "stopped"
+
+
+async def areplicated_stream(agent: agentshards.AsyncAgent) -> str:
+    """``replicated_stream`` for an async agent."""
+    stream = await agent.options(durability="replicated").llm.chat.completions.create(
+        model="gpt-4o-mini", stream=True, messages=[{"role": "user", "content": "kept"}])
+    return "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])

@@ -309,3 +309,59 @@ def test_inspect_shows_a_streamed_answer_as_its_text(data_dir: Path, run_config:
     texts = run_agent(stream_agents.stream_calls, agent_id="i", data_dir=data_dir, config=run_config, n=1)
     shown = CliRunner().invoke(main, ["inspect", "i", "--data-dir", str(data_dir)])
     assert shown.exit_code == 0 and texts[0] in shown.output and '"final"' not in shown.output
+
+
+# -- async agents -----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("endpoint", ["chat", "responses"])
+def test_async_replay_streams_the_same_chunks_without_a_request(
+        data_dir: Path, fake_llm: FakeLLMServer, run_config: RunConfig, endpoint: str) -> None:
+    with pytest.raises(KeyboardInterrupt):
+        run_agent(stream_agents.astream_once, agent_id="a", data_dir=data_dir, config=run_config, endpoint=endpoint)
+    no_client = RunConfig(llm=LLMConfig(api_key=None, base_url="http://127.0.0.1:9/v1"))
+    result = run_agent(stream_agents.astream_once, agent_id="a", data_dir=data_dir, config=no_client,
+                       endpoint=endpoint)
+    first, replay = stream_agents.SEEN
+    assert len(first["chunks"]) > 5 and fake_llm.request_count == 1 and serial_of(result) == 1
+    assert [type(c) for c in replay["chunks"]] == [type(c) for c in first["chunks"]]
+    assert replay["chunks"] == first["chunks"] and replay["final"] == first["final"]
+    spend = inspect_agent(data_dir, "a").runs[0].spend
+    assert (spend.calls, spend.unpriced_calls, spend.replayed_calls) == (1, 0, 1) and spend.spent_usd > 0
+
+
+def test_async_stream_broken_mid_way_is_not_recorded_and_a_resume_sends_it_once(
+        data_dir: Path, fake_llm: FakeLLMServer, run_config: RunConfig) -> None:
+    fake_llm.inject(Fault())
+    fake_llm.inject(Fault(cut_after=4))
+    with pytest.raises(openai.APIConnectionError):
+        run_agent(stream_agents.astream_calls, agent_id="ab", data_dir=data_dir, config=run_config, n=3)
+    run = inspect_agent(data_dir, "ab").runs[0]
+    assert [s.name for s in run.steps] == ["llm#1"] and [a.step_name for a in run.in_flight] == ["llm#2"]
+    texts = run_agent(stream_agents.astream_calls, agent_id="ab", data_dir=data_dir, config=run_config, n=3)
+    prompts = [r.body["messages"][0]["content"] for r in fake_llm.requests]
+    assert prompts == ["stream 0 of 3", "stream 1 of 3", "stream 1 of 3", "stream 2 of 3"] and len(texts) == 3
+
+
+@pytest.mark.parametrize("how", ["with", "next_step", "run_end"])
+def test_async_consumer_that_stops_early_gets_the_rest_read_and_recorded(
+        data_dir: Path, fake_llm: FakeLLMServer, run_config: RunConfig, how: str) -> None:
+    if how == "run_end":
+        run_agent(stream_agents.astop_early, agent_id="ae", data_dir=data_dir, config=run_config, how=how)
+    else:
+        with pytest.raises(KeyboardInterrupt):
+            run_agent(stream_agents.astop_early, agent_id="ae", data_dir=data_dir, config=run_config, how=how)
+    run = inspect_agent(data_dir, "ae").runs[0]
+    assert [s.name for s in run.steps] == ["llm#1"] + ([] if how == "run_end" else ["after"]) and not run.in_flight
+    assert json.loads(run.steps[0].output_json)["events"][-1]["usage"] is not None  # read to its end
+    if how == "run_end":
+        return
+    run_agent(stream_agents.astop_early, agent_id="ae", data_dir=data_dir, config=run_config, how=how)
+    first, replay = stream_agents.SEEN
+    assert first["chunks"] == replay["chunks"] and len(first["chunks"]) == 2 and fake_llm.request_count == 1
+
+
+def test_an_async_replicated_stream_completes_once_the_replica_has_it(tmp_path: Path, run_config: RunConfig) -> None:
+    text = run_agent(stream_agents.areplicated_stream, agent_id="ars", data_dir=tmp_path / "n1",
+                     replica=str(tmp_path / "replica"), config=run_config)
+    step, = inspect_agent(tmp_path / "n1", "ars").runs[0].steps
+    assert text.endswith("answer to: kept") and step.replicated_at is not None

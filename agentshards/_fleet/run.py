@@ -293,6 +293,7 @@ async def _aexecute(journal: Journal, replication: Replication | None, func: Age
     agent = await asyncio.to_thread(AsyncAgent, journal, run.id, config, confirm, run.executions)
     try:
         result = await func(agent, **_codec.loads(input_json))
+        await agent._finish_open_steps()  # a stream the agent stopped reading: its rest is read and recorded
     except Exception as exc:
         agent.end()
         failure = await asyncio.to_thread(_ended_with, journal, publish, run, agent, exc)
