@@ -13,57 +13,23 @@ per configuration); a loop's clients go away with the loop.
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
-import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal, overload
 
-from .._base.config import LLMConfig
 from .._base.errors import LLMError
 from . import codec as _codec
 from . import fence as _fence
+from .async_clients import async_client
 from .async_steps import AsyncStepRunner
-from .llm import RetryPolicy, _check_budget, _NotDurable, answer_of, rebuild, request_text, stored_answer
+from .llm_call import RetryPolicy, _check_budget, _NotDurable, answer_of, rebuild, request_text, stored_answer
 from .steps import LLM, Performed, StepCall, StepOptions
 
 if TYPE_CHECKING:
-    import openai
     from openai.types.chat import ChatCompletion
     from openai.types.responses import Response
 
     from .stream import AsyncChatCompletionStream, AsyncResponseEventStream
-
-
-_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[LLMConfig, openai.AsyncOpenAI]] = (
-    weakref.WeakKeyDictionary())
-_clients_lock = threading.Lock()
-
-
-def async_client(config: LLMConfig, agent_id: str) -> openai.AsyncOpenAI:
-    """One client per configuration per running event loop: it holds a connection pool bound to that loop."""
-    loop = asyncio.get_running_loop()
-    with _clients_lock:
-        per_loop = _clients.setdefault(loop, {})
-        client = per_loop.get(config)
-        if client is None:
-            if not config.api_key:
-                raise LLMError("no OpenAI API key to make a new LLM call", agent_id=agent_id,
-                               hint="set OPENAI_API_KEY (completed calls replay without one)")
-            import openai
-
-            client = openai.AsyncOpenAI(api_key=config.api_key, base_url=config.base_url,
-                                        max_retries=0, timeout=config.timeout_s)
-            per_loop[config] = client
-        return client
-
-
-async def close_clients() -> None:
-    """Close the running loop's clients (their connections), before a loop this library made ends."""
-    with _clients_lock:
-        clients = _clients.pop(asyncio.get_running_loop(), {})
-    for client in clients.values():
-        await client.close()
 
 
 async def _perform(agent: AsyncStepRunner, call: StepCall, endpoint: str, request: dict[str, Any]) -> Performed:

@@ -47,11 +47,11 @@ from . import codec as _codec
 from . import fence as _fence
 from .journal import StepRecord
 from .ledger import cost_of, usage_of
-from .llm import RetryPolicy, _check_budget, _client, request_text, stored_answer
+from .llm_call import RetryPolicy, _check_budget, _client, request_text, stored_answer
 from .steps import LLM, StepBook, StepCall, StepOptions, StepRunner
 
 if TYPE_CHECKING:
-    from .async_agent import AsyncAgent
+    from .async_steps import AsyncStepRunner
 
 log = logging.getLogger("agentshards")
 _E = TypeVar("_E")
@@ -73,13 +73,13 @@ def response_stream(agent: StepRunner, options: StepOptions, kwargs: dict[str, A
     return ResponseEventStream(_open(agent, options, RESPONSES, kwargs))
 
 
-async def async_chat_stream(agent: AsyncAgent, options: StepOptions,
+async def async_chat_stream(agent: AsyncStepRunner, options: StepOptions,
                             kwargs: dict[str, Any]) -> AsyncChatCompletionStream:
     """``await chat.completions.create(..., stream=True)`` on the async facade."""
     return AsyncChatCompletionStream(await _aopen(agent, options, CHAT, kwargs))
 
 
-async def async_response_stream(agent: AsyncAgent, options: StepOptions,
+async def async_response_stream(agent: AsyncStepRunner, options: StepOptions,
                                 kwargs: dict[str, Any]) -> AsyncResponseEventStream:
     """``await responses.create(..., stream=True)`` on the async facade."""
     return AsyncResponseEventStream(await _aopen(agent, options, RESPONSES, kwargs))
@@ -161,13 +161,13 @@ def _open(agent: StepRunner, options: StepOptions, endpoint: str, kwargs: dict[s
             agent._release(token)
 
 
-async def _aopen(agent: AsyncAgent, options: StepOptions, endpoint: str,
+async def _aopen(agent: AsyncStepRunner, options: StepOptions, endpoint: str,
                  kwargs: dict[str, Any]) -> _Recorded | _AsyncLive:
     """``_open`` for an async agent: the request awaited, journal work through the agent's offload."""
     import openai
     import tenacity
 
-    from .async_llm import async_client
+    from .async_clients import async_client
 
     request, input_text = _request(endpoint, kwargs), request_text(agent, endpoint, kwargs)
     await agent._finish_open_here()
@@ -424,7 +424,7 @@ class _Live(_Tape):
 class _AsyncLive(_Tape):
     """An async agent's live stream."""
 
-    _agent: AsyncAgent
+    _agent: AsyncStepRunner
 
     async def anext_json(self) -> dict[str, Any] | None:
         if self._state == "recorded":

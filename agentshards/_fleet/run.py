@@ -205,8 +205,8 @@ async def _own_loop(prepared: _Prepared, data_dir: str | os.PathLike[str], new_r
     try:
         return await _arun(prepared, data_dir, new_run, replica)
     finally:
-        if "agentshards._core.async_llm" in sys.modules:
-            from .._core.async_llm import close_clients
+        if "agentshards._core.async_clients" in sys.modules:
+            from .._core.async_clients import close_clients
 
             await close_clients()
 
