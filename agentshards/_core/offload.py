@@ -1,9 +1,9 @@
 """How an async agent runs its SQLite work (apsw is synchronous) without stalling its event loop.
 
 Every journal read and write of an async step goes through one of these. Measured with
-``scripts/bench_async.py`` on a 2-core VM (synchronous=FULL, 1,000 agents on one loop, one LLM step each
-every 5 s): worst loop stall 0.74 s with ``writer``, 2.3 s with ``thread``, 5.7 s with ``inline``
-(p99 0.11 s, 1.8 s, 3.4 s), and the least per-call overhead with ``writer`` in three runs of four.
+``scripts/bench_async.py`` on a 2-core VM, 2026-12-02 (synchronous=FULL, 1,000 agents on one loop, one LLM
+step each every 5 s): worst loop stall 0.31 s with ``writer`` (p99 41 ms), 2.5 s with ``thread`` (p99
+2.1 s), 4.3 s with ``inline`` (p99 3.3 s). One agent alone: +4.1, +4.5 and +2.7 ms per LLM call.
 
 - ``writer`` (the default): one shared writer thread per process. A commit's fsync runs off the loop, and
   only one other thread competes with the loop for the GIL: every socket call of the HTTP client's
