@@ -135,10 +135,6 @@ def llm_then_interrupt(agent: agentshards.Agent) -> None:
         raise KeyboardInterrupt
 
 
-def streaming_call(agent: agentshards.Agent) -> None:
-    agent.llm.chat.completions.create(model="m", messages=[], stream=True)
-
-
 def embeddings_call(agent: agentshards.Agent) -> None:
     agent.llm.embeddings.create(model="m", input="x")
 
@@ -349,8 +345,6 @@ def not_durable_calls(agent: agentshards.Agent, which: str) -> None:
         agent.llm.chat.completions.parse(model="m", messages=[])
     elif which == "beta":
         agent.llm.beta.chat.completions.parse(model="m", messages=[])
-    elif which == "responses-stream-flag":
-        agent.llm.responses.create(model="m", input="x", stream=True)
 
 
 def responses_then_interrupt(agent: agentshards.Agent) -> dict[str, Any]:

@@ -151,7 +151,7 @@ def test_responses_api_is_durable_and_tool_calls_round_trip(data_dir: Path, fake
     assert spend.calls == 2 and spend.input_tokens > 0 and spend.unpriced_calls == 0
 
 
-@pytest.mark.parametrize("which", ["responses.stream", "chat.parse", "beta", "responses-stream-flag"])
+@pytest.mark.parametrize("which", ["responses.stream", "chat.parse", "beta"])
 def test_calls_that_are_not_durable_yet_are_refused(data_dir: Path, fake_llm: FakeLLMServer, which: str) -> None:
     with pytest.raises(LLMError, match="not durable yet"):
         run_agent(sample_agents.not_durable_calls, agent_id="n", data_dir=data_dir, config=_config(fake_llm),

@@ -76,8 +76,6 @@ def test_auth_errors_are_not_retried_and_leave_the_run_open(
 
 
 def test_non_durable_calls_are_refused(data_dir: Path, run_config: RunConfig) -> None:
-    with pytest.raises(LLMError, match="stream=True is not durable"):
-        run_agent(sample_agents.streaming_call, agent_id="s", data_dir=data_dir, config=run_config)
     with pytest.raises(LLMError, match="embeddings is not durable"):
         run_agent(sample_agents.embeddings_call, agent_id="s2", data_dir=data_dir, config=run_config)
 

@@ -42,6 +42,8 @@ def _llm_summary(output_json: str) -> str:
         answer = json.loads(output_json)
     except ValueError:
         return output_json[:70]
+    if isinstance(answer, dict) and "final" in answer and "events" in answer:
+        answer = answer["final"]  # a streamed answer: its chunks, and the answer they assemble to
     if isinstance(answer, dict):
         choices = answer.get("choices") or []
         if choices and isinstance(choices[0], dict):

@@ -17,7 +17,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 from .._base.config import LLMConfig
 from .._base.errors import LLMError
@@ -31,6 +31,8 @@ if TYPE_CHECKING:
     import openai
     from openai.types.chat import ChatCompletion
     from openai.types.responses import Response
+
+    from .stream import AsyncChatCompletionStream, AsyncResponseEventStream
 
 
 _clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[LLMConfig, openai.AsyncOpenAI]] = (
@@ -128,10 +130,23 @@ class _Completions(_NotDurable):
     def __init__(self, llm: AsyncDurableLLM) -> None:
         self._llm = llm
 
-    async def create(self, **kwargs: Any) -> ChatCompletion:
-        """Like ``AsyncOpenAI``'s ``chat.completions.create`` (non-streaming), made once per run."""
+    @overload
+    async def create(self, *, stream: Literal[True], **kwargs: Any) -> AsyncChatCompletionStream: ...
+
+    @overload
+    async def create(self, *, stream: Literal[False] = ..., **kwargs: Any) -> ChatCompletion: ...
+
+    async def create(self, **kwargs: Any) -> ChatCompletion | AsyncChatCompletionStream:
+        """Like ``AsyncOpenAI``'s ``chat.completions.create``, made once per run: a ChatCompletion, or with
+        ``stream=True`` an async stream of chunks (see :mod:`.stream`)."""
         from openai.types.chat import ChatCompletion
 
+        if kwargs.get("stream"):
+            from .stream import async_chat_stream
+
+            agent = self._llm._agent
+            return await async_chat_stream(agent, self._llm._options, kwargs,
+                                           lambda: async_client(agent._config.llm, agent.agent_id))
         return rebuild(ChatCompletion, await _durable_call(self._llm, "chat.completions", kwargs))
 
 
@@ -149,18 +164,31 @@ class _Responses(_NotDurable):
     def __init__(self, llm: AsyncDurableLLM) -> None:
         self._llm = llm
 
-    async def create(self, **kwargs: Any) -> Response:
-        """Like ``AsyncOpenAI``'s ``responses.create`` (non-streaming), made once per run; tool calls included."""
+    @overload
+    async def create(self, *, stream: Literal[True], **kwargs: Any) -> AsyncResponseEventStream: ...
+
+    @overload
+    async def create(self, *, stream: Literal[False] = ..., **kwargs: Any) -> Response: ...
+
+    async def create(self, **kwargs: Any) -> Response | AsyncResponseEventStream:
+        """Like ``AsyncOpenAI``'s ``responses.create``, made once per run; tool calls included. With
+        ``stream=True``, an async stream of events (see :mod:`.stream`)."""
         from openai.types.responses import Response
 
+        if kwargs.get("stream"):
+            from .stream import async_response_stream
+
+            agent = self._llm._agent
+            return await async_response_stream(agent, self._llm._options, kwargs,
+                                               lambda: async_client(agent._config.llm, agent.agent_id))
         return rebuild(Response, await _durable_call(self._llm, "responses", kwargs))
 
 
 class AsyncDurableLLM:
     """``agent.llm`` of an :class:`~agentshards.AsyncAgent`: the durable part of ``AsyncOpenAI``.
 
-    Durable: ``await chat.completions.create(...)`` and ``await responses.create(...)`` (non-streaming);
-    anything else raises LLMError, as on the sync facade.
+    Durable: ``await chat.completions.create(...)`` and ``await responses.create(...)``, streamed
+    (``stream=True``: an async iterator) or not; anything else raises LLMError, as on the sync facade.
     """
 
     def __init__(self, agent: AsyncStepRunner, options: StepOptions) -> None:

@@ -83,6 +83,7 @@ class AsyncStepRunner(StepBook):
     async def _execute(self, base: str | None, kind: str, input_text: str, options: StepOptions,
                        perform: Callable[[StepCall], Awaitable[Performed]]) -> StepRecord:
         """The async twin of ``StepRunner._execute``: the same bookkeeping, awaited where it blocks."""
+        await self._finish_open_here()
         name, token = self._claim(base)
         try:
             input_hash = _codec.digest(input_text)
@@ -102,6 +103,16 @@ class AsyncStepRunner(StepBook):
         finally:
             self._release(token)
 
+
+    async def _finish_open_here(self) -> None:
+        finish = self._open_here()
+        if finish is not None:
+            await finish()  # this task's open stream: read to its end and recorded before its next step
+
+    async def _finish_open_steps(self) -> None:
+        """The run ends: every stream left open is read to its end and recorded."""
+        for finish in self._still_open():
+            await finish()
 
     def _record_performed(self, call: StepCall, kind: str, input_text: str, performed: Performed) -> StepRecord:
         if performed.before_record is not None:

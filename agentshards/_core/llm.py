@@ -16,7 +16,7 @@ import logging
 import random
 import threading
 import time
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 from .._base.config import LLMConfig
 from .._base.errors import BudgetExceeded, LLMError, LLMRequestRejected, StepTimeout
@@ -32,6 +32,8 @@ if TYPE_CHECKING:
     import tenacity
     from openai.types.chat import ChatCompletion
     from openai.types.responses import Response
+
+    from .stream import ChatCompletionStream, ResponseEventStream
 
 log = logging.getLogger("agentshards")
 _M = TypeVar("_M", bound="pydantic.BaseModel")
@@ -206,9 +208,6 @@ def _check_budget(agent: StepBook, step: str) -> None:
 
 def request_text(agent: StepBook, endpoint: str, kwargs: dict[str, Any]) -> str:
     """The request as hashed and previewed in the journal; refuses what cannot be made durable."""
-    if kwargs.get("stream"):
-        raise LLMError("stream=True is not durable yet", agent_id=agent.agent_id,
-                       hint="call without stream; the full response is journaled and replayed")
     try:
         return _codec.canonical({"endpoint": endpoint, "request": kwargs})
     except (TypeError, ValueError) as exc:
@@ -257,7 +256,7 @@ class _NotDurable:
         if name.startswith("_"):
             raise AttributeError(name)
         raise LLMError(f"agent.llm.{self._path}.{name} is not durable yet", agent_id=self._llm._agent.agent_id,
-                       hint="use .create(...) without stream, or wrap another call in agent.step")
+                       hint="use .create(...) (stream=True included), or wrap another call in agent.step")
 
 
 class _Completions(_NotDurable):
@@ -266,10 +265,21 @@ class _Completions(_NotDurable):
     def __init__(self, llm: DurableLLM) -> None:
         self._llm = llm
 
-    def create(self, **kwargs: Any) -> ChatCompletion:
-        """Like ``openai``'s ``chat.completions.create`` (non-streaming), made once per run."""
+    @overload
+    def create(self, *, stream: Literal[True], **kwargs: Any) -> ChatCompletionStream: ...
+
+    @overload
+    def create(self, *, stream: Literal[False] = ..., **kwargs: Any) -> ChatCompletion: ...
+
+    def create(self, **kwargs: Any) -> ChatCompletion | ChatCompletionStream:
+        """Like ``openai``'s ``chat.completions.create``, made once per run: a ChatCompletion, or with
+        ``stream=True`` a stream of chunks (see :mod:`.stream`)."""
         from openai.types.chat import ChatCompletion
 
+        if kwargs.get("stream"):
+            from .stream import chat_stream
+
+            return chat_stream(self._llm._agent, self._llm._options, kwargs)
         return rebuild(ChatCompletion, _durable_call(self._llm, "chat.completions", kwargs))
 
 
@@ -287,18 +297,29 @@ class _Responses(_NotDurable):
     def __init__(self, llm: DurableLLM) -> None:
         self._llm = llm
 
-    def create(self, **kwargs: Any) -> Response:
-        """Like ``openai``'s ``responses.create`` (non-streaming), made once per run; tool calls included."""
+    @overload
+    def create(self, *, stream: Literal[True], **kwargs: Any) -> ResponseEventStream: ...
+
+    @overload
+    def create(self, *, stream: Literal[False] = ..., **kwargs: Any) -> Response: ...
+
+    def create(self, **kwargs: Any) -> Response | ResponseEventStream:
+        """Like ``openai``'s ``responses.create``, made once per run; tool calls included. With
+        ``stream=True``, a stream of events (see :mod:`.stream`)."""
         from openai.types.responses import Response
 
+        if kwargs.get("stream"):
+            from .stream import response_stream
+
+            return response_stream(self._llm._agent, self._llm._options, kwargs)
         return rebuild(Response, _durable_call(self._llm, "responses", kwargs))
 
 
 class DurableLLM:
     """``agent.llm``: the OpenAI surface that is durable today; anything else raises LLMError.
 
-    Durable: ``chat.completions.create`` and ``responses.create`` (non-streaming). Not durable yet, and
-    refused: ``stream=True``, ``.parse()``/``.stream()``, ``beta``, ``embeddings``, ``images`` and every
+    Durable: ``chat.completions.create`` and ``responses.create``, streamed (``stream=True``) or not. Not
+    durable yet, and refused: ``.parse()``/``.stream()``, ``beta``, ``embeddings``, ``images`` and every
     other endpoint (wrap them in ``agent.step`` if their results are JSON). The async facade is
     ``agentshards._core.async_llm``.
     """

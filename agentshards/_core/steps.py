@@ -109,6 +109,7 @@ class StepBook:
         self._occurrences: dict[str, int] = {}
         self._llm_calls = 0
         self._running: dict[object, str] = {}
+        self._open: dict[object, Callable[[], Any]] = {}
         self._ended = False
         self._crash = CrashCounter(CrashPlan.parse(config.crash_plan))
         for attempt in self._in_flight_at_start.values():
@@ -237,7 +238,7 @@ class StepBook:
         step that starts while another step runs (another thread, another task) is refused.
         """
         current = _CURRENT.get()
-        if current is not None and current[0] is self:
+        if current is not None and current[0] is self and current[1] in self._running:
             raise ConcurrentStepError(
                 f"a step started inside step {current[2]!r}", agent_id=self.agent_id,
                 hint="steps cannot be nested: a replayed outer step would skip the inner one; "
@@ -277,6 +278,40 @@ class StepBook:
         with self._lock:
             del self._running[mine[1]]
 
+    # -- steps left open: a stream the agent has not read to its end ---------------------------------------
+
+    def _hold_open(self, finish: Callable[[], Any]) -> object:
+        """Keep this context's running step open after its call returned (a stream being read); ``finish``
+        (sync, or async for an async agent) completes it. Returns the claim, for :meth:`_let_go`."""
+        current = _CURRENT.get()
+        assert current is not None and current[0] is self
+        with self._lock:
+            self._open[current[1]] = finish
+        return current[1]
+
+    def _open_here(self) -> Callable[[], Any] | None:
+        """How to complete the step this context left open, if any: run before its next step, so a stream
+        the agent stopped reading is read and recorded first and steps keep their call order."""
+        current = _CURRENT.get()
+        if current is None or current[0] is not self:
+            return None
+        with self._lock:
+            return self._open.get(current[1])
+
+    def _let_go(self, claim: object, token: contextvars.Token[tuple[StepBook, object, str] | None]) -> None:
+        """Release an open step's claim from any context: its own (the usual case) or the run's, at its end."""
+        current = _CURRENT.get()
+        if current is not None and current[1] is claim:
+            _CURRENT.reset(token)
+        with self._lock:
+            self._running.pop(claim, None)
+            self._open.pop(claim, None)
+
+    def _still_open(self) -> list[Callable[[], Any]]:
+        """The finishers of every step left open (for the run's end)."""
+        with self._lock:
+            return list(self._open.values())
+
 
 class Performed(NamedTuple):
     """A step performed for the first time, about to be recorded.
@@ -292,6 +327,16 @@ class Performed(NamedTuple):
 
 class StepRunner(StepBook):
     """Steps performed synchronously, in the calling thread: the machinery behind :class:`~agentshards.Agent`."""
+
+    def _finish_open_here(self) -> None:
+        finish = self._open_here()
+        if finish is not None:
+            finish()  # this thread's open stream: read to its end and recorded before its next step
+
+    def _finish_open_steps(self) -> None:
+        """The run ends: every stream left open is read to its end and recorded."""
+        for finish in self._still_open():
+            finish()
 
     def step(self, name: str, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         """Run ``fn(*args, **kwargs)`` once for this run and return its recorded JSON value.
@@ -357,6 +402,7 @@ class StepRunner(StepBook):
     def _execute(self, base: str | None, kind: str, input_text: str, options: StepOptions,
                  perform: Callable[[StepCall], tuple[str, str]]) -> StepRecord:
         """Claim the step's name, then replay it or perform and record it. Returns the stored record."""
+        self._finish_open_here()
         name, token = self._claim(base)
         try:
             input_hash = _codec.digest(input_text)

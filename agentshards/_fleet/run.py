@@ -291,6 +291,7 @@ def _execute(opened: _Opened, func: AgentFn, target: str, input_json: str, new_r
     agent = Agent(journal, run.id, config, _confirm_of(opened.replication), run.executions)
     try:
         result = func(agent, **_codec.loads(input_json))
+        agent._finish_open_steps()  # a stream the agent stopped reading: its rest is read and recorded
     except Exception as exc:
         agent.end()
         failure = _ended_with(journal, publish, run, agent, exc)
@@ -316,6 +317,7 @@ async def _aexecute(opened: _Opened, func: AgentFn, target: str, input_json: str
     agent = await asyncio.to_thread(AsyncAgent, journal, run.id, config, confirm, run.executions)
     try:
         result = await func(agent, **_codec.loads(input_json))
+        await agent._finish_open_steps()  # a stream the agent stopped reading: its rest is read and recorded
     except Exception as exc:
         agent.end()
         failure = await asyncio.to_thread(_ended_with, journal, publish, run, agent, exc)

@@ -3,6 +3,9 @@
 Answers are derived from the request (same request, same text), and every response carries the server's
 next serial number in its id (``chatcmpl-fake-<serial>``) and an ``x-fake-serial`` header, so a test can
 tell a replayed answer (old serial) from a fresh one and count what a resumed agent paid for.
+
+A request with ``"stream": true`` gets the same answer as server-sent events, cut into the pieces the real
+API sends (see :mod:`._fakestream`); a :class:`Fault` can cut such a stream off or pause it mid-way.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from . import _fakestream
 from ._fakescript import AgentScript, Scripts, ToolCall, Turn, scripted_chat_completion, scripted_response
 
 ID_PREFIX = "chatcmpl-fake-"
@@ -41,6 +45,10 @@ class Fault:
 
     ``status`` answers with that HTTP error (``code`` in the body, optional Retry-After headers);
     ``delay_s`` answers normally but late; ``hang`` accepts the request and never answers.
+    For streamed answers only: ``cut_after`` sends that many events, then closes the connection mid-body
+    (the client sees a broken stream); ``end_after`` sends that many events, then ends the body cleanly (a
+    stream cut short without an error, as a proxy may do); ``pause_after`` sends that many events, then waits for
+    :meth:`FakeLLMServer.resume` (a test kills the client meanwhile; see :meth:`FakeLLMServer.wait_paused`).
     """
 
     status: int | None = None
@@ -49,6 +57,9 @@ class Fault:
     retry_after_ms: int | None = None
     delay_s: float = 0.0
     hang: bool = False
+    cut_after: int | None = None
+    end_after: int | None = None
+    pause_after: int | None = None
 
 
 def serial_of(completion_id: str) -> int:
@@ -94,6 +105,8 @@ class FakeLLMServer:
         self._thread: threading.Thread | None = None
         self._faults: list[Fault] = []
         self._released = threading.Event()
+        self._paused = threading.Event()
+        self._resume = threading.Event()
         self._scripts: Scripts = {}
 
     def script(self, *turns: Turn, instructions: str | None = None) -> None:
@@ -115,6 +128,14 @@ class FakeLLMServer:
                   retry_after: str | None = None, retry_after_ms: int | None = None) -> None:
         """Answer the next ``times`` requests with an OpenAI-style error (and optional Retry-After headers)."""
         self.inject(Fault(status=status, code=code, retry_after=retry_after, retry_after_ms=retry_after_ms), times)
+
+    def wait_paused(self, timeout_s: float) -> bool:
+        """Block until a stream paused by ``Fault(pause_after=...)`` (True) or ``timeout_s`` passed (False)."""
+        return self._paused.wait(timeout_s)
+
+    def resume(self) -> None:
+        """Let paused streams go on (to a client that may be dead by now)."""
+        self._resume.set()
 
     @property
     def base_url(self) -> str:
@@ -139,6 +160,7 @@ class FakeLLMServer:
 
     def stop(self) -> None:
         self._released.set()  # let hung handlers go
+        self._resume.set()
         self._httpd.shutdown()
         self._httpd.server_close()
         if self._thread is not None:
@@ -157,10 +179,25 @@ class FakeLLMServer:
             return self._serial, (self._faults.pop(0) if self._faults else None)
 
     def _chat_completion(self, serial: int, body: dict[str, Any]) -> dict[str, Any]:
+        """A chat answer: the script's, when one applies (see :meth:`script`); else text, or a call of the first
+        function tool when the request offers tools and its last message is not already a tool's result."""
         scripted = scripted_chat_completion(self._scripts, serial, body, _dated(str(body.get("model", "fake-model"))))
         if scripted is not None:
             return scripted
         content = _answer(body)
+        tools = [t.get("function") for t in body.get("tools") or []
+                 if isinstance(t, dict) and t.get("type") == "function"]
+        messages = body.get("messages") or []
+        last_role = messages[-1].get("role") if messages and isinstance(messages[-1], dict) else None
+        message: dict[str, Any] = {"role": "assistant", "content": content}
+        finish = "stop"
+        if tools and isinstance(tools[0], dict) and last_role != "tool":
+            digest = content[1:9]
+            message = {"role": "assistant", "content": None, "tool_calls": [
+                {"id": f"call_fake-{serial}", "type": "function",
+                 "function": {"name": str(tools[0].get("name", "tool")),
+                              "arguments": json.dumps({"query": content[:80], "tag": digest})}}]}
+            finish = "tool_calls"
         cached = int(body.get("metadata", {}).get("fake_cached_tokens", 0)) if isinstance(
             body.get("metadata"), dict) else 0
         prompt_tokens = sum(len(str(m.get("content", "")).split()) + 4 for m in body.get("messages") or []
@@ -171,8 +208,7 @@ class FakeLLMServer:
             "object": "chat.completion",
             "created": int(time.time()),
             "model": _dated(str(body.get("model", "fake-model"))),
-            "choices": [{"index": 0, "finish_reason": "stop", "logprobs": None,
-                         "message": {"role": "assistant", "content": content}}],
+            "choices": [{"index": 0, "finish_reason": finish, "logprobs": None, "message": message}],
             "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                       "total_tokens": prompt_tokens + completion_tokens,
                       "prompt_tokens_details": {"cached_tokens": min(cached, prompt_tokens)}},
@@ -274,7 +310,37 @@ class FakeLLMServer:
                 if delay:
                     time.sleep(delay)
                 answer = server._chat_completion if path == CHAT_PATH else server._response
-                self._send(200, answer(serial, body), serial)
+                if body.get("stream") is True:
+                    self._stream(_fakestream.events(path == CHAT_PATH, answer(serial, body), body), serial, fault)
+                else:
+                    self._send(200, answer(serial, body), serial)
+
+            def _stream(self, events: list[bytes], serial: int, fault: Fault | None) -> None:
+                """Server-sent events in HTTP/1.1 chunks: a cut is a close before the final zero-length chunk,
+                which the client reports as an incomplete body (a broken stream), not as a short answer."""
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Transfer-Encoding", "chunked")
+                self.send_header("x-fake-serial", str(serial))
+                self.end_headers()
+                cut = fault.cut_after if fault is not None else None
+                pause = fault.pause_after if fault is not None else None
+                end = fault.end_after if fault is not None else None
+                for sent, event in enumerate(events):
+                    if sent == cut:
+                        self.close_connection = True
+                        return
+                    if sent == end:
+                        break
+                    if sent == pause:
+                        server._paused.set()
+                        server._resume.wait()
+                        if server._released.is_set():
+                            self.close_connection = True
+                            return
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(event), event))
+                    self.wfile.flush()
+                self.wfile.write(b"0\r\n\r\n")
 
         return Handler
 
