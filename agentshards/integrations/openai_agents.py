@@ -23,7 +23,8 @@ its input, replaying the journal up to where it stopped.
 
 Refused with :class:`NotDurable` (an AgentShardsError naming the feature, with a hint), before anything
 runs: ``session=``, ``conversation_id=``, a ``RunState`` input and tools that need approval; local shell,
-computer, apply-patch and custom tools; model objects and model providers of the caller's own; streaming.
+computer, apply-patch and custom tools; model objects and model providers of the caller's own; streaming
+on the sync handle (``run_streamed`` is durable in ``async def`` agent functions).
 The SDK's own retries are switched off (the facade's are the one retry layer). Tracing is the SDK's and
 stays the caller's choice: its default exporter sends traces to OpenAI (set
 ``OPENAI_AGENTS_DISABLE_TRACING=1`` offline).
