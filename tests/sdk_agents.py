@@ -170,6 +170,15 @@ async def akeyed_agent(agent: Any, count_file: str) -> str:
                                         context={"agent": agent, "count_file": count_file})).final_output)
 
 
+async def astreamed_agent(agent: Any, question: str, count_file: str, stop_file: str, api: str) -> dict[str, Any]:
+    """The math agent run streamed: counts the events it saw; interrupted after it the first time."""
+    result = openai_agents.run_streamed(agent, math_agent_sdk(), question, api=api,  # type: ignore[arg-type]
+                                        context={"count_file": count_file})
+    events = [event.type async for event in result.stream_events()]
+    _stop_once(stop_file)
+    return {**_summary(result), "raw_events": events.count("raw_response_event") > 0}
+
+
 class Interrupted(BaseException):
     """Stops an agent function the way a crash does: not an agent error, so the run stays open."""
 
@@ -239,7 +248,7 @@ def _refused_run(agent: Any, case: str) -> str:
                 raise AssertionError("never asked")
 
         kwargs["run_config"] = RunConfig(model_provider=Provider(), model_settings=ModelSettings())
-    elif case == "streamed":
+    elif case == "streamed":  # on the sync handle
         return str(openai_agents.run_streamed(agent, sdk_agent, "hi"))
     run_input: Any = "hi"
     if case == "run_state":

@@ -245,6 +245,22 @@ def test_a_tool_gets_its_steps_idempotency_key(tmp_path: Path, fake_llm: FakeLLM
     assert title == "disk full" and str(uuid.UUID(key)) == key  # the same key on every re-run of the step
 
 
+@pytest.mark.parametrize("api", ["responses", "chat_completions"])
+def test_a_streamed_run_is_durable_and_replays(tmp_path: Path, fake_llm: FakeLLMServer, api: str) -> None:
+    fake_llm.script(*SCRIPT)
+    config = RunConfig(llm=LLMConfig(api_key="test-key", base_url=fake_llm.base_url))
+    kwargs: dict[str, Any] = dict(agent_id="streamed", data_dir=tmp_path / "data", config=config, question=QUESTION,
+                                  count_file=str(tmp_path / "count"), stop_file=str(tmp_path / "stop"), api=api)
+    with pytest.raises(sdk_agents.Interrupted):
+        agentshards.run_agent(sdk_agents.astreamed_agent, **kwargs)
+    assert fake_llm.request_count == 3 and all(r.body.get("stream") is True for r in fake_llm.requests)
+    out = agentshards.run_agent(sdk_agents.astreamed_agent, **kwargs)  # replayed event for event
+
+    assert out["final_output"] == "the answers: 5, 20, 25" and out["raw_events"]
+    assert fake_llm.request_count == 3
+    assert Counter((tmp_path / "count").read_text().splitlines()) == {"add 2 3": 1, "mul 4 5": 1, "add 5 20": 1}
+
+
 def test_a_tool_that_timed_out_is_recorded_as_timed_out(tmp_path: Path, fake_llm: FakeLLMServer) -> None:
     """The model was told the tool timed out; a resumed run must tell it the same, not run the tool again
     (it might answer this time, and the next model call would no longer match its record)."""
@@ -317,7 +333,7 @@ def test_normalise_drops_sentinels_and_sdk_version_keeps_callers_headers() -> No
     ("model_object", "model", "OpenAIResponsesModel"),
     ("model_provider", "model_provider", "Provider"),
     ("litellm", "model_provider", "'litellm/anthropic/claude'"),
-    ("streamed", "streaming", "run_streamed"),
+    ("streamed", "streaming", "run_streamed needs the async handle"),
 ])
 def test_what_cannot_be_durable_is_refused_before_any_call(tmp_path: Path, fake_llm: FakeLLMServer, case: str,
                                                            feature: str, named: str) -> None:

@@ -110,7 +110,9 @@ class _Completions(_NotDurable):
         if kwargs.get("stream"):
             from .stream import async_chat_stream
 
-            return await async_chat_stream(self._llm._agent, self._llm._options, kwargs)
+            agent = self._llm._agent
+            return await async_chat_stream(agent, self._llm._options, kwargs,
+                                           lambda: async_client(agent._config.llm, agent.agent_id))
         return rebuild(ChatCompletion, await _durable_call(self._llm, "chat.completions", kwargs))
 
 
@@ -142,7 +144,9 @@ class _Responses(_NotDurable):
         if kwargs.get("stream"):
             from .stream import async_response_stream
 
-            return await async_response_stream(self._llm._agent, self._llm._options, kwargs)
+            agent = self._llm._agent
+            return await async_response_stream(agent, self._llm._options, kwargs,
+                                               lambda: async_client(agent._config.llm, agent.agent_id))
         return rebuild(Response, await _durable_call(self._llm, "responses", kwargs))
 
 

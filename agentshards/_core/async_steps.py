@@ -103,12 +103,6 @@ class AsyncStepRunner(StepBook):
         finally:
             self._release(token)
 
-
-    def _record_performed(self, call: StepCall, kind: str, input_text: str, performed: Performed) -> StepRecord:
-        if performed.before_record is not None:
-            performed.before_record()
-        return self._record(call, kind, input_text, performed.output_json, performed.outcome)
-
     async def _finish_open_here(self) -> None:
         finish = self._open_here()
         if finish is not None:
@@ -118,3 +112,8 @@ class AsyncStepRunner(StepBook):
         """The run ends: every stream left open is read to its end and recorded."""
         for finish in self._still_open():
             await finish()
+
+    def _record_performed(self, call: StepCall, kind: str, input_text: str, performed: Performed) -> StepRecord:
+        if performed.before_record is not None:
+            performed.before_record()
+        return self._record(call, kind, input_text, performed.output_json, performed.outcome)

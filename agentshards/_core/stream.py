@@ -51,6 +51,8 @@ from .llm_call import RetryPolicy, _check_budget, _client, request_text, stored_
 from .steps import LLM, StepBook, StepCall, StepOptions, StepRunner
 
 if TYPE_CHECKING:
+    import openai
+
     from .async_steps import AsyncStepRunner
 
 log = logging.getLogger("agentshards")
@@ -73,16 +75,17 @@ def response_stream(agent: StepRunner, options: StepOptions, kwargs: dict[str, A
     return ResponseEventStream(_open(agent, options, RESPONSES, kwargs))
 
 
-async def async_chat_stream(agent: AsyncStepRunner, options: StepOptions,
-                            kwargs: dict[str, Any]) -> AsyncChatCompletionStream:
-    """``await chat.completions.create(..., stream=True)`` on the async facade."""
-    return AsyncChatCompletionStream(await _aopen(agent, options, CHAT, kwargs))
+async def async_chat_stream(agent: AsyncStepRunner, options: StepOptions, kwargs: dict[str, Any],
+                            client: Callable[[], openai.AsyncOpenAI]) -> AsyncChatCompletionStream:
+    """``await chat.completions.create(..., stream=True)`` on the async facade (``client`` is called only
+    when the call is made, never on a replay)."""
+    return AsyncChatCompletionStream(await _aopen(agent, options, CHAT, kwargs, client))
 
 
-async def async_response_stream(agent: AsyncStepRunner, options: StepOptions,
-                                kwargs: dict[str, Any]) -> AsyncResponseEventStream:
+async def async_response_stream(agent: AsyncStepRunner, options: StepOptions, kwargs: dict[str, Any],
+                                client: Callable[[], openai.AsyncOpenAI]) -> AsyncResponseEventStream:
     """``await responses.create(..., stream=True)`` on the async facade."""
-    return AsyncResponseEventStream(await _aopen(agent, options, RESPONSES, kwargs))
+    return AsyncResponseEventStream(await _aopen(agent, options, RESPONSES, kwargs, client))
 
 
 def _request(endpoint: str, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -161,13 +164,11 @@ def _open(agent: StepRunner, options: StepOptions, endpoint: str, kwargs: dict[s
             agent._release(token)
 
 
-async def _aopen(agent: AsyncStepRunner, options: StepOptions, endpoint: str,
-                 kwargs: dict[str, Any]) -> _Recorded | _AsyncLive:
+async def _aopen(agent: AsyncStepRunner, options: StepOptions, endpoint: str, kwargs: dict[str, Any],
+                 client_for: Callable[[], openai.AsyncOpenAI]) -> _Recorded | _AsyncLive:
     """``_open`` for an async agent: the request awaited, journal work through the agent's offload."""
     import openai
     import tenacity
-
-    from .async_clients import async_client
 
     request, input_text = _request(endpoint, kwargs), request_text(agent, endpoint, kwargs)
     await agent._finish_open_here()
@@ -187,7 +188,7 @@ async def _aopen(agent: AsyncStepRunner, options: StepOptions, endpoint: str,
         call = StepCall(name, input_hash, options)
         if agent._config.budget_usd is not None:
             await agent._io(_check_budget, agent, name)
-        client = async_client(agent._config.llm, agent.agent_id)
+        client = client_for()
         create = client.chat.completions.create if endpoint == CHAT else client.responses.create
         policy = RetryPolicy(agent, call)
         live = _AsyncLive(agent, call, endpoint, input_text, _wants_usage(endpoint, request), token)

@@ -23,7 +23,8 @@ its input, replaying the journal up to where it stopped.
 
 Refused with :class:`NotDurable` (an AgentShardsError naming the feature, with a hint), before anything
 runs: ``session=``, ``conversation_id=``, a ``RunState`` input and tools that need approval; local shell,
-computer, apply-patch and custom tools; model objects and model providers of the caller's own; streaming.
+computer, apply-patch and custom tools; model objects and model providers of the caller's own; streaming
+on the sync handle (``run_streamed`` is durable in ``async def`` agent functions).
 The SDK's own retries are switched off (the facade's are the one retry layer). Tracing is the SDK's and
 stays the caller's choice: its default exporter sends traces to OpenAI (set
 ``OPENAI_AGENTS_DISABLE_TRACING=1`` offline).
@@ -41,7 +42,7 @@ from ._openai_agents.models import Api
 
 if TYPE_CHECKING:
     from agents import Agent as SDKAgent
-    from agents import RunResult
+    from agents import RunResult, RunResultStreaming
 
 __all__ = ["NotDurable", "run", "run_streamed", "run_sync"]
 
@@ -75,6 +76,23 @@ def _nested_label() -> str | None:
     return data.name if isinstance(data, GuardrailSpanData) else None
 
 
+def _checked(handle: Any, sdk_agent: Any, input: Any, runner_kwargs: dict[str, Any]) -> Any:
+    """Refuse what cannot be durable (see guards); the caller's RunConfig, taken out of ``runner_kwargs``."""
+    from agents import RunConfig
+
+    from ._openai_agents import guards
+
+    guards.check_kwargs(runner_kwargs, handle.agent_id)
+    guards.check_input(input, handle.agent_id)
+    config = runner_kwargs.pop("run_config", None)
+    if isinstance(config, dict):
+        config = RunConfig(**config)
+    if config is not None:
+        guards.check_run_config(config, handle.agent_id)
+    guards.check_agents(sdk_agent, handle.agent_id)
+    return config
+
+
 async def run(agent: Any, sdk_agent: SDKAgent[Any], input: Any, *, api: Api = "responses",
               **runner_kwargs: Any) -> RunResult:
     """Run ``sdk_agent`` on ``input`` like ``Runner.run``, every model call and function-tool run a durable
@@ -87,23 +105,13 @@ async def run(agent: Any, sdk_agent: SDKAgent[Any], input: Any, *, api: Api = "r
     """
     from agents import Runner
 
-    from ._openai_agents import guards
     from ._openai_agents.handle import Handle
     from ._openai_agents.scope import top_level
 
     if api not in ("responses", "chat_completions"):
         raise ValueError(f"api must be 'responses' or 'chat_completions', not {api!r}")
     handle = Handle(agent)
-    guards.check_kwargs(runner_kwargs, handle.agent_id)
-    guards.check_input(input, handle.agent_id)
-    config = runner_kwargs.pop("run_config", None)
-    if isinstance(config, dict):
-        from agents import RunConfig
-
-        config = RunConfig(**config)
-    if config is not None:
-        guards.check_run_config(config, handle.agent_id)
-    guards.check_agents(sdk_agent, handle.agent_id)
+    config = _checked(handle, sdk_agent, input, runner_kwargs)
     parent = _scope.current()
     scope = parent.nested_run(_nested_label()) if parent is not None and parent.handle.agent is agent \
         else top_level(handle)
@@ -117,8 +125,24 @@ def run_sync(agent: Any, sdk_agent: SDKAgent[Any], input: Any, *, api: Api = "re
     return asyncio.run(run(agent, sdk_agent, input, api=api, **runner_kwargs))
 
 
-def run_streamed(agent: Any, sdk_agent: SDKAgent[Any], input: Any, **runner_kwargs: Any) -> Any:
-    """Not durable yet: a streamed model call cannot be journaled whole. Raises NotDurable."""
-    raise NotDurable("Runner.run_streamed is not durable yet", feature="streaming",
-                     agent_id=getattr(agent, "agent_id", None),
-                     hint="use run(...): every model call is journaled whole and the RunResult is the same")
+def run_streamed(agent: Any, sdk_agent: SDKAgent[Any], input: Any, *, api: Api = "responses",
+                 **runner_kwargs: Any) -> RunResultStreaming:
+    """Like ``Runner.run_streamed``: events as the model produces them on the first run, every model call a
+    durable streamed step (replayed event for event after a crash, without a request) and every
+    function-tool run a step. Needs the async handle (an ``async def`` agent function) and a running loop.
+    """
+    from agents import Runner
+
+    from ._openai_agents.handle import Handle
+    from ._openai_agents.scope import top_level
+
+    handle = Handle(agent)
+    if not handle.is_async:
+        raise NotDurable("run_streamed needs the async handle", feature="streaming", agent_id=handle.agent_id,
+                         hint="make the agent function async def, or use run_sync")
+    config = _checked(handle, sdk_agent, input, runner_kwargs)
+    parent = _scope.current()
+    scope = parent.nested_run(_nested_label()) if parent is not None and parent.handle.agent is agent \
+        else top_level(handle)
+    with _scope.entered(scope):  # the run's task is created here and copies the scope
+        return Runner.run_streamed(sdk_agent, input, run_config=_run_config(config, agent, api), **runner_kwargs)

@@ -179,8 +179,8 @@ class FakeLLMServer:
             return self._serial, (self._faults.pop(0) if self._faults else None)
 
     def _chat_completion(self, serial: int, body: dict[str, Any]) -> dict[str, Any]:
-        """A chat answer: text, or a call of the first function tool when the request offers tools and its
-        last message is not already a tool's result."""
+        """A chat answer: the script's, when one applies (see :meth:`script`); else text, or a call of the first
+        function tool when the request offers tools and its last message is not already a tool's result."""
         scripted = scripted_chat_completion(self._scripts, serial, body, _dated(str(body.get("model", "fake-model"))))
         if scripted is not None:
             return scripted

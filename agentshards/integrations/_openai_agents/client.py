@@ -37,10 +37,10 @@ class _Create(_Missing):
     async def create(self, **kwargs: Any) -> Any:
         scope = _scope.require()
         handle = scope.handle
-        if kwargs.get("stream") is True:
-            raise NotDurable("a streamed model call (Runner.run_streamed) is not durable yet", feature="streaming",
+        if kwargs.get("stream") is True and not handle.is_async:
+            raise NotDurable("a streamed model call needs the async handle", feature="streaming",
                              agent_id=handle.agent_id,
-                             hint="use run(...) instead of run_streamed: every model call is journaled whole")
+                             hint="make the agent function async def and use run_streamed there, or use run_sync")
         request = normalise(kwargs, cache_key=stable_cache_key(handle.agent_id, handle.run_id))
         return await handle.llm(self._endpoint, scope.model_step(), request)
 
