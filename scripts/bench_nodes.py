@@ -163,7 +163,8 @@ def main() -> None:
                 raise SystemExit(f"{len(claimed)} of {len(lost)} agents claimed {args.ttl + 600:.0f} s after the kill")
             time.sleep(0.5)
         verdict = "met" if back <= args.ttl + 60 else "MISSED"
-        print(f"take-over of {len(lost)} agents of {victim} by {args.nodes - 1} survivors: first claimed "
+        survivors = sum(p.poll() is None for name, p in procs.items() if name != victim)  # one may have fenced
+        print(f"take-over of {len(lost)} agents of {victim} by {survivors} survivors: first claimed "
               f"{first:.1f} s after the kill (lease TTL {args.ttl:g} s + margin {args.ttl / 6:.1f} s + a scan), all "
               f"claimed {all_claimed:.1f} s, all running again {back:.1f} s (target TTL + 60 s = "
               f"{args.ttl + 60:.0f} s: {verdict})", flush=True)
