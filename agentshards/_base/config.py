@@ -140,11 +140,12 @@ class RunConfig:
     crash_plan: str | None = field(default=None, repr=False)
     """Test-only: ``point@k`` kills the process at a crash point (see ``agentshards._base.crashpoints``)."""
     lease_ttl_s: float = 30.0
-    """With a replica, ``run_agent`` holds the prefix's lease for the call: renewed every third of this, and
-    the call stops replicating by itself when it could not renew for this long (less a margin)."""
+    """With a replica, ``run_agent`` is a node for the call (its own lease, a claim of the agent): the lease is
+    renewed every third of this, and the call stops replicating by itself when it could not renew for this
+    long (less a margin)."""
     lease_take_over: bool = False
-    """A lease found on the prefix is taken only when this is set, and then only after watching it
-    unchanged for its TTL plus margin (its holder has stopped by then): the way to resume after node loss."""
+    """An agent owned by a node whose lease is live is claimed only when this is set, and then only after
+    watching that lease unchanged for its TTL plus margin (its holder has stopped by then)."""
 
     def __post_init__(self) -> None:
         if self.in_flight not in ("retry", "fail"):

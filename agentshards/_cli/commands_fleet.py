@@ -42,7 +42,7 @@ def _describe_result(agent_id: str, value: Any) -> str:
 @click.option("--concurrency", default=16, show_default=True, type=click.IntRange(1, 10_000))
 @click.option("--agents-per-worker", default=50, show_default=True, type=click.IntRange(1, 1000))
 @click.option("--app-dir", default=".", show_default=True, help="Put on sys.path to import TARGET.")
-@click.option("--lease-ttl", default=30.0, show_default=True, type=float, help="Replica prefix lease, seconds.")
+@click.option("--lease-ttl", default=30.0, show_default=True, type=float, help="This node's lease, seconds.")
 @click.option("--archive-finished", is_flag=True, help="Archive each agent to the replica when it finishes.")
 @click.option("--new-run", is_flag=True, help="Start each agent afresh even if it has a run (kept in its journal).")
 @click.option("--take-over", is_flag=True, help="Take the replica prefix over from a node that is gone (its lease is "

@@ -168,7 +168,7 @@ def _replica_checks(replica: str, env: Any) -> list[dict[str, Any]]:
             if target.kind == "file":
                 return "a directory replica: file locks, which fence on this host only"
             probe_conditional_writes(store_box["store"], target)  # a probe key of its own, deleted after
-            return "honoured (If-None-Match, If-Match): the prefix lease can fence"
+            return "honoured (If-None-Match, If-Match): node leases and claims can fence"
 
         out.append(_check("conditional writes", conditional))
     return out

@@ -294,7 +294,7 @@ class Fleet:
                            error_message=str(error.get("message", "")), agent_id=state.agent_id)
 
     def _on_tick(self) -> None:
-        """Keep Litestream running and moving (the prefix lease is kept by its own threads, which halt the
+        """Keep Litestream running and moving (this node's lease is kept by its own threads, which halt the
         supervisor and Litestream when it lapses: the next tick raises the LeaseError and ends wait())."""
         if self._replication is not None:
             self._replication.litestream.ensure_running()
@@ -467,10 +467,11 @@ def recover(data_dir: str | os.PathLike[str], replica: str, *, take_over: bool =
             app_dir: str | os.PathLike[str] | None = None, config: SupervisorConfig | None = None,
             lease_ttl_s: float = 30.0, timeout_s: float | None = None,
             env: Mapping[str, str] | None = None, allow_targets: Sequence[str] = ()) -> dict[str, Any]:
-    """Node-loss recovery on a fresh machine: take the prefix lease, restore every unfinished agent the
-    manifest lists (verified, in parallel), and run them under a supervisor to the end.
+    """Node-loss recovery on a fresh machine: be a node, claim every unfinished agent the manifest lists,
+    restore those this data dir did not run last (verified, in parallel), and run them under a supervisor to
+    the end. An agent a live node owns is refused (``AgentOwned``) unless ``take_over``.
 
-    Unfinished is what ``states.UNFINISHED`` lists (``running``, ``unsynced``, ``gave_up``); archived and
+    Unfinished is what ``states.UNFINISHED`` lists (``queued``, ``running``, ``unsynced``, ``gave_up``); archived and
     finished agents are not restored. An agent whose code changed since its manifest entry is logged, and
     non-determinism detection guards its replay. Returns ``agent_id -> result or exception``: an agent that
     cannot be restored, read or launched gets its error there and the others go on.

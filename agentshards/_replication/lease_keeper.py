@@ -1,4 +1,4 @@
-"""``LeaseKeeper``: a node's hold on its prefix lease, kept by threads of its own.
+"""``LeaseKeeper``: a node's hold on its lease, kept by threads of its own.
 
 The supervisor loop can block for seconds (a zygote spawn, a Litestream restart), and a process can be
 paused; renewing from that loop let a node keep writing after its lease had run out. Here one thread

@@ -240,7 +240,7 @@ def _fetch_native(agent_id: str, target: ReplicaTarget, store: ObjectStore, keys
                      attempt + 1)
             keys = None
     raise ReplicationError(f"the replica of agent {agent_id} kept changing during the restore", agent_id=agent_id,
-                           hint="is another node still replicating this agent? check the prefix lease")
+                           hint="is another node still replicating this agent? `agentshards nodes` lists them")
 
 
 def verify_restored(path: Path, agent_id: str) -> None:
