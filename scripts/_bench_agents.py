@@ -7,6 +7,7 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import agentshards
@@ -87,3 +88,21 @@ def periodic_llm(agent: agentshards.Agent, period: float, calls: int) -> int:
         agent.llm.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": f"tick {i}"}])
         time.sleep(period)
     return calls
+
+
+def scheduled_llm(agent: agentshards.Agent, period: float, calls: int, offset: float, marks: str) -> list[list[float]]:
+    """One LLM step every ``period`` seconds on a fixed schedule (start + offset + i * period), ``calls`` times
+    (the workers benchmark's thread-hosted load). Returns [due, started, ended] wall-clock times per call: how
+    late a call starts against its schedule is the agent's step lag. Touches ``marks/started/<id>`` when its
+    code begins and ``marks/ended/<id>`` when it is done, so the benchmark can sample while every agent runs."""
+    Path(marks, "started", agent.agent_id).touch()
+    first = time.time() + offset
+    timings: list[list[float]] = []
+    for i in range(calls):
+        due = first + i * period
+        time.sleep(max(0.0, due - time.time()))
+        started = time.time()
+        agent.llm.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": f"tick {i}"}])
+        timings.append([due, started, time.time()])
+    Path(marks, "ended", agent.agent_id).touch()
+    return timings

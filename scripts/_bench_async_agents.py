@@ -1,9 +1,11 @@
-"""Async agent functions for scripts/bench_async.py (importable, so their targets are module:function)."""
+"""Async agent functions for scripts/bench_async.py and scripts/bench_workers.py (importable, so their targets
+are module:function)."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 
 import agentshards
 
@@ -52,3 +54,21 @@ async def periodic_raw(client: object, period: float, calls: int, offset: float)
                                              messages=[{"role": "user", "content": f"tick {i}: {PROMPT}"}])
         await asyncio.sleep(period)
     return calls
+
+
+async def scheduled_llm(agent: agentshards.AsyncAgent, period: float, calls: int, offset: float,
+                        marks: str) -> list[list[float]]:
+    """``_bench_agents.scheduled_llm`` as an ``async def`` agent (hosted as a task on its worker's event loop):
+    the same schedule, the same calls, the same [due, started, ended] times and start/end marks."""
+    Path(marks, "started", agent.agent_id).touch()  # a file create: microseconds, not worth a thread hop
+    first = time.time() + offset
+    timings: list[list[float]] = []
+    for i in range(calls):
+        due = first + i * period
+        await asyncio.sleep(max(0.0, due - time.time()))
+        started = time.time()
+        await agent.llm.chat.completions.create(model="gpt-4o-mini",
+                                                messages=[{"role": "user", "content": f"tick {i}"}])
+        timings.append([due, started, time.time()])
+    Path(marks, "ended", agent.agent_id).touch()
+    return timings
