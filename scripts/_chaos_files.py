@@ -246,7 +246,7 @@ def hostile_input(rng: random.Random, work: Path, s3: S3) -> Row:
     # a real shard copied under another agent's prefix, in the live replica and in the archive
     replica = work / "hostile-replica"
     agentshards.run_agent(sample_agents.local_steps, agent_id="real", data_dir=work / "h2", replica=str(replica), n=3)
-    shutil.copytree(replica / "agents" / "real", replica / "agents" / "victim")
+    shutil.copytree(replica / "agents" / "real" / "g1", replica / "agents" / "victim")  # real's live generation
     refused(lambda: agentshards.restore_agent("victim", work / "h3", str(replica)), (agentshards.ShardError,),
             "another agent's replica under victim's prefix")
     agentshards.archive_agent("real", work / "h2", str(replica))

@@ -72,7 +72,12 @@ def restore_agent(agent_id: str, data_dir: str | os.PathLike[str], replica: str 
     data = Path(data_dir).resolve()
     crash = CrashCounter(CrashPlan.parse(crash_plan))
     if generation is None:
-        entry = read_manifest(store, target, agent_id)
+        try:
+            entry = read_manifest(store, target, agent_id)
+        except Exception as exc:  # the store's own errors (botocore, OSError): one error root for callers
+            raise ReplicationError(f"could not read the replica of agent {agent_id}: {exc}", agent_id=agent_id,
+                                   hint="check the endpoint, the credentials and the network; nothing was "
+                                        "overwritten") from exc
         generation = 0 if entry is None else entry.live
     with _owning(data, overwrite, f"restore agent {agent_id} over its local shard", agent_id):
         return _restore_one(agent_id, data, target, store, config, env, None, overwrite, crash, generation)
