@@ -312,11 +312,17 @@ def restore_agents(agent_ids: list[str], data_dir: str | os.PathLike[str], repli
     store.check_readable()  # restores only read the replica: a mistyped one is an error, never created
     _check_reader_version(config, env)
     if generations is None:  # the live generation of each: one LIST and GETs for many agents, a GET each for few
-        if len(agent_ids) >= _LIST_ONCE_FROM:
-            generations = {e.agent_id: e.live for e in list_manifests(store, target)}
-        else:
-            entries = {a: read_manifest(store, target, validate_agent_id(a)) for a in agent_ids}
-            generations = {a: e.live for a, e in entries.items() if e is not None}
+        try:
+            if len(agent_ids) >= _LIST_ONCE_FROM:
+                generations = {e.agent_id: e.live for e in list_manifests(store, target)}
+            else:
+                entries = {a: read_manifest(store, target, validate_agent_id(a)) for a in agent_ids}
+                generations = {a: e.live for a, e in entries.items() if e is not None}
+        except AgentShardsError:
+            raise
+        except Exception as exc:  # botocore / OSError: one error root for callers
+            raise ReplicationError(f"could not read the fleet's manifest at {target.describe()}: {exc}",
+                                   hint="check the endpoint, the credentials and the network") from exc
     listed: dict[str, list[str]] | None = None
     if config.native_restore and len(agent_ids) >= _LIST_ONCE_FROM:
         root = target.agents_prefix()
