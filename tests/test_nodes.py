@@ -60,7 +60,7 @@ def _requests_per_call(llm: FakeLLMServer) -> collections.Counter[tuple[str, str
 def test_three_nodes_survivors_take_over_a_lost_nodes_agents_by_themselves(
         tmp_path: Path, fleet_env: tuple[dict[str, str], FakeLLMServer], bucket: str) -> None:
     env, llm = fleet_env
-    replica, agents, calls = f"s3://{bucket}/fleet", 30, 6
+    replica, agents, calls = f"s3://{bucket}/fleet", 30, 20  # long enough to be mid-run at the kill
     assert all(v == "queued" for v in submit("sample_agents:chat_calls", {f"a{i}": {"n": calls} for i in range(agents)},
                                              replica, env=env).values())
     nodes = Nodes(tmp_path, replica, env)
