@@ -271,8 +271,13 @@ class Replication:
         return True
 
     def publish_with(self, agent_id: str, status: str, write: Callable[[], object]) -> None:
-        """``publish`` for a conditional write made by ``write`` (see ``ownership.py``): the same refusal when
-        fenced and the same error root; OwnershipLost passes through (the caller stops the agent)."""
+        """Write the agent's manifest entry through ``write`` (a node's conditional write, see ``ownership.py``);
+        ReplicationError when it cannot be written, OwnershipLost passed through (the caller stops the agent).
+
+        Never swallowed: a fresh node finds agents only through the manifest, so an agent whose entry was
+        not written would be invisible to recovery, and one whose ending was not written is recovered
+        again (harmless: its journal reports the ending). A node fenced off its lease writes nothing.
+        """
         if self.halted is not None:
             log.warning("not writing the manifest of agent %s: %s", agent_id, self.halted.message)
             return
@@ -287,22 +292,9 @@ class Replication:
                 "(endpoint, credentials, network), then run the agent again") from exc
 
     def publish(self, entry: ManifestEntry) -> None:
-        """Write the agent's manifest entry; ReplicationError when it cannot be written.
-
-        Never swallowed: a fresh node finds agents only through the manifest, so an agent whose entry was
-        not written would be invisible to recovery, and one whose ending was not written is recovered
-        again (harmless: its journal reports the ending). A node fenced off its lease writes nothing.
-        """
-        if self.halted is not None:
-            log.warning("not writing the manifest of agent %s: %s", entry.agent_id, self.halted.message)
-            return
-        try:
-            write_manifest(self.store, self.target, entry)
-        except Exception as exc:  # botocore's and OSError: one error root for callers
-            raise ReplicationError(
-                f"could not write its manifest entry ({entry.status}) to {self.target.describe()}: {exc}",
-                agent_id=entry.agent_id, hint="a fresh node finds agents through the manifest; check the "
-                "replica (endpoint, credentials, network), then run the agent again") from exc
+        """Write ``entry`` unconditionally (what the layout before ownership records wrote), with the same
+        refusal when fenced and the same errors as ``publish_with``."""
+        self.publish_with(entry.agent_id, entry.status, lambda: write_manifest(self.store, self.target, entry))
 
 
 def _epoch(stamp: str | None) -> float | None:
