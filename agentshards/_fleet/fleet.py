@@ -188,6 +188,7 @@ class Fleet:
             raise
         self._supervisor = Supervisor(self.data_dir, self.app_dir, self.config, self._env, self.run_config.shard,
                                       on_final=self._on_final, on_tick=self._on_tick,
+                                      on_worker_lost=self._on_worker_lost,
                                       worker_spec={"run": run_spec(self.run_config)})
         if self._claims is not None:
             self._claims.keeper.add_fence(self._supervisor.halt)
@@ -311,6 +312,21 @@ class Fleet:
                     publish_replication(self.data_dir, *published)
             except Exception:  # never let the watchdog die silently; the next round tries again
                 log.exception("the litestream watchdog for %s failed", self.data_dir)
+
+    def _on_worker_lost(self, agent_ids: list[str]) -> dict[str, str]:
+        """Before a dead worker's agents restart: keep any commit it left torn (``Replication.adopt_torn_commit``),
+        or else keep the agent from restarting here. Without a replica there is nothing to do: the next
+        worker is the shard's only opener, and SQLite keeps the commit by itself."""
+        if self._replication is None:
+            return {}
+        refused = {}
+        for agent_id in agent_ids:
+            try:
+                self._replication.adopt_torn_commit(agent_id, self.run_config.shard)
+            except AgentShardsError as exc:
+                log.error("agent %s: %s", agent_id, exc)
+                refused[agent_id] = str(exc)
+        return refused
 
     def _on_final(self, state: AgentState) -> None:
         """Hand the finished agent to a small thread pool: its sync, manifest PUT and unregister take ~20 ms,

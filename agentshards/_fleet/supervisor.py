@@ -87,6 +87,9 @@ class Supervisor:
     shard: ShardConfig = field(default_factory=ShardConfig)  # how workers open shards (the fleet's settings)
     on_final: Callable[[AgentState], None] = lambda state: None
     on_tick: Callable[[], None] = lambda: None
+    # Called with the agents of a worker that died abnormally, before any of them restarts; returns those
+    # that must not restart on this node, with the reason (a commit it cannot make safe, see Fleet).
+    on_worker_lost: Callable[[list[str]], dict[str, str]] = lambda agent_ids: {}
     worker_spec: dict[str, Any] = field(default_factory=dict)  # more for every worker (its fence, confirm socket)
     clock: Callable[[], float] = time.monotonic
     sleep: Callable[[float], None] = time.sleep
@@ -156,11 +159,12 @@ class Supervisor:
                 continue
             worker.spec_path.unlink(missing_ok=True)
             how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exited with {code}"
+            refused = self.on_worker_lost(worker.agent_ids) if code != 0 else {}
             for agent_id in worker.agent_ids:
-                self._settle(self.agents[agent_id], f"worker {worker.proc.pid} {how}")
+                self._settle(self.agents[agent_id], f"worker {worker.proc.pid} {how}", refused.get(agent_id))
         self._workers = alive
 
-    def _settle(self, state: AgentState, worker_exit: str) -> None:
+    def _settle(self, state: AgentState, worker_exit: str, refused: str | None = None) -> None:
         path = self.results_dir / f"{state.agent_id}.json"
         outcome, problem = read_outcome(path)
         state.worker_pid = None
@@ -175,6 +179,10 @@ class Supervisor:
             else:
                 reason = worker_exit if problem is None else f"{worker_exit}; {problem}"
             path.unlink(missing_ok=True)
+            if refused is not None:
+                self._final(state, GAVE_UP, reason=f"not restarted here: {refused}; last: {reason}",
+                            error={"type": "NotRestarted", "message": refused})
+                return
             self._restart(state, reason)
 
     def _restart(self, state: AgentState, reason: str) -> None:

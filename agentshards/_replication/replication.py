@@ -17,7 +17,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+import apsw
+
+from .._base.config import ShardConfig
 from .._base.errors import AgentShardsError, ReplicationError
+from .._core.shard import shard_path
+from .._core.sqlite import open_connection
+from .._core.wal import unpublished_frames
 from .litestream import Litestream
 from .manifest import ManifestEntry, write_manifest
 from .objectstore import ObjectStore
@@ -152,6 +158,44 @@ class Replication:
         finally:
             self.litestream.start()
         self._healthy_at.clear()
+
+    def adopt_torn_commit(self, agent_id: str, shard: ShardConfig) -> int:
+        """After a writer of the shard was killed: make a commit it wrote but never published count.
+
+        A worker killed between appending a commit to the WAL and publishing it in the wal-index leaves a
+        commit Litestream may already have shipped and the next writer would overwrite (``_core/wal.py``
+        says what that does to the replica). SQLite keeps such a commit when it rebuilds the index, and it
+        rebuilds it when a connection opens a shard nobody else has open: so Litestream lets go of the
+        shard (after its final sync of it), one connection opens and reads it, and Litestream takes it
+        back. Returns how many frames were adopted (0: nothing torn, nothing done).
+        """
+        path = shard_path(self.litestream.data_dir, agent_id)
+        torn = unpublished_frames(path)
+        if not torn:
+            return 0
+        with self._lock:  # not in the middle of a repair or a restart
+            self.litestream.unregister(agent_id)
+            try:
+                conn = open_connection(path, shard, create=False)
+                try:
+                    conn.execute("SELECT count(*) FROM sqlite_schema").fetchall()  # the first read rebuilds
+                finally:
+                    conn.close()
+            except apsw.Error as exc:
+                raise ReplicationError(f"could not open the shard to keep a torn commit: {exc}", agent_id=agent_id,
+                                       hint="the agent is not restarted here; `agentshards recover` takes it") from exc
+            finally:
+                self.litestream.register(agent_id, self.generations.get(agent_id, 0))
+        left = unpublished_frames(path)
+        if left:
+            raise ReplicationError(
+                f"a killed worker left {left} WAL frames of a commit unpublished, and they could not be adopted",
+                agent_id=agent_id, hint="another process has the shard open (a dashboard or status reading it?); "
+                                        "the agent is not restarted here, so the replica cannot diverge: "
+                                        "`agentshards recover` takes it")
+        log.warning("agent %s: its worker was killed in the middle of a commit; the commit (%d WAL frames) was "
+                    "kept, as SQLite keeps it after a crash, so the replica and the shard agree", agent_id, torn)
+        return torn
 
     def restart_if_stalled(self, *, force_check: bool = False) -> bool:
         """The watchdog: restart Litestream when some shard's local writes stay unsynced too long.
