@@ -210,8 +210,9 @@ class OwnershipLost(LeaseError):
 
 
 class Draining(AgentShardsError):
-    """The worker is stopping (its node drains, SIGTERM): it sends no new LLM request. Not an outcome of the
-    agent: the answers already in flight are recorded, the run stays open and resumes wherever it runs next."""
+    """The worker is stopping (its node drains, SIGTERM): it sends no new LLM request and starts no new step.
+    Not an outcome of the agent: what is in flight is recorded, the run stays open and resumes wherever it runs
+    next."""
 
 
 class Fenced(LeaseError):

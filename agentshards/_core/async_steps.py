@@ -17,6 +17,7 @@ from typing import Any
 from .._base.config import RunConfig
 from .._base.errors import StepTimeout
 from . import codec as _codec
+from . import fence as _fence
 from .journal import Journal, StepRecord
 from .offload import Offload, offload
 from .steps import STEP, Performed, StepBook, StepCall, StepOptions
@@ -49,6 +50,7 @@ class AsyncStepRunner(StepBook):
 
     async def _run_plain(self, call: StepCall, fn: Callable[..., Any], args: tuple[Any, ...],
                          kwargs: dict[str, Any]) -> Performed:
+        _fence.check_start(self.agent_id, call.name)  # a stopping fleet worker starts no new step
         attempts = call.options.max_attempts or 1
 
         async def attempt_all() -> Any:

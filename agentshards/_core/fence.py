@@ -27,8 +27,8 @@ def install(check: Check | None) -> None:
 
 
 def drain() -> None:
-    """From now on no new LLM request starts in this process (a worker told to stop: SIGTERM); the ones in
-    flight finish and are recorded. Safe to call from a signal handler."""
+    """From now on no new LLM request nor step starts in this process (a worker told to stop: SIGTERM); the
+    ones in flight finish and are recorded. Safe to call from a signal handler."""
     global _draining
     _draining = True
 
@@ -41,6 +41,16 @@ def check_send(agent_id: str | None = None) -> None:
         raise Draining("its worker is stopping, so this LLM request was not sent", agent_id=agent_id,
                        hint="the run stays open and resumes from its last recorded step wherever it runs next")
     check(agent_id)
+
+
+def check_start(agent_id: str | None = None, step: str | None = None) -> None:
+    """Before a step's function runs: ``Draining`` once this process is stopping (recorded steps still
+    replay, so a resumed agent gets to the first one it has not done)."""
+    if _draining:
+        from .._base.errors import Draining
+
+        raise Draining("its worker is stopping, so this step was not started", agent_id=agent_id, step=step,
+                       hint="the run stays open and resumes from its last recorded step wherever it runs next")
 
 
 def check(agent_id: str | None = None) -> None:

@@ -32,6 +32,7 @@ from .._base.errors import (
     StepTimeout,
 )
 from . import codec as _codec
+from . import fence as _fence
 from .journal import Journal, StepRecord
 from .ledger import Usage
 
@@ -355,6 +356,7 @@ class StepRunner(StepBook):
 
     def _run_plain(self, call: StepCall, fn: Callable[..., Any], args: tuple[Any, ...],
                    kwargs: dict[str, Any]) -> tuple[str, str]:
+        _fence.check_start(self.agent_id, call.name)  # a stopping fleet worker starts no new step
         attempts = call.options.max_attempts or 1
 
         def attempt_all() -> Any:
