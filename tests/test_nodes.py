@@ -304,7 +304,9 @@ def test_a_node_whose_supervisor_alone_is_paused_stops_its_workers_by_their_own_
     supervisor fences itself and publishes nothing."""
     env, _llm = fleet_env
     replica = f"s3://{bucket}/fleet"
-    submit("sample_agents:chat_calls", {f"s{i}": {"n": 30} for i in range(3)}, replica, env=env)
+    # 80 calls of 0.15 s: still running at the deadline even when the node took seconds to bring them up (with
+    # 30, a loaded CI machine once saw every agent finish before it, so no worker ever met its fence)
+    submit("sample_agents:chat_calls", {f"s{i}": {"n": 80} for i in range(3)}, replica, env=env)
     nodes = Nodes(tmp_path, replica, env)
     try:
         nodes.start("paused", capacity=10)
@@ -331,4 +333,4 @@ def test_a_node_whose_supervisor_alone_is_paused_stops_its_workers_by_their_own_
     assert "Fenced" in worker_logs  # the workers stopped at the deadline by themselves, while it was paused
     assert all(e.node is None and e.generation == 2 for e in entries.values())  # nothing written by the paused one
     for agent_id in sorted(entries):
-        _check_replica(agent_id, tmp_path / "check", replica, env, calls=30)
+        _check_replica(agent_id, tmp_path / "check", replica, env, calls=80)
