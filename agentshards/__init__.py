@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from ._fleet.fleet import Fleet, recover
     from ._fleet.node import Node, submit
     from ._fleet.query import QueryResult, query_fleet
+    from ._fleet.requests import RequestOutcome, cancel_in_fleet, delete_in_fleet, retry_in_fleet
     from ._replication.archive import (
         ArchiveEntry,
         archive_agent,
@@ -97,6 +98,7 @@ __all__ = [
     "QueryResult",
     "ReplicaNotRestorable",
     "ReplicationError",
+    "RequestOutcome",
     "ResultNotStorable",
     "RunConfig",
     "RunMismatch",
@@ -113,7 +115,9 @@ __all__ = [
     "archive_agent",
     "arun_agent",
     "cancel_agent",
+    "cancel_in_fleet",
     "delete_agent",
+    "delete_in_fleet",
     "expire_archives",
     "fetch_archive",
     "fork_run",
@@ -125,6 +129,7 @@ __all__ = [
     "restore_agent",
     "restore_agents",
     "retry_agent",
+    "retry_in_fleet",
     "run_agent",
     "spend_report",
     "submit",
@@ -147,6 +152,10 @@ _LAZY = {
     "submit": "._fleet.node",
     "query_fleet": "._fleet.query",
     "QueryResult": "._fleet.query",
+    "RequestOutcome": "._fleet.requests",
+    "cancel_in_fleet": "._fleet.requests",
+    "retry_in_fleet": "._fleet.requests",
+    "delete_in_fleet": "._fleet.requests",
     "ManifestEntry": "._replication.manifest",
     "list_fleet": "._replication.restore",
     "restore_agent": "._replication.restore",

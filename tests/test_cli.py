@@ -227,7 +227,7 @@ def test_archive_archives_fetch_delete_in_json(demo_copy: Path) -> None:
     dry_delete = _json("delete", "researcher-002", "--data-dir", "d", "--replica", "r", "--dry-run", cwd=demo_copy)
     assert dry_delete["removed"] == []
     deleted = _json("delete", "researcher-002", "--data-dir", "d", "--replica", "r", "--yes", cwd=demo_copy)
-    assert deleted["removed"] == ["manifest", "archive"]
+    assert deleted["removed"] == ["archive", "manifest"]  # the entry last: a failure half-way still lists it
     assert [e["agent_id"] for e in _json("archives", "--replica", "r", cwd=demo_copy)["archives"]] == ["researcher-001"]
 
 

@@ -91,6 +91,26 @@ def test_an_owner_whose_own_write_landed_unseen_keeps_the_agent(prefix: tuple) -
     assert owner.update("a", steps=4).steps == 4
 
 
+def test_an_operators_request_survives_the_owners_writes_until_one_settles_it(prefix: tuple) -> None:
+    """The owner's next write meets the operator's (412), reads again and writes with the request kept; the
+    publish that settles it clears a cancel, never a delete (only the deleting command settles that)."""
+    store, target = prefix
+    owner = Ownership(store, target, "n1", "d")
+    owner.create(_entry())
+    key = target.manifest_key("a")  # type: ignore[attr-defined]
+    for request in ("cancel", "delete"):
+        data = json.loads(store.get(key))
+        store.put(key, json.dumps({**data, "request": request, "request_reason": "why"}, sort_keys=True).encode())
+        assert owner.update("a", steps=5).request == request
+        assert owner.read("a").entry.request == request  # type: ignore[union-attr]
+        settled = owner.update("a", status="cancelled", request=None, request_reason=None)
+        assert settled.request == (None if request == "cancel" else "delete")
+        data = json.loads(store.get(key))
+        store.put(key, json.dumps({**data, "request": request}, sort_keys=True).encode())
+        kept = owner.update("a", status="cancelled", request=None, request_reason=None)
+        assert kept.request == (None if request == "cancel" else "delete")
+
+
 def test_a_node_is_expired_only_after_its_lease_stayed_unchanged_for_ttl_plus_margin(prefix: tuple) -> None:
     store, target = prefix
     clock = Clock()

@@ -20,7 +20,7 @@ PUBLIC = {
     "expire_archives", "fetch_archive", "list_archives", "LeaseError", "recover",
     "cancel_agent", "retry_agent", "query_fleet", "QueryResult",
     "AgentLocked", "ShardExists", "NoReplica", "ReplicaNotRestorable", "AgentOwned", "OwnershipLost", "Node", "submit",
-    "AsyncAgent", "arun_agent",
+    "AsyncAgent", "arun_agent", "cancel_in_fleet", "retry_in_fleet", "delete_in_fleet", "RequestOutcome",
 }
 
 

@@ -6,12 +6,13 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
 from .output import (
     OK,
+    PENDING,
     allow_target_option,
     data_dir_option,
     emit,
@@ -132,16 +133,31 @@ def logs(agent_id: str, data_dir: str, lines: int) -> None:
     emit({"agent_id": agent_id, "path": str(path), "lines": shown}, lambda: click.echo("\n".join(shown)))
 
 
+fleet_option = click.option(
+    "--fleet", "through_fleet", is_flag=True,
+    help="Act through the replica prefix, on whichever node owns the agent (needs --replica).")
+wait_option = click.option("--wait", "wait_s", type=click.FloatRange(min=0), default=120.0, show_default=True,
+                           help="With --fleet: seconds to wait for a node to carry the request out.")
+
+
 @click.command()
 @click.argument("agent_id")
 @data_dir_option()
+@replica_option()
 @click.option("--reason", default="cancelled by an operator", show_default=True)
+@fleet_option
+@wait_option
 @json_option
-def cancel(agent_id: str, data_dir: str, reason: str) -> None:
-    """End an agent's open run as cancelled (final). The fleet must not be running."""
+def cancel(agent_id: str, data_dir: str, replica: str | None, reason: str, through_fleet: bool, wait_s: float) -> None:
+    """End an agent's open run as cancelled (final). Without --fleet the fleet must not be running."""
     from .._fleet.run import cancel_agent
 
     _valid(agent_id)
+    if through_fleet:
+        from .._fleet.requests import cancel_in_fleet
+
+        _emit_request(guarded(lambda: cancel_in_fleet(agent_id, _fleet_replica(replica, agent_id), reason=reason,
+                                                      wait_s=wait_s)))
     existing_data_dir(data_dir)
     run = guarded(lambda: cancel_agent(agent_id, data_dir, reason))
     emit({"agent_id": agent_id, "run": to_jsonable(run)},
@@ -154,12 +170,20 @@ def cancel(agent_id: str, data_dir: str, reason: str) -> None:
 @replica_option()
 @click.option("--app-dir", default=".", show_default=True, help="Put on sys.path to import the agent's code.")
 @allow_target_option
+@fleet_option
+@wait_option
 @json_option
-def retry(agent_id: str, data_dir: str, replica: str | None, app_dir: str, allow_targets: tuple[str, ...]) -> None:
-    """Run a failed agent again from its last completed step, or resume one its fleet gave up on."""
+def retry(agent_id: str, data_dir: str, replica: str | None, app_dir: str, allow_targets: tuple[str, ...],
+          through_fleet: bool, wait_s: float) -> None:
+    """Run a failed agent again from its last completed step, or resume one its fleet gave up on (with
+    --fleet: on whichever node claims it)."""
     from .._fleet.run import retry_agent
 
     _valid(agent_id)
+    if through_fleet:
+        from .._fleet.requests import retry_in_fleet
+
+        _emit_request(guarded(lambda: retry_in_fleet(agent_id, _fleet_replica(replica, agent_id), wait_s=wait_s)))
     existing_data_dir(data_dir)
     sys.path.insert(0, str(Path(app_dir).resolve()))
     result = guarded(lambda: retry_agent(agent_id, data_dir, replica=replica, app_dir=app_dir,
@@ -206,13 +230,20 @@ def fork(agent_id: str, at_step: str, data_dir: str, inputs_json: str | None, al
 @replica_option()
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @click.option("--dry-run", is_flag=True, help="Say what would be removed; remove nothing.")
+@fleet_option
+@wait_option
 @json_option
-def delete(agent_id: str, data_dir: str, replica: str | None, yes: bool, dry_run: bool) -> None:
-    """Remove an agent everywhere: local shard, live replica, manifest, archive."""
+def delete(agent_id: str, data_dir: str, replica: str | None, yes: bool, dry_run: bool, through_fleet: bool,
+           wait_s: float) -> None:
+    """Remove an agent everywhere: local shard, live replica, manifest, archive (with --fleet: stopped and
+    removed by whichever node owns it, then the replica's copies)."""
     from .._replication.archive import delete_agent
 
     _valid(agent_id)
-    where = "local shard" + (", replica, manifest and archive" if replica else "")
+    if through_fleet:
+        _fleet_replica(replica, agent_id)
+    where = ("the shard on its node, " if through_fleet else "local shard") + (
+        ", replica, manifest and archive" if replica else "")
     if dry_run:
         emit({"agent_id": agent_id, "would_remove": where, "removed": []},
              lambda: click.echo(f"{agent_id}: would remove its {where} (dry run: nothing removed)"))
@@ -223,9 +254,34 @@ def delete(agent_id: str, data_dir: str, replica: str | None, yes: bool, dry_run
         if not click.confirm(f"delete agent {agent_id} everywhere ({where})?"):
             warn("nothing deleted")
             sys.exit(1)
+    if through_fleet:
+        from .._fleet.requests import delete_in_fleet
+
+        _emit_request(guarded(lambda: delete_in_fleet(agent_id, _fleet_replica(replica, agent_id), wait_s=wait_s)))
     removed = guarded(lambda: delete_agent(agent_id, data_dir, replica))
     emit({"agent_id": agent_id, "removed": removed},
          lambda: click.echo(f"{agent_id}: removed {', '.join(removed) or 'nothing (not found)'}"))
+
+
+def _fleet_replica(replica: str | None, agent_id: str) -> str:
+    from .._base.errors import InvalidInputs
+
+    if replica is None:
+        fail(InvalidInputs("--fleet acts through the replica prefix: pass --replica", agent_id=agent_id,
+                           hint="the prefix the nodes share, e.g. --replica s3://bucket/fleet"))
+    return replica
+
+
+def _emit_request(outcome: Any) -> NoReturn:
+    """Print what became of a request made through the prefix; exit 0 when it was carried out, 3 when it
+    is still waiting for a node (it stays in the entry: the next node that owns the agent acts on it)."""
+    emit({"agent_id": outcome.agent_id, "request": outcome.request, "outcome": outcome.outcome,
+          "node": outcome.node, "done": outcome.done, "removed": list(outcome.removed)},
+         lambda: click.echo(f"{outcome.agent_id}: {outcome.outcome}" + (f" (node {outcome.node})" if outcome.node
+                                                                       else "")
+                            + ("" if outcome.done else f"; no node carried the {outcome.request} out yet: it stays "
+                               "in the agent's entry for the next node that owns it")))
+    sys.exit(OK if outcome.done else PENDING)
 
 
 def _refuse_unconfirmed(agent_id: str) -> Exception:

@@ -28,7 +28,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 DATA_DIR_ENV, REPLICA_ENV = "AGENTSHARDS_DATA_DIR", "AGENTSHARDS_REPLICA"
 DEFAULT_DATA_DIR = "./agentshards-data"
-OK, FAILED, BAD_INPUT, INTERRUPTED = 0, 1, 2, 130
+OK, FAILED, BAD_INPUT, PENDING, INTERRUPTED = 0, 1, 2, 3, 130
 
 log = logging.getLogger("agentshards")
 

@@ -105,7 +105,8 @@ class Claims:
                                    "again") from exc
 
     def _claim(self, agent_id: str, fields: Mapping[str, Any]) -> tuple[Record | None, Record]:
-        from .._replication.manifest import ManifestEntry
+        from .._base.errors import InvalidInputs
+        from .._replication.manifest import DELETE, ManifestEntry
         from .._replication.ownership import refuse_owned
 
         if self.keeper.lost is not None:
@@ -117,6 +118,9 @@ class Claims:
                 if created is not None:
                     return None, created
                 continue  # created by another node at the same moment: judge its entry
+            if before.entry.request == DELETE:
+                raise InvalidInputs("an operator is deleting it", agent_id=agent_id,
+                                    hint="`agentshards delete --fleet` finishes the deletion")
             owner = before.entry.node
             if owner is not None and owner != self.node:
                 self.nodes.refresh(max_age_s=2.0)

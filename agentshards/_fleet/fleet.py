@@ -12,6 +12,7 @@ agents of a worker that died; every agent resumes from its journal, so a restart
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import resource
@@ -41,6 +42,7 @@ from .._core.shard import open_shard, shard_path, validate_agent_id
 from .._core.target import AgentFn, target_of
 from .._replication.states import (
     BUDGET_EXCEEDED,
+    CANCELLED,
     ENDED,
     GAVE_UP,
     RUNNING,
@@ -50,7 +52,7 @@ from .._replication.states import (
     published,
 )
 from .run import _check_inputs, check_replica, code_fingerprint, start_replication
-from .supervisor import AgentState, Supervisor
+from .supervisor import FINAL_STATES, AgentState, Supervisor
 from .worker_links import WorkerLinks, run_spec
 
 if TYPE_CHECKING:
@@ -88,6 +90,7 @@ class Fleet:
         self.node_id = node_id
         self._links: WorkerLinks | None = None  # the workers' confirmation socket and lease fence
         self._watchdog: threading.Thread | None = None
+        self._deleting: set[str] = set()  # agents an operator deletes: let go of, never published
         self._finals: ThreadPoolExecutor | None = None  # _on_final's work, off the supervisor loop
         # agents whose launch or finalisation failed: that error is their outcome in wait()'s results
         self._failed: dict[str, AgentShardsError] = {}
@@ -99,11 +102,15 @@ class Fleet:
 
     # -- public ------------------------------------------------------------------------------------------
 
-    def launch(self, target: AgentFn | str, agents: Mapping[str, Mapping[str, Any]], *, new_run: bool = False) -> None:
+    def launch(self, target: AgentFn | str, agents: Mapping[str, Mapping[str, Any]], *, new_run: bool = False,
+               again: bool = False) -> None:
         """Check everything (target importable, ids, inputs, data dir owner, replica) before any agent starts.
 
         ``new_run``: each agent starts a fresh run even if it has one (kept in its journal). The run is opened
         here, once, so a worker that crashes and restarts resumes it instead of starting yet another.
+
+        ``again``: an agent that ended in this fleet may be launched once more (a node claiming it back for an
+        operator's retry); otherwise an id is launched once per fleet.
 
         Then each agent is prepared on its own (its shard, its manifest entry, its registration with
         Litestream): an agent whose preparation fails is not started, and that error is its outcome in
@@ -114,7 +121,8 @@ class Fleet:
         checked = {}
         for agent_id, inputs in agents.items():
             validate_agent_id(agent_id)
-            if self._supervisor is not None and agent_id in self._supervisor.agents:
+            if (self._supervisor is not None and agent_id in self._supervisor.agents
+                    and not (again and self._supervisor.agents[agent_id].status in FINAL_STATES)):
                 raise InvalidInputs(f"agent {agent_id} was already launched in this fleet", agent_id=agent_id,
                                     hint="agent ids must be unique within a fleet")
             if not isinstance(inputs, Mapping):
@@ -223,6 +231,20 @@ class Fleet:
 
     def status(self) -> dict[str, AgentState]:
         return dict(self._require().agents)
+
+    def cancel(self, agent_id: str, reason: str, *, delete: bool = False) -> bool:
+        """End an agent of this fleet as ``cancelled`` (``Supervisor.cancel``); its run is recorded as cancelled,
+        synced and published. ``delete``: its local shard is removed instead and it is handed back, for the
+        operator's command to delete the rest (``requests.py``). False when it is not here or has ended."""
+        supervisor = self._require()
+        if delete:
+            self._deleting.add(agent_id)
+        if supervisor.cancel(agent_id, reason):
+            return True
+        if delete and self._claims is not None and self._claims.ownership.holds(agent_id):
+            self._on_final(supervisor.agents.get(agent_id) or AgentState(agent_id, "", {}))  # ended, still held
+            return True
+        return False
 
     def worker_pids(self) -> list[int]:
         return self._require().worker_pids()
@@ -355,6 +377,11 @@ class Fleet:
         if self._replication.halted is not None:  # fenced: this node no longer writes to the prefix
             return
         agent_id = state.agent_id
+        if agent_id in self._deleting:
+            self._let_go_deleted(agent_id)
+            return
+        if state.status == CANCELLED:
+            self._record_cancel(agent_id, state.reason or "cancelled")
         synced = self._replication.sync_final(agent_id)
         try:
             journal = Journal(open_shard(self.data_dir, agent_id, self.run_config.shard, create=False), agent_id)
@@ -365,6 +392,8 @@ class Fleet:
             finally:
                 journal.close()
             status = published(run.status if run else None, synced=synced, gave_up=state.status == GAVE_UP)
+            if run is None and state.status == CANCELLED:
+                status = CANCELLED  # cancelled before it ever ran
             # handed back once the replica holds all of it: finished agents are nobody's, a gave_up one waits
             # for an operator; an unconfirmed one stays this node's until the sync (or this node) ends
             self._publish(agent_id, status, state.target, run.input_digest if run else "", run.id if run else "",
@@ -395,6 +424,33 @@ class Fleet:
             with contextlib.suppress(AgentShardsError, OSError):
                 self._replication.litestream.unregister(agent_id)
 
+    def _record_cancel(self, agent_id: str, reason: str) -> None:
+        """Record the operator's cancel in the journal (its worker is gone), as ``cancel_agent`` does offline."""
+        journal = Journal(open_shard(self.data_dir, agent_id, self.run_config.shard, create=False), agent_id)
+        try:
+            runs = journal.runs()
+            if runs and runs[-1].status == RUNNING:
+                journal.finish_run(runs[-1].id, CANCELLED, error_json=json.dumps({"type": "Cancelled",
+                                                                                   "message": reason}))
+        finally:
+            journal.close()
+
+    def _let_go_deleted(self, agent_id: str) -> None:
+        """An agent an operator deletes: stop replicating it, remove its local files and hand it back (the
+        entry keeps the delete request, so no node claims it); the operator's command deletes the rest."""
+        from .._replication.archive import remove_local
+
+        try:
+            with contextlib.suppress(AgentShardsError, OSError):
+                self._replication.litestream.unregister(agent_id)
+            remove_local(self.data_dir, agent_id)
+            assert self._claims is not None  # only nodes with a replica are asked to delete
+            self._claims.ownership.release(agent_id)
+            log.info("agent %s: deleted here and handed back for its deletion everywhere", agent_id)
+        except Exception as exc:  # whatever it is, it is this agent's: the fleet goes on
+            self._finalisation_failed(AgentState(agent_id, "", {}, status=CANCELLED), "deleting it", exc,
+                                      "run `agentshards delete --fleet` again")
+
     def _finalisation_failed(self, state: AgentState, stage: str, exc: Exception, hint: str) -> None:
         detail = exc.message if isinstance(exc, AgentShardsError) else f"{type(exc).__name__}: {exc}"
         error = ReplicationError(f"its run is over here ({state.status}), but {stage} failed: {detail}",
@@ -409,6 +465,8 @@ class Fleet:
         assert self._claims is not None
         fields: dict[str, Any] = {"status": status, "target": target, "input_digest": digest, "run_id": run_id,
                                   "steps": steps, "code_fingerprint": self._fingerprints.get(target)}
+        if release:  # the agent's end, published: an operator's cancel or retry of it is settled by it
+            fields.update(request=None, request_reason=None)
         if self._inputs_json.get(agent_id) is not None:
             fields["inputs_json"] = self._inputs_json[agent_id]
         self._replication.publish_with(agent_id, status, lambda: (

@@ -82,6 +82,7 @@ class Node:
         self._stop = threading.Event()
         self.stopped_by: str | None = None
         self.claimed: list[str] = []  # every agent this node claimed, in order
+        self._acting: set[str] = set()  # agents whose cancel or delete is under way here
 
     @property
     def node_id(self) -> str | None:
@@ -132,7 +133,7 @@ class Node:
     def _scan(self, cache: EntryCache, policy: Any) -> None:
         """Claim what this node has room for among the claimable agents."""
         from .._core.target_policy import resolve_stored
-        from .._replication.states import CLAIMABLE
+        from .requests import claimable_with
 
         fleet = self.fleet
         claims = fleet._claims
@@ -144,16 +145,19 @@ class Node:
             log.warning("node %s: could not scan the prefix (%s: %s); trying again at the next scan", claims.node,
                         type(exc).__name__, exc)
             return
+        for entry in entries:
+            if entry.request is not None and claims.ownership.holds(entry.agent_id):
+                self._carry_out(entry)
         room = self.capacity - len(claims.ownership.held())
         if room <= 0 or claims.node in claims.nodes.draining:
             return
         running = fleet._supervisor.agents
         candidates = []
         for entry in entries:
-            if entry.status not in CLAIMABLE or claims.ownership.holds(entry.agent_id):
+            if not claimable_with(entry) or claims.ownership.holds(entry.agent_id):
                 continue
-            if entry.agent_id in running:
-                continue  # it ended here (a fleet launches an agent once)
+            if entry.agent_id in running and entry.request is None:
+                continue  # it ended here (a fleet launches an agent once, but for an operator's request)
             owner = entry.node
             alive = (owner is not None and owner != claims.node and not claims.nodes.gone(owner)
                      and (claims.nodes.overdue(owner) > 0 or not claims.nodes.expire(owner)))
@@ -172,12 +176,55 @@ class Node:
                 log.error("node %s: not claiming agent %s: %s", claims.node, entry.agent_id, exc)
                 continue
             batches.setdefault(entry.target, {})[entry.agent_id] = inputs
+        requested = {e.agent_id: e for e in candidates[:room] if e.request is not None}
         for target, agents in batches.items():
             _launch(fleet, target, agents)
             self.claimed.extend(a for a in agents if claims.ownership.holds(a))
+            for agent_id in agents:  # before the next tick starts them: a cancel or a retry is carried out now
+                if agent_id in requested and claims.ownership.holds(agent_id):
+                    self._carry_out(requested[agent_id])
         if batches:
             log.info("node %s: claimed %d agents (%d held)", claims.node,
                      sum(len(b) for b in batches.values()), len(claims.ownership.held()))
+
+
+    def _carry_out(self, entry: ManifestEntry) -> None:
+        """An operator's request for an agent this node owns (``requests.py``): cancel or delete stops it here;
+        a retry reopens its failed run before its worker starts. Done once: the request leaves the entry when
+        it is settled (a published end, a hand-back, or the retry's own write below)."""
+        from .._replication.manifest import CANCEL, DELETE, RETRY
+
+        fleet, agent_id, claims = self.fleet, entry.agent_id, self.fleet._claims
+        assert claims is not None
+        reason = entry.request_reason or f"{entry.request} requested by an operator"
+        try:
+            if entry.request in (CANCEL, DELETE):
+                if agent_id not in self._acting:
+                    self._acting.add(agent_id)
+                    log.warning("node %s: agent %s: %s", claims.node, agent_id, reason)
+                    if not fleet.cancel(agent_id, reason, delete=entry.request == DELETE):
+                        claims.ownership.update(agent_id, request=None, request_reason=None)  # it had ended
+            elif entry.request == RETRY:
+                reopen_failed(fleet, agent_id)
+                claims.ownership.update(agent_id, request=None, request_reason=None)
+        except AgentShardsError as exc:
+            log.error("node: agent %s: could not carry out the operator's %s: %s", agent_id, entry.request, exc)
+
+
+def reopen_failed(fleet: Fleet, agent_id: str) -> None:
+    """Reopen the agent's failed run (its worker has not started: the supervisor starts it at its next tick),
+    so it resumes from its last completed step, as ``retry_agent`` does on one machine."""
+    from .._core.journal import Journal
+    from .._core.shard import open_shard
+    from .._replication.states import FAILED
+
+    journal = Journal(open_shard(fleet.data_dir, agent_id, fleet.run_config.shard, create=False), agent_id)
+    try:
+        runs = journal.runs()
+        if runs and runs[-1].status == FAILED:
+            journal.reopen(runs[-1].id)
+    finally:
+        journal.close()
 
 
 def _launch(fleet: Fleet, target: str, agents: dict[str, Any]) -> None:
@@ -186,7 +233,7 @@ def _launch(fleet: Fleet, target: str, agents: dict[str, Any]) -> None:
     from .._base.errors import AgentOwned
 
     try:
-        fleet.launch(target, agents)
+        fleet.launch(target, agents, again=True)
     except AgentShardsError as exc:
         log.error("node: could not launch %d agents of %s: %s", len(agents), target, exc)
         return

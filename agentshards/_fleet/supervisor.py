@@ -26,13 +26,13 @@ from .._base.atomic import write_json_atomic
 from .._base.config import ShardConfig, SupervisorConfig
 from .._base.environ import worker_env
 from .._base.errors import AgentShardsError
-from .._replication.states import BUDGET_EXCEEDED, FAILED, GAVE_UP, SUCCEEDED
+from .._replication.states import BUDGET_EXCEEDED, CANCELLED, FAILED, GAVE_UP, SUCCEEDED
 from .zygote import ForkedWorker, Zygote
 
 log = logging.getLogger("agentshards")
 
 PENDING, RUNNING, RESTARTING = "pending", "running", "restarting"
-FINAL_STATES = (SUCCEEDED, FAILED, BUDGET_EXCEEDED, GAVE_UP)
+FINAL_STATES = (SUCCEEDED, FAILED, BUDGET_EXCEEDED, GAVE_UP, CANCELLED)
 """The supervisor is done with these agents; a gave_up agent's run is still open (recover and retry take it)."""
 
 
@@ -48,6 +48,8 @@ class AgentState:
     reason: str | None = None
     result: Any = None
     error: dict[str, Any] | None = None
+    cancel: str | None = None  # an operator's cancel under way: its reason
+    cancel_by: float = 0.0     # when a worker that ignored its SIGTERM gets SIGKILL
 
 
 def read_outcome(path: Path) -> tuple[dict[str, Any] | None, str | None]:
@@ -143,6 +145,7 @@ class Supervisor:
 
     def tick(self) -> None:
         self._check_halted()
+        self._enforce_cancels()
         self._reap()
         self._start_due()
         self.on_tick()
@@ -173,6 +176,9 @@ class Supervisor:
         elif outcome is not None and outcome.get("final") is True:
             self._final(state, outcome["status"], error=outcome["error"],
                         reason=f"{outcome['error']['type']}: {outcome['error']['message'][:300]}")
+        elif state.cancel is not None:
+            path.unlink(missing_ok=True)
+            self._final(state, CANCELLED, reason=state.cancel, error={"type": "Cancelled", "message": state.cancel})
         else:
             if outcome is not None:
                 reason = f"{outcome['error']['type']}: {outcome['error']['message']}"
@@ -201,6 +207,37 @@ class Supervisor:
         state.status, state.result, state.error, state.reason = status, result, error, reason
         log.info("agent %s: %s%s", state.agent_id, status, f" ({reason})" if reason else "")
         self.on_final(state)
+
+    # -- cancelling ---------------------------------------------------------------------------------------
+
+    def cancel(self, agent_id: str, reason: str) -> bool:
+        """End an agent as ``cancelled``: at once when no worker runs it, else once its worker is gone. The
+        worker gets SIGTERM (its other agents drain and are restarted) and SIGKILL after ``stop_timeout_s``.
+        False when the agent is not here or has ended already (an ending that came first stands)."""
+        state = self.agents.get(agent_id)
+        if state is None or state.status in FINAL_STATES:
+            return False
+        if state.cancel is not None:
+            return True  # under way
+        state.cancel = reason
+        worker = next((w for w in self._workers if agent_id in w.agent_ids), None)
+        if state.status == RUNNING and worker is not None and worker.proc.poll() is None:
+            state.cancel_by = self.clock() + self.config.stop_timeout_s
+            worker.proc.send_signal(signal.SIGTERM)
+            log.warning("agent %s: cancelling (%s): worker %d stopped", agent_id, reason, worker.proc.pid)
+        elif worker is None:
+            self._final(state, CANCELLED, reason=reason, error={"type": "Cancelled", "message": reason})
+        return True  # a worker that already exited is reaped at this tick, and settles it as cancelled
+
+    def _enforce_cancels(self) -> None:
+        now = self.clock()
+        for worker in self._workers:
+            late = [a for a in worker.agent_ids if self.agents[a].cancel is not None and self.agents[a].cancel_by
+                    and now >= self.agents[a].cancel_by and self.agents[a].status == RUNNING]
+            if late and worker.proc.poll() is None:
+                log.warning("agent %s: its worker %d ignored SIGTERM for %.0fs; SIGKILL", late[0], worker.proc.pid,
+                            self.config.stop_timeout_s)
+                worker.proc.kill()
 
     # -- starting workers ---------------------------------------------------------------------------------
 

@@ -146,13 +146,13 @@ def _archive(agent_id: str, data: Path, target: ReplicaTarget, store: ObjectStor
         store.delete(replica_key)
     crash.reached("archive_replica_deleted")
 
-    _remove_local(data, agent_id)
+    remove_local(data, agent_id)
     copy.unlink(missing_ok=True)
     return ArchiveEntry(agent_id, key, digest.hexdigest(), len(blob), run.status, steps, spend.spent_usd,
                         run.finished_at, archived_at)
 
 
-def _remove_local(data: Path, agent_id: str) -> None:
+def remove_local(data: Path, agent_id: str) -> None:
     """The shard and everything this package keeps beside it for the agent (not its lock file: see _core.locks)."""
     path = shard_path(data, agent_id)
     remove_shard_files(path)
@@ -246,19 +246,27 @@ def delete_agent(agent_id: str, data_dir: str | os.PathLike[str], replica: str |
 def _delete(agent_id: str, data: Path, replica: str | ReplicaTarget | None, env: Mapping[str, str]) -> list[str]:
     removed = []
     if shard_path(data, agent_id).exists():
-        _remove_local(data, agent_id)
+        remove_local(data, agent_id)
         removed.append("local shard")
     if replica is not None:
         target, store = _target(replica, env)
-        keys = store.list(target.agent_key(agent_id) + "/")
-        for key in keys:
-            store.delete(key)
-        if keys:
-            removed.append("replica")
+        removed += delete_replica_copies(agent_id, target, store)
         if read_manifest(store, target, agent_id) is not None:
             delete_manifest(store, target, agent_id)
             removed.append("manifest")
-        if store.list(target.archive_key(agent_id)):
-            store.delete(target.archive_key(agent_id))
-            removed.append("archive")
+    return removed
+
+
+def delete_replica_copies(agent_id: str, target: ReplicaTarget, store: ObjectStore) -> list[str]:
+    """Delete the agent's replica (every generation: they sit under its prefix) and its archive; the entry
+    is the caller's to delete last, so a failure half-way still lists the agent. Returns what went."""
+    removed = []
+    keys = store.list(target.agent_key(agent_id) + "/")
+    for key in keys:
+        store.delete(key)
+    if keys:
+        removed.append("replica")
+    if store.list(target.archive_key(agent_id)):
+        store.delete(target.archive_key(agent_id))
+        removed.append("archive")
     return removed

@@ -14,6 +14,8 @@ from .objectstore import ObjectNotFound, ObjectStore
 from .replica import ReplicaTarget
 
 MANIFEST_VERSION = 1
+CANCEL, RETRY, DELETE = "cancel", "retry", "delete"
+"""An operator's requests, carried out by the agent's node (``_fleet/requests.py``)."""
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,10 @@ class ManifestEntry:
     dir_id: str | None = None
     """The data dir the owner runs it from: a node finding its own data dir here may trust its local shard
     (nobody else wrote to the agent since); any other claim restores from the live generation."""
+    request: str | None = None
+    """An operator's request (``cancel``, ``retry``, ``delete``) for whichever node owns the agent or claims
+    it next; the node that carries it out clears it (``_fleet/requests.py``)."""
+    request_reason: str | None = None
 
 
 def encode(entry: ManifestEntry) -> bytes:

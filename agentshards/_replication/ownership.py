@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from .._base.errors import AgentOwned, OwnershipLost
-from .manifest import ManifestEntry, decode, encode
+from .manifest import DELETE, ManifestEntry, decode, encode
 from .objectstore import ObjectNotFound, ObjectStore
 from .replica import ReplicaTarget
 
@@ -113,6 +113,8 @@ class Ownership:
         if record is None:
             raise OwnershipLost("this node no longer owns it", agent_id=agent_id,
                                 hint="another node claimed it; this node writes nothing more for it")
+        if record.entry.request == DELETE:  # an agent being deleted stays so: only the deleting command settles it
+            changes = {**changes, "request": DELETE, "request_reason": record.entry.request_reason}
         entry = replace(record.entry, updated_at=time.time(), **changes)
         key = self.target.manifest_key(agent_id)
         etag = self.store.put_if(key, encode(entry), record.etag)
@@ -122,7 +124,12 @@ class Ownership:
                 etag = current.etag  # this very write, retried by the client after a lost answer
             elif (current is not None and current.entry.node == self.node
                   and current.entry.generation == record.entry.generation):
-                etag = self.store.put_if(key, encode(entry), current.etag)  # an earlier write of ours landed late
+                # An earlier write of ours that landed late, or an operator's request (``_fleet/requests.py``):
+                # the request is kept unless this very write settles it (a delete only its command settles).
+                if "request" not in changes or current.entry.request == DELETE:
+                    entry = replace(entry, request=current.entry.request,
+                                    request_reason=current.entry.request_reason)
+                etag = self.store.put_if(key, encode(entry), current.etag)
             elif current is None:  # the entry vanished (a wiped bucket): ours again only if nobody wrote it first
                 etag = self.store.put_if(key, encode(entry), None)
                 if etag is not None:
