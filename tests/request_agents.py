@@ -24,3 +24,14 @@ def fails_until(agent: agentshards.Agent, marker: str) -> str:
     if not Path(marker).exists():
         raise ValueError(f"{marker} is missing")
     return str(agent.step("finish", lambda: f"{done} and finished"))
+
+
+def swallows(agent: agentshards.Agent, n: int, seconds: float) -> str:
+    """Agent code that catches everything around its steps (the refusal of a stopping worker included)."""
+    done = 0
+    for i in range(n):
+        try:
+            done += agent.step(f"s{i}", pause, seconds, 1)
+        except Exception:
+            continue
+    return f"{done} steps"

@@ -171,3 +171,20 @@ def test_claims_refuse_an_agent_a_live_node_owns_and_name_it(tmp_path: Path, pre
     with pytest.raises(AgentOwned, match="node owner owns it") as refused:
         claims.claim("a", {"status": "running"})
     assert refused.value.node == "owner" and refused.value.agent_id == "a"
+
+
+def test_a_node_claims_only_what_is_still_claimable_when_it_claims(prefix: tuple) -> None:
+    """An operator cancelled a queued agent after a node's scan listed it: the claim reads the entry again and
+    leaves it alone (without the check, the claim wrote ``running`` over ``cancelled`` and ran it)."""
+    from agentshards._fleet.requests import claimable_with
+
+    store, target = prefix
+    Ownership(store, target, "submit", "").create(_entry(), owned=False)
+    key = target.manifest_key("a")  # type: ignore[attr-defined]
+    store.put(key, json.dumps({**json.loads(store.get(key)), "status": "cancelled"}, sort_keys=True).encode())
+    keeper = LeaseKeeper(Lease(store, target, LeaseConfig(30.0), owner="me", key=target.node_key("me")))  # type: ignore[attr-defined]
+    claims = Claims(keeper, Ownership(store, target, "me", "mine"), NodeWatch(store, target), take_over=False)
+    claims.admit = claimable_with
+    with pytest.raises(AgentOwned, match="no longer claimable \\(cancelled\\)"):
+        claims.claim("a", {"status": "running"})
+    assert json.loads(store.get(key))["status"] == "cancelled" and json.loads(store.get(key))["node"] is None

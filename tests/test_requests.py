@@ -18,8 +18,11 @@ from pathlib import Path
 import pytest
 
 from agentshards import (
+    AgentFailed,
+    Fleet,
     InvalidInputs,
     Node,
+    SupervisorConfig,
     cancel_in_fleet,
     delete_in_fleet,
     inspect_agent,
@@ -179,5 +182,32 @@ def test_the_cli_through_the_prefix(tmp_path: Path) -> None:
     assert queued is not None
     write_manifest(store, target, replace(queued, node="ghost", generation=1))
     pending = _cli("delete", "r", "--fleet", "--replica", replica, "--yes", "--wait", "0.5", cwd=tmp_path)
-    assert pending.returncode == 3 and "stays in the agent's entry" in pending.stdout
+    assert pending.returncode == 3 and "nothing was deleted, and no node claims it" in pending.stdout
     assert getattr(read_manifest(store, target, "r"), "request", None) == "delete"
+
+
+def test_a_cancel_stops_the_agent_even_if_its_code_swallows_the_refusal_and_spares_its_worker_mates(
+        tmp_path: Path) -> None:
+    """The cancelled agent shares its worker: SIGTERM makes the worker refuse new steps; the agent's code
+    catches every refusal and returns, yet its run is recorded cancelled, not succeeded; the other agent of
+    the worker starts again without a restart counted against it."""
+    fleet = Fleet(tmp_path / "d", app_dir=TESTS_DIR, config=SupervisorConfig(agents_per_worker=2))
+    fleet.launch("request_agents:swallows", {"greedy": {"n": 200, "seconds": 0.05},
+                                              "mate": {"n": 30, "seconds": 0.05}})  # one worker: one target
+    cancelled = threading.Event()
+
+    def cancel_when_running() -> None:
+        _wait_for(lambda: _steps_done(tmp_path / "d", "greedy") >= 3, 60, "the agent running")
+        assert fleet.cancel("greedy", "stopped by the test")
+        cancelled.set()
+
+    helper = threading.Thread(target=cancel_when_running)
+    helper.start()
+    results = fleet.wait(timeout_s=120)
+    helper.join()
+    assert cancelled.is_set()
+    assert isinstance(results["greedy"], AgentFailed) and results["greedy"].error_type == "Cancelled"
+    assert results["mate"] == "30 steps"  # the refusals it swallowed left its run open: resumed, then done
+    (run,) = inspect_agent(tmp_path / "d", "greedy").runs
+    assert run.run.status == "cancelled" and len(run.steps) < 200
+    assert fleet.status()["mate"].restarts == 0

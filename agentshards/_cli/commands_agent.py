@@ -242,7 +242,7 @@ def delete(agent_id: str, data_dir: str, replica: str | None, yes: bool, dry_run
     _valid(agent_id)
     if through_fleet:
         _fleet_replica(replica, agent_id)
-    where = ("the shard on its node, " if through_fleet else "local shard") + (
+    where = ("the shard on the node that runs it" if through_fleet else "local shard") + (
         ", replica, manifest and archive" if replica else "")
     if dry_run:
         emit({"agent_id": agent_id, "would_remove": where, "removed": []},
@@ -279,9 +279,16 @@ def _emit_request(outcome: Any) -> NoReturn:
           "node": outcome.node, "done": outcome.done, "removed": list(outcome.removed)},
          lambda: click.echo(f"{outcome.agent_id}: {outcome.outcome}" + (f" (node {outcome.node})" if outcome.node
                                                                        else "")
-                            + ("" if outcome.done else f"; no node carried the {outcome.request} out yet: it stays "
-                               "in the agent's entry for the next node that owns it")))
+                            + ("" if outcome.done else _pending_text(outcome.request))))
     sys.exit(OK if outcome.done else PENDING)
+
+
+def _pending_text(request: str) -> str:
+    if request == "delete":
+        return ("; its node has not let go of it yet: nothing was deleted, and no node claims it from now on; run "
+                "the command again (a node that is gone is expired once its lease has lapsed)")
+    return (f"; no node carried the {request} out yet: it stays in the agent's entry for the node that owns it "
+            "or the next one to claim it")
 
 
 def _refuse_unconfirmed(agent_id: str) -> Exception:

@@ -18,6 +18,7 @@ Check = Callable[[str | None], None]
 
 _check: Check | None = None
 _draining = False
+_refused: set[str | None] = set()  # agents refused a request or a step since the drain began
 
 
 def install(check: Check | None) -> None:
@@ -38,6 +39,7 @@ def check_send(agent_id: str | None = None) -> None:
     if _draining:
         from .._base.errors import Draining
 
+        _refused.add(agent_id)
         raise Draining("its worker is stopping, so this LLM request was not sent", agent_id=agent_id,
                        hint="the run stays open and resumes from its last recorded step wherever it runs next")
     check(agent_id)
@@ -49,8 +51,15 @@ def check_start(agent_id: str | None = None, step: str | None = None) -> None:
     if _draining:
         from .._base.errors import Draining
 
+        _refused.add(agent_id)
         raise Draining("its worker is stopping, so this step was not started", agent_id=agent_id, step=step,
                        hint="the run stays open and resumes from its last recorded step wherever it runs next")
+
+
+def refused(agent_id: str | None) -> bool:
+    """Whether the drain refused this agent something: then its run must not end in this process, even if
+    the agent's code caught ``Draining`` (an ``except Exception``) and went on to return or raise."""
+    return agent_id in _refused
 
 
 def check(agent_id: str | None = None) -> None:

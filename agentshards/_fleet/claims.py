@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +28,7 @@ from .._core.shard import shard_path
 if TYPE_CHECKING:
     from .._base.config import LitestreamConfig
     from .._replication.lease_keeper import LeaseKeeper
+    from .._replication.manifest import ManifestEntry
     from .._replication.nodes import NodeWatch
     from .._replication.objectstore import ObjectStore
     from .._replication.ownership import Ownership, Record
@@ -56,6 +57,10 @@ def data_dir_id(data_dir: Path) -> str:
 class Claims:
     def __init__(self, keeper: LeaseKeeper, ownership: Ownership, nodes: NodeWatch, *, take_over: bool) -> None:
         self.keeper, self.ownership, self.nodes, self.take_over = keeper, ownership, nodes, take_over
+        # A node claims only what it may take by itself (``requests.claimable_with``), judged on the entry as
+        # read for the claim, not as scanned: an operator may have cancelled it in between. None: a launch,
+        # recover or run_agent asked for these agents by name.
+        self.admit: Callable[[ManifestEntry], bool] | None = None
         self.before: dict[str, Record | None] = {}  # agent -> its entry before this node claimed it
 
     @property
@@ -121,6 +126,9 @@ class Claims:
             if before.entry.request == DELETE:
                 raise InvalidInputs("an operator is deleting it", agent_id=agent_id,
                                     hint="`agentshards delete --fleet` finishes the deletion")
+            if self.admit is not None and not self.admit(before.entry):
+                raise AgentOwned(f"it is no longer claimable ({before.entry.status})", agent_id=agent_id,
+                                 hint="its entry changed since this node scanned it")
             owner = before.entry.node
             if owner is not None and owner != self.node:
                 self.nodes.refresh(max_age_s=2.0)

@@ -241,8 +241,14 @@ class Fleet:
             self._deleting.add(agent_id)
         if supervisor.cancel(agent_id, reason):
             return True
-        if delete and self._claims is not None and self._claims.ownership.holds(agent_id):
-            self._on_final(supervisor.agents.get(agent_id) or AgentState(agent_id, "", {}))  # ended, still held
+        state = supervisor.agents.get(agent_id)
+        held = self._claims is not None and self._claims.ownership.holds(agent_id)
+        if delete and held:
+            self._on_final(state or AgentState(agent_id, "", {}))  # ended, still held (its sync not confirmed)
+            return True
+        if state is not None and state.status == GAVE_UP and held:  # its run is open: cancelled, not given up
+            state.status, state.reason = CANCELLED, reason
+            self._on_final(state)
             return True
         return False
 
@@ -345,15 +351,17 @@ class Fleet:
         for agent_id in agent_ids:
             try:
                 self._replication.adopt_torn_commit(agent_id, self.run_config.shard)
-            except AgentShardsError as exc:
+            except Exception as exc:  # whatever it is, it is this agent's: the supervisor loop goes on
                 log.error("agent %s: %s", agent_id, exc)
-                refused[agent_id] = str(exc)
+                refused[agent_id] = str(exc) if isinstance(exc, AgentShardsError) else f"{type(exc).__name__}: {exc}"
         return refused
 
     def _on_final(self, state: AgentState) -> None:
         """Hand the finished agent to a small thread pool: its sync, manifest PUT and unregister take ~20 ms,
         which, run inline in the supervisor loop, added ~20 s to a 1,000-agent recovery (measured)."""
         if self._replication is None:
+            if state.status == CANCELLED:
+                self._record_cancel(state.agent_id, state.reason or "cancelled")
             return
         if self._finals is None:
             self._finals = ThreadPoolExecutor(max_workers=8, thread_name_prefix="agentshards-final")
@@ -381,7 +389,12 @@ class Fleet:
             self._let_go_deleted(agent_id)
             return
         if state.status == CANCELLED:
-            self._record_cancel(agent_id, state.reason or "cancelled")
+            try:
+                self._record_cancel(agent_id, state.reason or "cancelled")
+            except Exception as exc:  # whatever it is, it is this agent's: the fleet goes on
+                self._finalisation_failed(state, "recording its cancel", exc, "its run is still open; cancel it "
+                                          "again (`agentshards cancel --fleet`)")
+                return
         synced = self._replication.sync_final(agent_id)
         try:
             journal = Journal(open_shard(self.data_dir, agent_id, self.run_config.shard, create=False), agent_id)
@@ -450,6 +463,8 @@ class Fleet:
         except Exception as exc:  # whatever it is, it is this agent's: the fleet goes on
             self._finalisation_failed(AgentState(agent_id, "", {}, status=CANCELLED), "deleting it", exc,
                                       "run `agentshards delete --fleet` again")
+        finally:
+            self._deleting.discard(agent_id)
 
     def _finalisation_failed(self, state: AgentState, stage: str, exc: Exception, hint: str) -> None:
         detail = exc.message if isinstance(exc, AgentShardsError) else f"{type(exc).__name__}: {exc}"

@@ -103,6 +103,9 @@ class Node:
         supervisor = fleet._begin(extra={"capacity": self.capacity})
         claims, replication = fleet._claims, fleet._replication
         assert claims is not None and replication is not None
+        from .requests import claimable_with
+
+        claims.admit = claimable_with
         policy = TargetPolicy.of(fleet.app_dir, self.allow_targets)
         cache = EntryCache(replication.store, replication.target)
         log.info("node %s: up on %s with capacity %d", claims.node, replication.target.describe(), self.capacity)
@@ -133,6 +136,7 @@ class Node:
     def _scan(self, cache: EntryCache, policy: Any) -> None:
         """Claim what this node has room for among the claimable agents."""
         from .._core.target_policy import resolve_stored
+        from .._replication.states import QUEUED
         from .requests import claimable_with
 
         fleet = self.fleet
@@ -145,6 +149,7 @@ class Node:
             log.warning("node %s: could not scan the prefix (%s: %s); trying again at the next scan", claims.node,
                         type(exc).__name__, exc)
             return
+        self._acting &= {e.agent_id for e in entries if e.request is not None and claims.ownership.holds(e.agent_id)}
         for entry in entries:
             if entry.request is not None and claims.ownership.holds(entry.agent_id):
                 self._carry_out(entry)
@@ -156,8 +161,8 @@ class Node:
         for entry in entries:
             if not claimable_with(entry) or claims.ownership.holds(entry.agent_id):
                 continue
-            if entry.agent_id in running and entry.request is None:
-                continue  # it ended here (a fleet launches an agent once, but for an operator's request)
+            if entry.agent_id in running and entry.request is None and entry.status != QUEUED:
+                continue  # it ended here (launched again only for an operator's request, or submitted anew)
             owner = entry.node
             alive = (owner is not None and owner != claims.node and not claims.nodes.gone(owner)
                      and (claims.nodes.overdue(owner) > 0 or not claims.nodes.expire(owner)))
@@ -207,8 +212,10 @@ class Node:
             elif entry.request == RETRY:
                 reopen_failed(fleet, agent_id)
                 claims.ownership.update(agent_id, request=None, request_reason=None)
-        except AgentShardsError as exc:
-            log.error("node: agent %s: could not carry out the operator's %s: %s", agent_id, entry.request, exc)
+        except Exception as exc:  # the store's errors included: the next scan tries again, the node goes on
+            self._acting.discard(agent_id)
+            log.error("node %s: agent %s: could not carry out the operator's %s: %s", claims.node, agent_id,
+                      entry.request, exc)
 
 
 def reopen_failed(fleet: Fleet, agent_id: str) -> None:

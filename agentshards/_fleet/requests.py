@@ -44,7 +44,8 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class RequestOutcome:
-    """What became of an operator's request: ``done`` false when it was left in the entry (``--no-wait``)."""
+    """What became of an operator's request: ``done`` false when no node carried it out within the wait (it
+    stays in the entry)."""
 
     agent_id: str
     request: str
@@ -70,6 +71,7 @@ def cancel_in_fleet(agent_id: str, replica: str, *, reason: str = "cancelled by 
     fleet = _Prefix(agent_id, replica, env)
 
     def decide(entry: ManifestEntry) -> dict[str, Any]:
+        _refuse_during_delete(entry)
         if entry.status in SETTLED:
             raise InvalidInputs(f"has ended ({entry.status}): nothing to cancel", agent_id=agent_id,
                                 hint="`agentshards delete` removes an agent that has ended")
@@ -87,7 +89,7 @@ def cancel_in_fleet(agent_id: str, replica: str, *, reason: str = "cancelled by 
         entry = record.entry
         if entry.status == CANCELLED:
             return RequestOutcome(agent_id, CANCEL, CANCELLED, entry.node or written.entry.node, True)
-        if entry.status in SETTLED:
+        if entry.status in SETTLED or entry.request is None:  # its node found the run over, and said so
             raise InvalidInputs(f"ended ({entry.status}) before the cancel reached it", agent_id=agent_id,
                                 hint="its result stands; `agentshards delete` removes it")
         return None
@@ -101,6 +103,7 @@ def retry_in_fleet(agent_id: str, replica: str, *, wait_s: float = 120.0,
     fleet = _Prefix(agent_id, replica, env)
 
     def decide(entry: ManifestEntry) -> dict[str, Any]:
+        _refuse_during_delete(entry)
         if entry.status not in (FAILED, GAVE_UP):
             raise InvalidInputs(f"is {entry.status}: retry takes failed and gave_up agents", agent_id=agent_id,
                                 hint="an agent that ended otherwise starts again only as a new run")
@@ -147,6 +150,12 @@ def delete_in_fleet(agent_id: str, replica: str, *, wait_s: float = 120.0,
     removed = delete_replica_copies(agent_id, fleet.target, fleet.store)
     delete_manifest(fleet.store, fleet.target, agent_id)
     return RequestOutcome(agent_id, DELETE, "deleted", owner, True, (*removed, "manifest"))
+
+
+def _refuse_during_delete(entry: ManifestEntry) -> None:
+    if entry.request == DELETE:
+        raise InvalidInputs("an operator is deleting it", agent_id=entry.agent_id,
+                            hint="`agentshards delete --fleet` finishes the deletion")
 
 
 class _Prefix:

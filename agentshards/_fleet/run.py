@@ -21,12 +21,14 @@ from .._base.errors import (
     AgentFailed,
     AgentShardsError,
     BudgetExceeded,
+    Draining,
     InvalidInputs,
     InvalidTarget,
     LLMRequestRejected,
     ShardError,
 )
 from .._core import codec as _codec
+from .._core import fence as _fence
 from .._core.agent import Agent
 from .._core.journal import BUDGET_EXCEEDED, CANCELLED, FAILED, RUNNING, SUCCEEDED, Journal, Run
 from .._core.locks import lock_agent, lock_data_dir
@@ -345,6 +347,8 @@ def _ended_with(journal: Journal, publish: Callable[[Run], None], run: Run, agen
     """Record how the agent's exception ends the run; return the error to raise from it (None: raise ``exc``
     itself, the run ended as budget_exceeded or stays open)."""
     agent.flush_ledger()
+    if _fence.refused(journal.agent_id):  # its code caught the drain's refusal: the run stays open all the same
+        return _drain_refusal(journal.agent_id)
     if isinstance(exc, BudgetExceeded):
         publish(journal.finish_run(run.id, BUDGET_EXCEEDED, error_json=json.dumps(
             {"type": "agentshards.BudgetExceeded", "message": exc.message})))
@@ -358,8 +362,16 @@ def _ended_with(journal: Journal, publish: Callable[[Run], None], run: Run, agen
     return _failure(journal.agent_id, run.error_json)
 
 
+def _drain_refusal(agent_id: str) -> Draining:
+    return Draining("its worker is stopping and refused it a step or an LLM call, so this run does not end here",
+                    agent_id=agent_id, hint="the run stays open and resumes from its last recorded step wherever "
+                                            "it runs next")
+
+
 def _succeeded(journal: Journal, publish: Callable[[Run], None], run: Run, agent: StepBook, result: Any) -> Any:
     agent.flush_ledger()
+    if _fence.refused(journal.agent_id):  # a result computed around a refused step or call is not its result
+        raise _drain_refusal(journal.agent_id)
     output = _codec.dumps(result, agent_id=journal.agent_id, step=None, what="agent result")
     run = journal.finish_run(run.id, SUCCEEDED, output_json=output)
     publish(run)

@@ -78,6 +78,7 @@ class _Worker:
     proc: ForkedWorker
     agent_ids: list[str]
     spec_path: Path
+    stopped_for: str | None = None  # the agent whose cancel stopped this worker
 
 
 @dataclass
@@ -164,10 +165,12 @@ class Supervisor:
             how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exited with {code}"
             refused = self.on_worker_lost(worker.agent_ids) if code != 0 else {}
             for agent_id in worker.agent_ids:
-                self._settle(self.agents[agent_id], f"worker {worker.proc.pid} {how}", refused.get(agent_id))
+                self._settle(self.agents[agent_id], f"worker {worker.proc.pid} {how}", refused.get(agent_id),
+                             worker.stopped_for)
         self._workers = alive
 
-    def _settle(self, state: AgentState, worker_exit: str, refused: str | None = None) -> None:
+    def _settle(self, state: AgentState, worker_exit: str, refused: str | None = None,
+                stopped_for: str | None = None) -> None:
         path = self.results_dir / f"{state.agent_id}.json"
         outcome, problem = read_outcome(path)
         state.worker_pid = None
@@ -185,6 +188,12 @@ class Supervisor:
             else:
                 reason = worker_exit if problem is None else f"{worker_exit}; {problem}"
             path.unlink(missing_ok=True)
+            if refused is None and stopped_for is not None and outcome is None:
+                # stopped with the agent an operator cancelled: not a crash of its own, so no restart counted
+                state.status, state.due_at = PENDING, self.clock()
+                state.reason = f"its worker was stopped to cancel agent {stopped_for}"
+                log.info("agent %s: %s; started again", state.agent_id, state.reason)
+                return
             if refused is not None:
                 self._final(state, GAVE_UP, reason=f"not restarted here: {refused}; last: {reason}",
                             error={"type": "NotRestarted", "message": refused})
@@ -223,6 +232,7 @@ class Supervisor:
         worker = next((w for w in self._workers if agent_id in w.agent_ids), None)
         if state.status == RUNNING and worker is not None and worker.proc.poll() is None:
             state.cancel_by = self.clock() + self.config.stop_timeout_s
+            worker.stopped_for = agent_id
             worker.proc.send_signal(signal.SIGTERM)
             log.warning("agent %s: cancelling (%s): worker %d stopped", agent_id, reason, worker.proc.pid)
         elif worker is None:

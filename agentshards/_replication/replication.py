@@ -24,7 +24,7 @@ from .._base.errors import AgentShardsError, ReplicationError
 from .._core.shard import shard_path
 from .._core.sqlite import open_connection
 from .._core.wal import unpublished_frames
-from .litestream import Litestream
+from .litestream import Litestream, SyncResult
 from .manifest import ManifestEntry, write_manifest
 from .objectstore import ObjectStore
 from .replica import ReplicaTarget
@@ -130,18 +130,20 @@ class Replication:
         A sync can answer "replica behind" when Litestream's own monitor synced the shard a moment before
         and its upload is still under way (measured: 13 of 100 agents' steps in a busy fleet): asked again,
         it waits for that upload too. Only a replica still behind at the deadline fails the confirmation."""
+        behind: SyncResult | None = None
         while True:
             remaining = deadline - time.monotonic()
+            if remaining <= 0 and behind is not None:  # what the last answer said, not only that time ran out
+                raise ReplicationError(f"replica at txid {behind.replicated_txid}, local at {behind.txid}",
+                                       agent_id=agent_id, hint="the replica is behind; see litestream.log")
             if remaining <= 0:
                 raise ReplicationError("timed out waiting for the replica", agent_id=agent_id,
                                        hint="is the replica reachable? the step is recorded locally")
             result = self.litestream.sync(agent_id, remaining)
             if result.replicated_txid >= result.txid:
                 return
-            if deadline - time.monotonic() <= _BEHIND_PAUSE_S:
-                raise ReplicationError(f"replica at txid {result.replicated_txid}, local at {result.txid}",
-                                       agent_id=agent_id, hint="the replica is behind; see litestream.log")
-            time.sleep(_BEHIND_PAUSE_S)
+            behind = result
+            time.sleep(max(0.0, min(_BEHIND_PAUSE_S, deadline - time.monotonic())))
 
     def repair(self, agent_id: str) -> None:
         """Replace a replica that has no snapshot with a fresh one.
@@ -173,8 +175,13 @@ class Replication:
         torn = unpublished_frames(path)
         if not torn:
             return 0
+        hint = "the agent is not restarted here; `agentshards recover` (or another node) takes it"
         with self._lock:  # not in the middle of a repair or a restart
-            self.litestream.unregister(agent_id)
+            try:
+                self.litestream.unregister(agent_id)
+            except (OSError, ReplicationError) as exc:
+                raise ReplicationError(f"a killed worker left a commit torn, and Litestream did not let go of the "
+                                       f"shard: {exc}", agent_id=agent_id, hint=hint) from exc
             try:
                 conn = open_connection(path, shard, create=False)
                 try:
@@ -183,9 +190,13 @@ class Replication:
                     conn.close()
             except apsw.Error as exc:
                 raise ReplicationError(f"could not open the shard to keep a torn commit: {exc}", agent_id=agent_id,
-                                       hint="the agent is not restarted here; `agentshards recover` takes it") from exc
+                                       hint=hint) from exc
             finally:
-                self.litestream.register(agent_id, self.generations.get(agent_id, 0))
+                try:
+                    self.litestream.register(agent_id, self.generations.get(agent_id, 0))
+                except (OSError, ReplicationError) as exc:
+                    raise ReplicationError(f"Litestream did not take the shard back after a torn commit: {exc}",
+                                           agent_id=agent_id, hint=hint) from exc
         left = unpublished_frames(path)
         if left:
             raise ReplicationError(
