@@ -37,7 +37,6 @@ from .._core.sqlite import require_sqlite
 from .._core.steps import StepBook
 from .._core.target import AgentFn, is_async, target_of
 from .._core.target_policy import TargetPolicy, resolve_stored
-from .confirm import supervisor_confirm
 
 if TYPE_CHECKING:  # replication modules load only when a replica is used: `import agentshards` stays fast
     from .._replication.objectstore import ObjectStore
@@ -282,7 +281,11 @@ def start_replication(data_dir: Path, replica: str, config: RunConfig, env: Mapp
 
 def _confirm_of(replication: Replication | None) -> Callable[[str, float], None] | None:
     """Who confirms ``replicated`` steps: this call's Litestream, or in a fleet worker its supervisor."""
-    return supervisor_confirm.get() if replication is None else replication.confirm
+    if replication is not None:
+        return replication.confirm
+    from .confirm import supervisor_confirm  # sockets and threads: only where a step is confirmed
+
+    return supervisor_confirm.get()
 
 
 def _execute(opened: _Opened, func: AgentFn, target: str, input_json: str, new_run: bool, config: RunConfig) -> Any:
