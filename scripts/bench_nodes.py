@@ -31,6 +31,7 @@ import time
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
@@ -38,11 +39,27 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 import boto3
 from bench_replication import loopback_s3_env, start_moto
 
-from agentshards import FakeLLMServer, list_fleet, submit
+from agentshards import FakeLLMServer, submit
 
 from fault_proxy import FaultProxy
 
 SCRIPTS = Path(__file__).resolve().parent
+
+
+class Manifest:
+    """The entries as the bench polls them: one LIST and a GET only per entry whose ETag changed (as nodes
+    scan). Reading every entry each poll took minutes per poll on a loaded loopback server, so the take-over
+    timings lagged the nodes' own logs by minutes."""
+
+    def __init__(self, replica: str, env: dict[str, str]) -> None:
+        from agentshards._fleet.node import EntryCache
+        from agentshards._fleet.run import check_replica
+
+        target, store = check_replica(replica, env)
+        self._cache = EntryCache(store, target)
+
+    def entries(self) -> list[Any]:
+        return self._cache.scan()
 
 
 def classify(line: str) -> str:
@@ -115,8 +132,9 @@ def main() -> None:
         started = time.monotonic()
         submit("_bench_agents:periodic_llm", {f"a{i:05d}": {"period": args.period, "calls": calls}
                                               for i in range(args.agents)}, replica, env=direct)
+        watch = Manifest(replica, direct)
         while True:
-            entries = list_fleet(replica, env=direct)
+            entries = watch.entries()
             running = sum(e.node is not None and e.live == e.generation for e in entries)
             if running == args.agents:
                 break
@@ -149,7 +167,7 @@ def main() -> None:
         shutil.rmtree(root / victim, ignore_errors=True)
         first = all_claimed = None
         while True:
-            now = list_fleet(replica, env=direct)
+            now = watch.entries()
             mine = [e for e in now if e.agent_id in lost]
             claimed = [e for e in mine if e.node not in (victim, None)]
             if claimed and first is None:

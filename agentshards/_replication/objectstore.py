@@ -195,8 +195,11 @@ class S3Store:
         # No region forced: without AWS_REGION (or a ?region= on the URL) the profile's region applies.
         self._client: Any = session.client(
             "s3", endpoint_url=target.endpoint, region_name=target.region,
+            # A pool as wide as the threads that share the client (a launch brings 32 agents up at once, the
+            # hand-back and the finalisations 8 each): with botocore's default of 10 the rest were discarded
+            # and reconnected on every request.
             config=Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5, read_timeout=30,
-                          s3={"addressing_style": "path"} if target.endpoint else None))
+                          max_pool_connections=64, s3={"addressing_style": "path"} if target.endpoint else None))
 
     def put(self, key: str, data: bytes, *, metadata: Mapping[str, str] | None = None,
             sha256: bytes | None = None) -> None:
