@@ -12,7 +12,6 @@ agents of a worker that died; every agent resumes from its journal, so a restart
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import resource
@@ -51,7 +50,7 @@ from .._replication.states import (
     is_unfinished,
     published,
 )
-from .run import _check_inputs, check_replica, code_fingerprint, start_replication
+from .run import _check_inputs, check_replica, code_fingerprint, record_cancel, start_replication
 from .supervisor import FINAL_STATES, AgentState, Supervisor
 from .worker_links import WorkerLinks, run_spec
 
@@ -443,10 +442,7 @@ class Fleet:
         """Record the operator's cancel in the journal (its worker is gone), as ``cancel_agent`` does offline."""
         journal = Journal(open_shard(self.data_dir, agent_id, self.run_config.shard, create=False), agent_id)
         try:
-            runs = journal.runs()
-            if runs and runs[-1].status == RUNNING:
-                journal.finish_run(runs[-1].id, CANCELLED, error_json=json.dumps({"type": "Cancelled",
-                                                                                   "message": reason}))
+            record_cancel(journal, reason)
         finally:
             journal.close()
 

@@ -511,11 +511,20 @@ def cancel_agent(agent_id: str, data_dir: str | os.PathLike[str], reason: str = 
     """End the agent's open run as ``cancelled`` (final). Refused while a supervisor owns the data dir."""
     with _offline_journal(agent_id, data_dir, "cancel") as journal:
         runs = journal.runs()
-        if not runs or runs[-1].status != RUNNING:
+        cancelled = record_cancel(journal, reason)
+        if cancelled is None:
             raise InvalidInputs(f"has no open run to cancel ({runs[-1].status if runs else 'no run'})",
                                 agent_id=agent_id, hint="only a running (open) run can be cancelled")
-        return journal.finish_run(runs[-1].id, CANCELLED, error_json=json.dumps(
-            {"type": "Cancelled", "message": reason}))
+        return cancelled
+
+
+def record_cancel(journal: Journal, reason: str) -> Run | None:
+    """End the agent's open run as ``cancelled`` with ``reason``; None when it has no open run. Offline here,
+    or by the supervisor of a fleet once the agent's worker is gone (an operator's cancel)."""
+    runs = journal.runs()
+    if not runs or runs[-1].status != RUNNING:
+        return None
+    return journal.finish_run(runs[-1].id, CANCELLED, error_json=json.dumps({"type": "Cancelled", "message": reason}))
 
 
 def retry_agent(agent_id: str, data_dir: str | os.PathLike[str], *, config: RunConfig | None = None,
