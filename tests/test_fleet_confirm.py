@@ -132,6 +132,8 @@ def _steps(shard: Path) -> tuple[int, float, list[str]]:
     conn = apsw.Connection(f"file:{shard}?mode=ro", flags=apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI)
     conn.set_busy_timeout(5000)  # Litestream checkpoints the shard meanwhile
     try:
+        if not conn.execute("SELECT 1 FROM sqlite_schema WHERE name = 'steps'").fetchall():
+            return 0, 0.0, []  # the file exists, its schema is being created: no step yet
         count, last = next(conn.execute("SELECT COUNT(*), COALESCE(MAX(completed_at), 0) FROM steps"))
         statuses = [row[0] for row in conn.execute("SELECT status FROM workflows")]
     finally:
