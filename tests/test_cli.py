@@ -473,7 +473,7 @@ def test_query_stops_on_ctrl_c(tmp_path: Path) -> None:
     proc = subprocess.Popen([*CLI, "query", CTE, "--data-dir", "d"], cwd=tmp_path, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        shard = str(tmp_path / "d" / "a1.db")
+        shard = os.path.realpath(tmp_path / "d" / "a1.db")
         deadline = time.monotonic() + 30
 
         def running(what: str) -> bool:
@@ -481,8 +481,16 @@ def test_query_stops_on_ctrl_c(tmp_path: Path) -> None:
             assert time.monotonic() < deadline, what
             return True
 
-        while running("the query never opened the shard") and not any(
-                os.path.realpath(f"/proc/{proc.pid}/fd/{fd}") == shard for fd in os.listdir(f"/proc/{proc.pid}/fd")):
+        def holds_shard() -> bool:
+            for fd in os.listdir(f"/proc/{proc.pid}/fd"):
+                try:
+                    if os.readlink(f"/proc/{proc.pid}/fd/{fd}") == shard:
+                        return True
+                except FileNotFoundError:  # closed between the listing and the look (imports open and close files)
+                    continue
+            return False
+
+        while running("the query never opened the shard") and not holds_shard():
             time.sleep(0.01)
         opened = _cpu_s(proc.pid)
         while running("the query did not run") and _cpu_s(proc.pid) < opened + 0.5:  # now it is in the CTE
