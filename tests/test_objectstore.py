@@ -48,6 +48,16 @@ def test_delete_is_idempotent(store: ObjectStore) -> None:
         store.get("prefix/k")
 
 
+def test_delete_many_deletes_those_keys_only_missing_ones_included(store: ObjectStore) -> None:
+    keys = [f"prefix/old/{i:04d}" for i in range(1005)]  # past one request's 1,000 keys on S3
+    for key in keys[:3] + keys[-3:]:
+        store.put(key, b"v")
+    store.put("prefix/keep", b"k")
+    store.delete_many(keys)
+    assert store.list("prefix/") == ["prefix/keep"]
+    store.delete_many([])
+
+
 def test_missing_bucket_is_a_clear_error(s3_env: dict[str, str]) -> None:
     with pytest.raises(InvalidReplica, match="create the bucket"):
         store_for(parse_replica("s3://no-such-bucket-here/x", s3_env), s3_env).check()

@@ -16,6 +16,7 @@ conditional write on its manifest entry before it writes anything for it; see ``
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -26,6 +27,8 @@ from .._base.errors import AgentOwned, LeaseError, ReplicationError
 from .._core.shard import shard_path
 
 if TYPE_CHECKING:
+    from concurrent.futures import ThreadPoolExecutor
+
     from .._base.config import LitestreamConfig
     from .._replication.lease_keeper import LeaseKeeper
     from .._replication.manifest import ManifestEntry
@@ -62,6 +65,11 @@ class Claims:
         # recover or run_agent asked for these agents by name.
         self.admit: Callable[[ManifestEntry], bool] | None = None
         self.before: dict[str, Record | None] = {}  # agent -> its entry before this node claimed it
+        # agent -> its entry as a node's scan just read it: the claim writes on that version (its If-Match
+        # fails if the entry changed since), so it need not be read again
+        self.scanned: dict[str, Record] = {}
+        self._collecting = threading.Lock()
+        self._collector: ThreadPoolExecutor | None = None  # collect_generations, off the bring-up's path
 
     @property
     def node(self) -> str:
@@ -116,8 +124,9 @@ class Claims:
 
         if self.keeper.lost is not None:
             raise self.keeper.lost
-        for _attempt in range(3):
-            before = self.ownership.read(agent_id)
+        for attempt in range(3):
+            scanned = self.scanned.pop(agent_id, None) if attempt == 0 else None
+            before = scanned if scanned is not None else self.ownership.read(agent_id)
             if before is None:
                 created = self.ownership.create(ManifestEntry(agent_id=agent_id, **fields))
                 if created is not None:
@@ -245,9 +254,19 @@ class Claims:
         replication.register(agent_id, generation)
         replication.confirm(agent_id, GO_LIVE_TIMEOUT_S)
         self.ownership.update(agent_id, live=generation)
-        collect_generations(replication.store, replication.target, agent_id, generation)
+        # older generations are garbage now, collected off the agent's way (a LIST and DELETEs: a second per
+        with self._collecting:  # agent on a loaded store, measured in a take-over, before it ran here)
+            if self._collector is None:
+                from concurrent.futures import ThreadPoolExecutor
+
+                self._collector = ThreadPoolExecutor(max_workers=2, thread_name_prefix="agentshards-collect")
+            self._collector.submit(collect_generations, replication.store, replication.target, agent_id, generation)
 
     def release(self) -> None:
+        with self._collecting:
+            collector, self._collector = self._collector, None
+        if collector is not None:  # what is not collected yet stays for the agent's next claim: harmless
+            collector.shutdown(wait=True, cancel_futures=True)
         self.keeper.release()
 
 
@@ -259,16 +278,14 @@ def collect_generations(store: ObjectStore, target: ReplicaTarget, agent_id: str
 
     root = target.agent_key(agent_id) + "/"
     numbered = re.compile(r"g([0-9]+)/")
-    removed = 0
     try:
-        for key in store.list(root):
-            found = numbered.match(key, len(root))
-            if (int(found.group(1)) if found else 0) < live:
-                store.delete(key)
-                removed += 1
+        old = [key for key in store.list(root)
+               if (int(found.group(1)) if (found := numbered.match(key, len(root))) else 0) < live]
+        store.delete_many(old)
+        return len(old)
     except Exception as exc:  # the store's errors: garbage stays, nothing is lost
         log.warning("agent %s: could not delete the objects of its older generations: %s", agent_id, exc)
-    return removed
+        return 0
 
 
 def _retire_prefix_lease(store: ObjectStore, target: ReplicaTarget, config: Any) -> None:

@@ -64,6 +64,11 @@ class EntryCache:
         self._entries = fresh
         return [entry for _etag, entry in fresh.values()]
 
+    def etag(self, entry: ManifestEntry) -> str | None:
+        """The ETag of ``entry`` as this scan read it (None if the scan did not read that very entry)."""
+        known = self._entries.get(self.target.manifest_key(entry.agent_id))
+        return known[0] if known is not None and known[1] is entry else None
+
 
 class Node:
     def __init__(self, data_dir: str | os.PathLike[str], replica: str, *, capacity: int = 100,
@@ -83,6 +88,8 @@ class Node:
         self.stopped_by: str | None = None
         self.claimed: list[str] = []  # every agent this node claimed, in order
         self._acting: set[str] = set()  # agents whose cancel or delete is under way here
+        self._expiry_due: float | None = None  # when the next owner of agents here may be expired (monotonic)
+        self._waiting: dict[str, float] = {}  # claimable agent -> since when this node has seen it claimable
 
     @property
     def node_id(self) -> str | None:
@@ -122,6 +129,8 @@ class Node:
                     if claims.node in claims.nodes.draining:
                         self.stop("a drain was requested")
                     next_scan = time.monotonic() + self.scan_every_s * random.uniform(0.5, 1.0)  # no stampede
+                    if self._expiry_due is not None:
+                        next_scan = min(next_scan, self._expiry_due + random.uniform(0.1, 1.0))
                 self._stop.wait(fleet.config.tick_s)
             log.info("node %s: draining (%s): handing its agents back", claims.node, self.stopped_by)
             fleet._drain_finals()
@@ -158,6 +167,7 @@ class Node:
             return
         running = fleet._supervisor.agents
         candidates = []
+        expiry_in: float | None = None  # the soonest an owner of agents not claimable yet may be expired
         for entry in entries:
             if not claimable_with(entry) or claims.ownership.holds(entry.agent_id):
                 continue
@@ -165,12 +175,24 @@ class Node:
                 continue  # it ended here (launched again only for an operator's request, or submitted anew)
             owner = entry.node
             alive = (owner is not None and owner != claims.node and not claims.nodes.gone(owner)
-                     and (claims.nodes.overdue(owner) > 0 or not claims.nodes.expire(owner)))
+                     and ((left := claims.nodes.overdue(owner)) > 0 or not claims.nodes.expire(owner)))
             if not alive:
                 candidates.append(entry)
-        random.shuffle(candidates)  # survivors claim in different orders: fewer lost races
+            elif owner is not None and left > 0:
+                expiry_in = left if expiry_in is None else min(expiry_in, left)
+        # a node that stopped renewing is expired at the scan right after its TTL plus margin, not up to a
+        # scan later: its agents have waited long enough (live nodes renew well before: no extra scans)
+        self._expiry_due = None if expiry_in is None else time.monotonic() + expiry_in
+        random.shuffle(candidates)  # each node brings its agents up in an order of its own
+        from .._replication.ownership import Record
+
+        take = self._pick(entries, candidates)[:room]
+        for entry in take:  # a claim writes on the version scanned (If-Match): no GET of it again
+            etag = cache.etag(entry)
+            if etag is not None:
+                claims.scanned[entry.agent_id] = Record(entry, etag)
         batches: dict[str, dict[str, Any]] = {}
-        for entry in candidates[:room]:
+        for entry in take:
             try:
                 resolve_stored(entry.target, policy, entry.agent_id)
                 inputs = json.loads(entry.inputs_json or "null")
@@ -181,7 +203,7 @@ class Node:
                 log.error("node %s: not claiming agent %s: %s", claims.node, entry.agent_id, exc)
                 continue
             batches.setdefault(entry.target, {})[entry.agent_id] = inputs
-        requested = {e.agent_id: e for e in candidates[:room] if e.request is not None}
+        requested = {e.agent_id: e for e in take if e.request is not None}
         for target, agents in batches.items():
             _launch(fleet, target, agents)
             self.claimed.extend(a for a in agents if claims.ownership.holds(a))
@@ -191,6 +213,41 @@ class Node:
         if batches:
             log.info("node %s: claimed %d agents (%d held)", claims.node,
                      sum(len(b) for b in batches.values()), len(claims.ownership.held()))
+        claims.scanned.clear()
+
+    def _pick(self, entries: Sequence[ManifestEntry], candidates: list[ManifestEntry]) -> list[ManifestEntry]:
+        """The candidates this node claims now, in order: first those that hash to it among the live nodes
+        with room (rendezvous hashing: capacity from their leases, agents owned from the entries just
+        scanned), then any other that has waited two scans for the node it hashes to (full, slow or gone).
+        Nodes then split a submission, or a lost node's agents, at once and without racing for the same
+        agent, where the first node to scan used to take all it had room for."""
+        import hashlib
+
+        from .._replication.states import is_unfinished
+
+        claims = self.fleet._claims
+        assert claims is not None
+        owned: dict[str, int] = {}
+        for entry in entries:
+            if entry.node is not None and is_unfinished(entry.status):
+                owned[entry.node] = owned.get(entry.node, 0) + 1
+        peers = [claims.node]
+        for node in sorted(claims.nodes.present - {claims.node} - claims.nodes.draining):
+            if claims.nodes.gone(node):
+                continue
+            info = claims.nodes.info(node)
+            if info is not None and (info.capacity is None or owned.get(node, 0) < info.capacity):
+                peers.append(node)
+        now = time.monotonic()
+        self._waiting = {e.agent_id: self._waiting.get(e.agent_id, now) for e in candidates}
+
+        def placed(agent_id: str) -> str:
+            return max(peers, key=lambda node: hashlib.blake2b(f"{agent_id}/{node}".encode(), digest_size=8).digest())
+
+        mine = [e for e in candidates if placed(e.agent_id) == claims.node]
+        left = [e for e in candidates if placed(e.agent_id) != claims.node
+                and now - self._waiting[e.agent_id] >= 2 * self.scan_every_s]
+        return mine + left
 
 
     def _carry_out(self, entry: ManifestEntry) -> None:

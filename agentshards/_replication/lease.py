@@ -75,14 +75,16 @@ class LeaseInfo:
     ttl_s: float | None
     margin_s: float | None
     expires_at: float | None  # the holder's wall clock: for display only
+    capacity: int | None = None  # a node's (``agentshards node --capacity``); None: not a node, or not said
 
     @classmethod
     def parse(cls, data: bytes) -> LeaseInfo:
         raw = json.loads(data)
         def number(name: str) -> float | None:
             return None if raw.get(name) is None else float(raw[name])
+        capacity = number("capacity")
         return cls(str(raw.get("owner", "?")), int(raw.get("seq", 0)), number("ttl_s"), number("margin_s"),
-                   number("expires_at"))
+                   number("expires_at"), None if capacity is None else int(capacity))
 
     def describe(self) -> str:
         until = ("" if self.expires_at is None else
