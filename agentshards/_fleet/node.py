@@ -4,7 +4,8 @@ A node is a ``Fleet`` that does not end: every scan (a third of its lease TTL, j
 agents' entries (one LIST of ``manifest/``, a GET only for entries whose ETag changed since the last
 scan) and the nodes' leases (one LIST of ``nodes/``), and claims, up to its capacity, agents that are
 ``queued``, handed back, or owned by a node that is gone (expired after its lease went unrenewed for its
-TTL plus margin). Placement is left to whatever starts nodes (Kubernetes, systemd): there is no scheduler.
+TTL plus margin). Where nodes run is left to whatever starts them (Kubernetes, systemd): there is no
+scheduler; which node takes which agent is rendezvous hashing over the live nodes with room (``_pick``).
 
 ``stop()`` (SIGTERM in the CLI) or a drain request (``agentshards drain``) ends it gracefully: workers get
 SIGTERM and a bounded wait, each agent whose final sync is confirmed is handed back (any node claims it at
@@ -47,22 +48,36 @@ class EntryCache:
 
         listing = self.store.list_etags(self.target.manifest_prefix())
         fresh: dict[str, tuple[str, ManifestEntry]] = {}
+        changed = []
         for key, etag in listing.items():
             if not key.endswith(".json"):
                 continue
             known = self._entries.get(key)
             if known is not None and known[0] == etag:
                 fresh[key] = known
-                continue
+            else:
+                changed.append(key)
+
+        def read(key: str) -> None:
             try:
                 data, etag = self.store.get_etag(key)
                 fresh[key] = (etag, decode(data))
             except ObjectNotFound:
-                continue
+                return
             except (ValueError, TypeError) as exc:
                 log.warning("skipping the unreadable manifest entry %s: %s", key, exc)
-        self._entries = fresh
-        return [entry for _etag, entry in fresh.values()]
+
+        if len(changed) <= 2:
+            for key in changed:
+                read(key)
+        else:  # while nodes claim and bring agents up, hundreds change between scans: one GET after the other
+            # made a scan take tens of seconds on a loaded store (measured in a take-over), and claims wait for it
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(max_workers=16, thread_name_prefix="agentshards-scan") as pool:
+                list(pool.map(read, changed))
+        self._entries = {key: fresh[key] for key in sorted(fresh)}
+        return [entry for _etag, entry in self._entries.values()]
 
     def etag(self, entry: ManifestEntry) -> str | None:
         """The ETag of ``entry`` as this scan read it (None if the scan did not read that very entry)."""
