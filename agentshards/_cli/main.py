@@ -44,7 +44,9 @@ def main(verbose: int, quiet: bool) -> None:
     """
     CTX.quiet = quiet
     level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
-    logging.basicConfig(level=level, format="%(levelname)s: %(message)s")
+    # -v is for watching a long run (a node, a fleet): its lines say when; the default stays terse
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s: %(message)s" if verbose else
+                        "%(levelname)s: %(message)s")
 
 
 for module in (commands_fleet, commands_nodes, commands_agent, commands_archive, commands_view, commands_tools):

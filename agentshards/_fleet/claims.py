@@ -60,8 +60,8 @@ def data_dir_id(data_dir: Path) -> str:
 class Claims:
     def __init__(self, keeper: LeaseKeeper, ownership: Ownership, nodes: NodeWatch, *, take_over: bool) -> None:
         self.keeper, self.ownership, self.nodes, self.take_over = keeper, ownership, nodes, take_over
-        # A node claims only what it may take by itself (``requests.claimable_with``), judged on the entry as
-        # read for the claim, not as scanned: an operator may have cancelled it in between. None: a launch,
+        # A node claims only what it may take by itself (``requests.claimable_with``), judged on the very version
+        # the claim's If-Match writes on: an operator may have cancelled it since the scan. None: a launch,
         # recover or run_agent asked for these agents by name.
         self.admit: Callable[[ManifestEntry], bool] | None = None
         self.before: dict[str, Record | None] = {}  # agent -> its entry before this node claimed it
@@ -248,12 +248,19 @@ class Claims:
 
     # -- 3. go live ----------------------------------------------------------------------------------------
 
-    def go_live(self, agent_id: str, replication: Replication) -> None:
-        """Replicate to this node's generation and make it the live one once it holds a snapshot."""
+    def go_live(self, agent_id: str, replication: Replication, phases: dict[str, float] | None = None) -> None:
+        """Replicate to this node's generation and make it the live one once it holds a snapshot.
+        ``phases``: filled with the seconds each step took (a launch reports them)."""
+        phases = {} if phases is None else phases
         generation = self.ownership.generation(agent_id)
+        started = time.monotonic()
         replication.register(agent_id, generation)
+        registered = time.monotonic()
         replication.confirm(agent_id, GO_LIVE_TIMEOUT_S)
+        synced = time.monotonic()
         self.ownership.update(agent_id, live=generation)
+        phases.update(register=registered - started, first_sync=synced - registered,
+                      live_write=time.monotonic() - synced)
         # older generations are garbage now, collected off the agent's way (a LIST and DELETEs: a second per
         with self._collecting:  # agent on a loaded store, measured in a take-over, before it ran here)
             if self._collector is None:

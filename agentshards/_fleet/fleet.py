@@ -133,21 +133,28 @@ class Fleet:
         supervisor = self._begin()
         if name not in self._fingerprints:  # hashing the module source once per target, not per launch
             self._fingerprints[name] = code_fingerprint(func)
+        phases: list[dict[str, float]] = []  # per agent brought up: seconds per step, for the log line below
+
         def prepare(agent_id: str) -> AgentShardsError | None:
             # claimed (the manifest lists it, owned by this node) before the file is touched; the file exists
             # before Litestream sees it; the agent runs only once its generation holds a snapshot
+            took: dict[str, float] = {}
             try:
                 if self._claims is not None and not self._claims.ownership.holds(agent_id):
+                    started = time.monotonic()
                     before, _ = self._claims.claim(agent_id, self._fields(agent_id, name, checked[agent_id][1]))
+                    claimed = time.monotonic()
                     self._claims.bring_up(self.data_dir, agent_id, before, self._replication.target,
                                           self._replication.store, self.run_config.litestream, self._env)
+                    took.update(claim=claimed - started, restore=time.monotonic() - claimed)
                 conn = open_shard(self.data_dir, agent_id, self.run_config.shard, verified=agent_id in self._verified)
                 if new_run:
                     journal = Journal(conn, agent_id)
                     journal.begin_run(name, self._inputs_json[agent_id], checked[agent_id][1], new_run=True)
                 conn.close()
                 if self._claims is not None:
-                    self._claims.go_live(agent_id, self._replication)
+                    self._claims.go_live(agent_id, self._replication, took)
+                    phases.append(took)
             except AgentShardsError as exc:
                 return exc
             except OSError as exc:
@@ -157,8 +164,15 @@ class Fleet:
 
         # Per agent: a file check, PUTs, a restore, Litestream's confirmation: waits, not CPU. 32 at a time brought
         # 90 agents up over three nodes in 13.6 s where 8 took 28.6 s (scripts/bench_nodes.py, docs/performance.md).
+        began = time.monotonic()
         with ThreadPoolExecutor(max_workers=32) as pool:
             prepared = dict(zip(checked, pool.map(prepare, checked), strict=True))
+        if phases:
+            steps = {step: [p[step] for p in phases if step in p] for step in
+                     ("claim", "restore", "register", "first_sync", "live_write")}
+            log.info("launch: %d agents brought up in %.1fs; per agent, mean/max seconds: %s", len(phases),
+                     time.monotonic() - began, ", ".join(f"{step} {sum(v) / len(v):.2f}/{max(v):.2f}"
+                                                         for step, v in steps.items() if v))
         for agent_id, (inputs, _digest) in checked.items():
             error = prepared[agent_id]
             if error is None:
