@@ -62,6 +62,24 @@ class Manifest:
         return self._cache.scan()
 
 
+def cpu_times() -> tuple[int, int]:
+    """The machine's (busy, total) CPU jiffies since boot, from /proc/stat: how saturated a phase ran."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def busy_share(since: tuple[int, int]) -> str:
+    now = cpu_times()
+    return f"{100 * (now[0] - since[0]) / max(1, now[1] - since[1]):.0f} %"
+
+
+def proc_cpu_s(pid: int) -> float:
+    """A process's user + system CPU seconds so far (/proc/<pid>/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def classify(line: str) -> str:
     """A request line (``PUT /bench/fleet/nodes/node0.json``, ``GET /bench?list-type=2&prefix=fleet%2Fmanifest``)
     by the part of the prefix it touches."""
@@ -113,7 +131,8 @@ def main() -> None:
             env = dict(loopback_s3_env(proxies[i].endpoint), OPENAI_API_KEY="k", OPENAI_BASE_URL=llm.base_url)
             log = open(root / f"{name}.log", "wb")  # noqa: SIM115 - the child's
             procs[name] = subprocess.Popen(
-                [sys.executable, "-m", "agentshards", "node", "--replica", replica, "--data-dir", str(root / name),
+                [sys.executable, "-m", "agentshards", "-v", "node", "--replica", replica,
+                 "--data-dir", str(root / name),
                  "--app-dir", str(SCRIPTS), "--node-id", name, "--lease-ttl", str(args.ttl),
                  "--capacity", str(args.agents), "--concurrency", str(args.agents), "--agents-per-worker", "50"],
                 env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -148,7 +167,9 @@ def main() -> None:
         time.sleep(args.ttl * 2 / 3)  # two scans of every node see the last agents go live before the count starts
         before = [counts(p) for p in proxies]
         marks = [len(p.request_lines) for p in proxies]
+        cpu = cpu_times()
         time.sleep(args.busy)
+        cpu_busy = busy_share(cpu)
         after = [counts(p) for p in proxies]
         busy_lines = [line for p, m in zip(proxies, marks, strict=True) for line in list(p.request_lines)[m:]]
         own = [a["ownership"] - b["ownership"] for a, b in zip(after, before, strict=True)]
@@ -156,13 +177,17 @@ def main() -> None:
         minutes = args.busy / 60
         print(f"busy: ownership requests per node per hour: {', '.join(f'{n / minutes * 60:.0f}' for n in own)}; "
               f"per agent per minute: {sum(own) / args.agents / minutes:.4f} (target <= 0.1); Litestream's own: "
-              f"{sum(lite) / args.agents / minutes:.2f} per agent per minute", flush=True)
+              f"{sum(lite) / args.agents / minutes:.2f} per agent per minute; the machine's CPU {cpu_busy} busy",
+              flush=True)
         print(f"busy: ownership requests by kind, all nodes: {kinds(busy_lines)}", flush=True)
 
         victim = by_node.most_common(1)[0][0]
         lost = {e.agent_id for e in entries if e.node == victim}
         os.killpg(procs[victim].pid, signal.SIGKILL)
         killed = time.monotonic()
+        cpu = cpu_times()
+        moto_cpu, own_cpu = proc_cpu_s(moto.pid), time.process_time()
+        node_cpu = {name: proc_cpu_s(p.pid) for name, p in procs.items() if name != victim}
         procs[victim].wait()
         shutil.rmtree(root / victim, ignore_errors=True)
         first = all_claimed = None
@@ -181,11 +206,17 @@ def main() -> None:
                 raise SystemExit(f"{len(claimed)} of {len(lost)} agents claimed {args.ttl + 600:.0f} s after the kill")
             time.sleep(0.5)
         verdict = "met" if back <= args.ttl + 60 else "MISSED"
+        moto_share = (proc_cpu_s(moto.pid) - moto_cpu) / back
+        own_share = (time.process_time() - own_cpu) / back
+        node_share = ", ".join(f"{(proc_cpu_s(procs[n].pid) - c) / back:.0%}" for n, c in node_cpu.items())
         survivors = sum(p.poll() is None for name, p in procs.items() if name != victim)  # one may have fenced
         print(f"take-over of {len(lost)} agents of {victim} by {survivors} survivors: first claimed "
               f"{first:.1f} s after the kill (lease TTL {args.ttl:g} s + margin {args.ttl / 6:.1f} s + a scan), all "
               f"claimed {all_claimed:.1f} s, all running again {back:.1f} s (target TTL + 60 s = "
-              f"{args.ttl + 60:.0f} s: {verdict})", flush=True)
+              f"{args.ttl + 60:.0f} s: {verdict}); meanwhile the machine's CPU was {busy_share(cpu)} busy, the S3 "
+              f"server (one Python process) used {moto_share:.0%} of a core, this script (proxies, polling) "
+              f"{own_share:.0%}, each survivor's main process (claims, restores, supervisor) {node_share}",
+              flush=True)
     finally:
         for proc in procs.values():
             if proc.poll() is None:
