@@ -58,6 +58,22 @@ def test_delete_many_deletes_those_keys_only_missing_ones_included(store: Object
     store.delete_many([])
 
 
+def test_delete_many_falls_back_to_one_by_one_on_a_server_without_batch_delete(
+        s3_env: dict[str, str], bucket: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from botocore.exceptions import ClientError
+
+    store = store_for(parse_replica(f"s3://{bucket}/prefix", s3_env), s3_env)
+    for key in ("prefix/a", "prefix/b", "prefix/keep"):
+        store.put(key, b"v")
+
+    def refused(**_kwargs: object) -> None:  # as an S3-compatible server without DeleteObjects answers
+        raise ClientError({"Error": {"Code": "NotImplemented", "Message": "not implemented"}}, "DeleteObjects")
+
+    monkeypatch.setattr(store._client, "delete_objects", refused)  # type: ignore[attr-defined]
+    store.delete_many(["prefix/a", "prefix/b"])
+    assert store.list("prefix/") == ["prefix/keep"]
+
+
 def test_missing_bucket_is_a_clear_error(s3_env: dict[str, str]) -> None:
     with pytest.raises(InvalidReplica, match="create the bucket"):
         store_for(parse_replica("s3://no-such-bucket-here/x", s3_env), s3_env).check()

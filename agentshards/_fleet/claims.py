@@ -27,7 +27,7 @@ from .._base.errors import AgentOwned, LeaseError, ReplicationError
 from .._core.shard import shard_path
 
 if TYPE_CHECKING:
-    from concurrent.futures import ThreadPoolExecutor
+    from concurrent.futures import Future, ThreadPoolExecutor
 
     from .._base.config import LitestreamConfig
     from .._replication.lease_keeper import LeaseKeeper
@@ -70,6 +70,7 @@ class Claims:
         self.scanned: dict[str, Record] = {}
         self._collecting = threading.Lock()
         self._collector: ThreadPoolExecutor | None = None  # collect_generations, off the bring-up's path
+        self._collections: list[Future[None]] = []
 
     @property
     def node(self) -> str:
@@ -267,12 +268,34 @@ class Claims:
                 from concurrent.futures import ThreadPoolExecutor
 
                 self._collector = ThreadPoolExecutor(max_workers=2, thread_name_prefix="agentshards-collect")
-            self._collector.submit(collect_generations, replication.store, replication.target, agent_id, generation)
+            self._collections = [f for f in self._collections if not f.done()]
+            self._collections.append(self._collector.submit(self._collect, replication, agent_id, generation))
 
-    def release(self) -> None:
+    def _collect(self, replication: Replication, agent_id: str, generation: int) -> None:
+        """Collect the generations below ``generation`` only while that generation is still the agent's newest:
+        queued for a while, the agent may meanwhile have been deleted and submitted anew (generation 1 again),
+        and then everything below ``generation`` is the new agent's replica."""
+        held = self.ownership.entry(agent_id)
+        if held is None or held.generation != generation:
+            try:
+                record = self.ownership.read(agent_id)  # handed back or ended here: the record says
+            except Exception as exc:  # the store's errors: garbage stays, nothing is lost
+                log.warning("agent %s: not collecting its older generations: %s", agent_id, exc)
+                return
+            if record is None or record.entry.generation != generation:
+                return
+        collect_generations(replication.store, replication.target, agent_id, generation)
+
+    def release(self, drain_s: float = 30.0) -> None:
+        """Give the queued collections up to ``drain_s`` (an agent that ends here is not claimed again, so
+        what is not collected now stays), then end this node's lease."""
+        from concurrent.futures import wait
+
         with self._collecting:
             collector, self._collector = self._collector, None
-        if collector is not None:  # what is not collected yet stays for the agent's next claim: harmless
+            pending, self._collections = self._collections, []
+        if collector is not None:
+            wait(pending, timeout=drain_s)
             collector.shutdown(wait=True, cancel_futures=True)
         self.keeper.release()
 

@@ -143,9 +143,10 @@ class Node:
                     self._scan(cache, policy)
                     if claims.node in claims.nodes.draining:
                         self.stop("a drain was requested")
-                    next_scan = time.monotonic() + self.scan_every_s * random.uniform(0.5, 1.0)  # no stampede
-                    if self._expiry_due is not None:
-                        next_scan = min(next_scan, self._expiry_due + random.uniform(0.1, 1.0))
+                    now = time.monotonic()
+                    next_scan = now + self.scan_every_s * random.uniform(0.5, 1.0)  # no stampede
+                    if self._expiry_due is not None:  # never sooner than a second: a due time is a hint
+                        next_scan = min(next_scan, max(now + 1.0, self._expiry_due + random.uniform(0.1, 1.0)))
                 self._stop.wait(fleet.config.tick_s)
             log.info("node %s: draining (%s): handing its agents back", claims.node, self.stopped_by)
             fleet._drain_finals()
@@ -166,6 +167,7 @@ class Node:
         fleet = self.fleet
         claims = fleet._claims
         assert claims is not None and fleet._supervisor is not None
+        self._expiry_due = None  # set again below by a scan that gets that far
         try:
             entries = cache.scan()  # before the nodes: see NodeWatch
             claims.nodes.refresh()
@@ -219,16 +221,18 @@ class Node:
                 continue
             batches.setdefault(entry.target, {})[entry.agent_id] = inputs
         requested = {e.agent_id: e for e in take if e.request is not None}
-        for target, agents in batches.items():
-            _launch(fleet, target, agents)
-            self.claimed.extend(a for a in agents if claims.ownership.holds(a))
-            for agent_id in agents:  # before the next tick starts them: a cancel or a retry is carried out now
-                if agent_id in requested and claims.ownership.holds(agent_id):
-                    self._carry_out(requested[agent_id])
-        if batches:
-            log.info("node %s: claimed %d agents (%d held)", claims.node,
-                     sum(len(b) for b in batches.values()), len(claims.ownership.held()))
-        claims.scanned.clear()
+        try:
+            for target, agents in batches.items():
+                _launch(fleet, target, agents)
+                self.claimed.extend(a for a in agents if claims.ownership.holds(a))
+                for agent_id in agents:  # before the next tick starts them: a cancel or a retry is carried out now
+                    if agent_id in requested and claims.ownership.holds(agent_id):
+                        self._carry_out(requested[agent_id])
+            if batches:
+                log.info("node %s: claimed %d agents (%d held)", claims.node,
+                         sum(len(b) for b in batches.values()), len(claims.ownership.held()))
+        finally:
+            claims.scanned.clear()  # a version not claimed now is stale at the next scan
 
     def _pick(self, entries: Sequence[ManifestEntry], candidates: list[ManifestEntry]) -> list[ManifestEntry]:
         """The candidates this node claims now, in order: first those that hash to it among the live nodes
@@ -250,8 +254,13 @@ class Node:
         for node in sorted(claims.nodes.present - {claims.node} - claims.nodes.draining):
             if claims.nodes.gone(node):
                 continue
-            info = claims.nodes.info(node)
-            if info is not None and (info.capacity is None or owned.get(node, 0) < info.capacity):
+            try:
+                info = claims.nodes.info(node)  # one GET per node, the first time it is seen
+            except Exception as exc:  # the store's errors: placed as if that node were full, for this scan
+                log.warning("node %s: could not read the lease of node %s: %s", claims.node, node, exc)
+                continue
+            # a lease without a capacity is a Fleet, run or recover, which claims only what it was asked for
+            if info is not None and info.capacity is not None and owned.get(node, 0) < info.capacity:
                 peers.append(node)
         now = time.monotonic()
         self._waiting = {e.agent_id: self._waiting.get(e.agent_id, now) for e in candidates}

@@ -41,6 +41,12 @@ class ConditionalWritesUnsupported(Exception):
     """The server rejected a conditional PUT's header as not implemented (``put_if`` cannot work there)."""
 
 
+_NO_BATCH_DELETE = frozenset({"NotImplemented", "InvalidRequest", "MissingContentMD5", "BadDigest",
+                              "XAmzContentSHA256Mismatch", "InvalidArgument"})
+"""How S3-compatible servers refuse a DeleteObjects they do not implement (or whose checksum header they do
+not know): the keys are then deleted one by one."""
+
+
 class ObjectStore(Protocol):
     def put(self, key: str, data: bytes, *, metadata: Mapping[str, str] | None = None,
             sha256: bytes | None = None) -> None: ...
@@ -274,11 +280,20 @@ class S3Store:
         self._client.delete_object(Bucket=self.target.bucket, Key=key)
 
     def delete_many(self, keys: Sequence[str]) -> None:
+        from botocore.exceptions import ClientError
+
         keys = list(keys)
         for start in range(0, len(keys), 1000):  # DeleteObjects takes at most 1,000 keys
             chunk = keys[start:start + 1000]
-            answer = self._client.delete_objects(Bucket=self.target.bucket, Delete={
-                "Objects": [{"Key": key} for key in chunk], "Quiet": True})
+            try:
+                answer = self._client.delete_objects(Bucket=self.target.bucket, Delete={
+                    "Objects": [{"Key": key} for key in chunk], "Quiet": True})
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") not in _NO_BATCH_DELETE:
+                    raise
+                for key in keys[start:]:  # an S3-compatible server without DeleteObjects (or its checksums)
+                    self.delete(key)
+                return
             errors = answer.get("Errors") or []
             if errors:  # per key, in a 200 answer: not raised by the client
                 first = errors[0]

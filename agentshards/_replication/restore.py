@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
@@ -33,6 +34,8 @@ from .._core.sqlite import open_connection, query
 from .litestream import find_binary, installed_version, restore, warn_if_newer
 from .ltx import (
     DamagedLtx,
+    Decoded,
+    LtxFile,
     UnknownObjects,
     UnsupportedLtx,
     decode,
@@ -224,6 +227,11 @@ def _holds_objects(agent_id: str, target: ReplicaTarget, store: ObjectStore, key
                                hint="check the endpoint, the credentials and the network") from exc
 
 
+_FETCHES = threading.BoundedSemaphore(48)
+"""GETs of LTX files in flight in this process, over every restore: a take-over restores 32 agents at a time, 4
+files each, and the S3 client keeps 64 connections (more are opened and thrown away)."""
+
+
 def _fetch_native(agent_id: str, target: ReplicaTarget, store: ObjectStore, keys: list[str] | None,
                   out: Path, generation: int = 0) -> bool:
     root = target.agent_key(agent_id, generation) + "/"
@@ -239,8 +247,13 @@ def _fetch_native(agent_id: str, target: ReplicaTarget, store: ObjectStore, keys
             # the plan's files (a snapshot, then the changes since) fetched 4 at a time, applied in order: a
             # restore costs a LIST and about one round trip instead of one per file (a take-over restores
             # hundreds of agents on a busy store: 7.4 s each, one GET after the other, measured)
+            def fetch(f: LtxFile) -> Decoded:
+                with _FETCHES:
+                    data = store.get(f.key)
+                return decode(data, f)
+
             with open(out, "wb") as fh, ThreadPoolExecutor(max_workers=4) as pool:
-                write_database(pool.map(lambda f: decode(store.get(f.key), f), plan), fh.fileno())
+                write_database(pool.map(fetch, plan), fh.fileno())
                 os.fsync(fh.fileno())
             return True
         except ObjectNotFound as exc:  # compacted away between the LIST and the GET: plan again
