@@ -8,6 +8,7 @@ import select
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -101,3 +102,12 @@ def finish_and_check(data_dir: Path, llm: FakeLLMServer, agent_id: str, calls: i
     assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
     conn.close()
     return result, log
+
+
+def wait_for(check: Callable[[], object], timeout_s: float, what: str) -> None:
+    """Poll ``check`` until it is true; AssertionError naming ``what`` after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)

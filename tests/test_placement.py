@@ -17,15 +17,7 @@ from agentshards._replication.nodes import list_nodes
 from agentshards._replication.objectstore import ObjectStore, store_for
 from agentshards._replication.replica import ReplicaTarget, parse_replica
 
-from agent_process import TESTS_DIR
-
-
-def _wait_for(check: Callable[[], object], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
+from agent_process import TESTS_DIR, wait_for
 
 
 @pytest.fixture
@@ -57,11 +49,11 @@ def test_two_nodes_split_a_submission_without_claiming_one_agent_twice(
     replica = str(tmp_path / "replica")
     a, b = start_node("a"), start_node("b")
     target, store = _store(replica)
-    _wait_for(lambda: {n.node_id for n in list_nodes(store, target)} == {"a", "b"}, 20, "both leases")
+    wait_for(lambda: {n.node_id for n in list_nodes(store, target)} == {"a", "b"}, 20, "both leases")
     agents = {f"p{i:02d}" for i in range(40)}
     assert set(submit("request_agents:slow_steps", {agent: {"n": 1, "seconds": 0.0} for agent in agents},
                       replica).values()) == {"queued"}
-    _wait_for(lambda: _succeeded(replica, agents), 120, "every agent succeeded")
+    wait_for(lambda: _succeeded(replica, agents), 120, "every agent succeeded")
     assert not set(a.claimed) & set(b.claimed)  # no agent claimed by both (one writer, and no race lost)
     assert set(a.claimed) | set(b.claimed) == agents
     assert len(a.claimed) >= 8 and len(b.claimed) >= 8, (len(a.claimed), len(b.claimed))  # split, not 40 to 0
@@ -78,7 +70,7 @@ def test_agents_placed_on_a_node_that_does_not_claim_them_are_taken_after_two_sc
     assert set(submit("request_agents:slow_steps", {agent: {"n": 1, "seconds": 0.0} for agent in agents},
                       replica).values()) == {"queued"}
     a = start_node("a")
-    _wait_for(lambda: _succeeded(replica, agents), 120, "every agent succeeded on the node that scans")
+    wait_for(lambda: _succeeded(replica, agents), 120, "every agent succeeded on the node that scans")
     assert sorted(a.claimed) == sorted(agents)
 
 

@@ -10,7 +10,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -35,15 +34,7 @@ from agentshards._replication.manifest import ManifestEntry, read_manifest, writ
 from agentshards._replication.objectstore import store_for
 from agentshards._replication.replica import parse_replica
 
-from agent_process import TESTS_DIR
-
-
-def _wait_for(check: Callable[[], object], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
+from agent_process import TESTS_DIR, wait_for
 
 
 def _entries(replica: str) -> dict[str, ManifestEntry]:
@@ -91,13 +82,13 @@ def test_cancel_and_delete_an_agent_a_node_is_running(tmp_path: Path, nodes: Cal
     submit("request_agents:slow_steps", {a: {"n": 100, "seconds": 0.1} for a in ("c", "d")}, replica)
     submit("request_agents:slow_steps", {"ok": {"n": 3, "seconds": 0.01}}, replica)
     n1 = nodes("n1")
-    _wait_for(lambda: _steps_done(tmp_path / "n1", "c") >= 2 and _steps_done(tmp_path / "n1", "d") >= 2, 60,
+    wait_for(lambda: _steps_done(tmp_path / "n1", "c") >= 2 and _steps_done(tmp_path / "n1", "d") >= 2, 60,
               "both agents running on the node")
     cancelled = cancel_in_fleet("c", replica, reason="superseded", wait_s=60)
     assert (cancelled.outcome, cancelled.node, cancelled.done) == ("cancelled", "n1", True)
     deleted = delete_in_fleet("d", replica, wait_s=60)
     assert deleted.done and deleted.outcome == "deleted" and "manifest" in deleted.removed
-    _wait_for(lambda: _entries(replica).get("ok") is not None and _entries(replica)["ok"].status == "succeeded",
+    wait_for(lambda: _entries(replica).get("ok") is not None and _entries(replica)["ok"].status == "succeeded",
               60, "the other agent finishing")
     entries = _entries(replica)
     n1.stop()
@@ -116,13 +107,13 @@ def test_retry_a_failed_agent_on_whichever_node_claims_it(tmp_path: Path, nodes:
     replica, marker = str(tmp_path / "replica"), tmp_path / "fixed"
     submit("request_agents:fails_until", {"f": {"marker": str(marker)}}, replica)
     nodes("n1")
-    _wait_for(lambda: "f" in _entries(replica) and _entries(replica)["f"].status == "failed", 60, "the agent failing")
+    wait_for(lambda: "f" in _entries(replica) and _entries(replica)["f"].status == "failed", 60, "the agent failing")
     with pytest.raises(InvalidInputs, match="no agent with this id"):
         retry_in_fleet("nope", replica, wait_s=1)
     marker.write_text("fixed")
     retried = retry_in_fleet("f", replica, wait_s=60)
     assert retried.done and retried.outcome in ("retrying", "succeeded")
-    _wait_for(lambda: _entries(replica)["f"].status == "succeeded", 60, "the retried agent succeeding")
+    wait_for(lambda: _entries(replica)["f"].status == "succeeded", 60, "the retried agent succeeding")
     restore_agent("f", tmp_path / "elsewhere", replica)
     (run,) = inspect_agent(tmp_path / "elsewhere", "f").runs  # the failed run was reopened, not replaced
     assert run.run.status == "succeeded" and [s.name for s in run.steps] == ["prepare", "finish"]
@@ -137,14 +128,14 @@ def test_requests_without_a_node_wait_in_the_entry_for_the_next_owner(
     assert cancel_in_fleet("q", replica, wait_s=0).outcome == "cancelled"  # queued, never ran: done at once
     submit("request_agents:slow_steps", {"h": {"n": 100, "seconds": 0.1}}, replica)
     n1 = nodes("n1")
-    _wait_for(lambda: _steps_done(tmp_path / "n1", "h") >= 2, 60, "the agent running")
+    wait_for(lambda: _steps_done(tmp_path / "n1", "h") >= 2, 60, "the agent running")
     n1.stop()  # a drain: its agent is handed back, its run open
     assert _entries(replica)["h"].node is None
     pending = cancel_in_fleet("h", replica, reason="no longer needed", wait_s=0.5)
     assert (pending.outcome, pending.done) == ("requested", False)
     before = _steps_done(tmp_path / "n1", "h")
     nodes("n2")  # claims it because of the request, and cancels it instead of running it
-    _wait_for(lambda: _entries(replica)["h"].status == "cancelled", 60, "the next owner cancelling it")
+    wait_for(lambda: _entries(replica)["h"].status == "cancelled", 60, "the next owner cancelling it")
     entries = _entries(replica)
     assert entries["q"].status == "cancelled"  # a node never ran the cancelled queued agent
     assert not (tmp_path / "n2" / "q.db").exists()
@@ -197,7 +188,7 @@ def test_a_cancel_stops_the_agent_even_if_its_code_swallows_the_refusal_and_spar
     cancelled = threading.Event()
 
     def cancel_when_running() -> None:
-        _wait_for(lambda: _steps_done(tmp_path / "d", "greedy") >= 3, 60, "the agent running")
+        wait_for(lambda: _steps_done(tmp_path / "d", "greedy") >= 3, 60, "the agent running")
         assert fleet.cancel("greedy", "stopped by the test")
         cancelled.set()
 
