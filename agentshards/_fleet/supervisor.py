@@ -181,7 +181,7 @@ class Supervisor:
                         reason=f"{outcome['error']['type']}: {outcome['error']['message'][:300]}")
         elif state.cancel is not None:
             path.unlink(missing_ok=True)
-            self._final(state, CANCELLED, reason=state.cancel, error={"type": "Cancelled", "message": state.cancel})
+            self._cancelled(state, state.cancel)
         else:
             if outcome is not None:
                 reason = f"{outcome['error']['type']}: {outcome['error']['message']}"
@@ -236,8 +236,11 @@ class Supervisor:
             worker.proc.send_signal(signal.SIGTERM)
             log.warning("agent %s: cancelling (%s): worker %d stopped", agent_id, reason, worker.proc.pid)
         elif worker is None:
-            self._final(state, CANCELLED, reason=reason, error={"type": "Cancelled", "message": reason})
+            self._cancelled(state, reason)
         return True  # a worker that already exited is reaped at this tick, and settles it as cancelled
+
+    def _cancelled(self, state: AgentState, reason: str) -> None:
+        self._final(state, CANCELLED, reason=reason, error={"type": "Cancelled", "message": reason})
 
     def _enforce_cancels(self) -> None:
         now = self.clock()
