@@ -265,12 +265,14 @@ class Node:
         now = time.monotonic()
         self._waiting = {e.agent_id: self._waiting.get(e.agent_id, now) for e in candidates}
 
-        def placed(agent_id: str) -> str:
-            return max(peers, key=lambda node: hashlib.blake2b(f"{agent_id}/{node}".encode(), digest_size=8).digest())
-
-        mine = [e for e in candidates if placed(e.agent_id) == claims.node]
-        left = [e for e in candidates if placed(e.agent_id) != claims.node
-                and now - self._waiting[e.agent_id] >= 2 * self.scan_every_s]
+        mine, left = [], []
+        for entry in candidates:
+            placed = max(peers, key=lambda node: hashlib.blake2b(f"{entry.agent_id}/{node}".encode(),
+                                                                 digest_size=8).digest())
+            if placed == claims.node:
+                mine.append(entry)
+            elif now - self._waiting[entry.agent_id] >= 2 * self.scan_every_s:
+                left.append(entry)
         return mine + left
 
 

@@ -510,9 +510,9 @@ def fork_run(agent_id: str, data_dir: str | os.PathLike[str], *, at_step: int | 
 def cancel_agent(agent_id: str, data_dir: str | os.PathLike[str], reason: str = "cancelled by an operator") -> Run:
     """End the agent's open run as ``cancelled`` (final). Refused while a supervisor owns the data dir."""
     with _offline_journal(agent_id, data_dir, "cancel") as journal:
-        runs = journal.runs()
         cancelled = record_cancel(journal, reason)
         if cancelled is None:
+            runs = journal.runs()
             raise InvalidInputs(f"has no open run to cancel ({runs[-1].status if runs else 'no run'})",
                                 agent_id=agent_id, hint="only a running (open) run can be cancelled")
         return cancelled

@@ -262,8 +262,7 @@ def delete_replica_copies(agent_id: str, target: ReplicaTarget, store: ObjectSto
     is the caller's to delete last, so a failure half-way still lists the agent. Returns what went."""
     removed = []
     keys = store.list(target.agent_key(agent_id) + "/")
-    for key in keys:
-        store.delete(key)
+    store.delete_many(keys)
     if keys:
         removed.append("replica")
     if store.list(target.archive_key(agent_id)):

@@ -154,8 +154,7 @@ class Replication:
         """
         self.litestream.stop()
         try:
-            for key in self._keys(agent_id):
-                self.store.delete(key)
+            self.store.delete_many(self._keys(agent_id))
             self.litestream.reset(agent_id)
         finally:
             self.litestream.start()
